@@ -1,0 +1,37 @@
+"""Turn an archive into geodino's metadata parquet: python experiments/prepare.py ARCHIVE --out metadata.parquet"""
+
+import argparse
+import sys
+
+from geodino.prepare import PrepareConfig, prepare, summarise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("archive", help="BigEarthNet v1 folder, reBEN folder (metadata.parquet + LMDB), or a CSV/parquet of images")
+    parser.add_argument("--out", default="metadata.parquet", help="metadata parquet to write (local or s3://)")
+    parser.add_argument("--splits-dir", "--splits_dir", dest="splits_dir", help="folder with train/val/test CSVs")
+    parser.add_argument("--exclusions-dir", "--exclusions_dir", dest="exclusions_dir",
+                        help="folder with the snow / cloud-and-shadow / no-19-class lists")
+    parser.add_argument("--data_dir", help="for an image table: the folder image paths are relative to")
+    parser.add_argument("--bands", default="all", help="bands each BigEarthNet patch must have: all, rgb or B04,B03,B02")
+    parser.add_argument("--verify", choices=["pixels", "header"], default="pixels",
+                        help="pixels: read every band (catches truncated files); header: open only (faster)")
+    parser.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
+    parser.add_argument("--strict", action="store_true", help="exit non-zero when any patch is rejected")
+    parser.add_argument("--stats_patches", type=int, default=1000, help="training patches sampled for band mean/std")
+    args = parser.parse_args(argv)
+    try:
+        result = prepare(PrepareConfig(**vars(args)))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"prepare: {error}", file=sys.stderr)
+        return 2
+    print(summarise(result))
+    if args.strict and result.rejected:
+        print(f"prepare: --strict and {result.rejected} patches were rejected", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The embedded default dataset: a small BigEarthNet-v1-layout archive generated on the spot.
+
+Scenes are mosaics of a few land-cover textures (fields, pasture, two kinds of
+forest, water, urban grid), each with a plausible Sentinel-2 L2A spectrum, so the
+labels can be learned from pixels. Everything is seeded: the same call writes the
+same bytes, and no download or credential is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from geodino.bands import NATIVE_SIZE, S2_BANDS
+from geodino.pixels import to_grid
+
+DEMO_VERSION = 1
+SIZE = 120
+PATCH_METRES = 1200
+
+# Reflectance x10000 per band, in S2_BANDS order (B01 .. B12).
+SPECTRA: dict[str, tuple[int, ...]] = {
+    "Non-irrigated arable land": (800, 700, 1000, 1200, 1500, 1900, 2100, 2300, 2400, 900, 2600, 1900),
+    "Pastures": (500, 450, 750, 550, 1100, 2400, 2900, 3100, 3200, 1000, 2100, 1100),
+    "Coniferous forest": (300, 250, 400, 250, 700, 1800, 2200, 2400, 2500, 800, 1100, 500),
+    "Broad-leaved forest": (300, 300, 550, 300, 900, 2600, 3200, 3500, 3600, 1000, 1600, 700),
+    "Water bodies": (1200, 900, 800, 500, 400, 300, 250, 200, 180, 100, 80, 60),
+    "Discontinuous urban fabric": (1300, 1200, 1300, 1400, 1500, 1700, 1800, 1900, 1950, 900, 2300, 2100),
+}
+COVERS = tuple(SPECTRA)
+
+
+def smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
+    """Noise in [-1, 1] with features about SIZE/cells pixels wide."""
+    coarse = rng.uniform(-1, 1, size=(cells, cells)).astype(np.float32)
+    return to_grid(coarse, SIZE)
+
+
+def texture(cover: str, rng: np.random.Generator) -> np.ndarray:
+    """Relative brightness modulation of one land cover, (SIZE, SIZE), around 1."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    if cover == "Non-irrigated arable land":
+        angle = rng.uniform(0, np.pi)
+        period = rng.uniform(8, 20)
+        stripes = np.sign(np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period))
+        return 1 + 0.25 * stripes + 0.05 * smooth_noise(rng, 30)
+    if cover == "Pastures":
+        return 1 + 0.08 * smooth_noise(rng, 6)
+    if cover == "Coniferous forest":
+        return 1 + 0.18 * rng.uniform(-1, 1, size=(SIZE, SIZE)).astype(np.float32) + 0.05 * smooth_noise(rng, 8)
+    if cover == "Broad-leaved forest":
+        return 1 + 0.12 * smooth_noise(rng, 24)
+    if cover == "Water bodies":
+        return 1 + 0.03 * smooth_noise(rng, 4)
+    period = int(rng.integers(10, 16))
+    roads = ((xx % period) < 2) | ((yy % period) < 2)
+    blocks = rng.uniform(0.7, 1.4, size=(SIZE // period + 1, SIZE // period + 1)).astype(np.float32)
+    buildings = blocks[(yy // period).astype(int), (xx // period).astype(int)]
+    return np.where(roads, 1.35, buildings)
+
+
+def scene(rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """A (12, SIZE, SIZE) reflectance mosaic of 1-3 covers, and the covers present."""
+    count = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+    covers = list(rng.choice(COVERS, size=count, replace=False))
+    seeds = rng.uniform(0, SIZE, size=(count + 2, 2))
+    owner = np.concatenate([np.arange(count), rng.integers(0, count, size=2)])
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    distance = (yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2
+    region = owner[np.argmin(distance, axis=0)]
+    image = np.zeros((len(S2_BANDS), SIZE, SIZE), np.float32)
+    present = []
+    for index, cover in enumerate(covers):
+        mask = region == index
+        if not mask.any():
+            continue
+        present.append(cover)
+        spectrum = np.asarray(SPECTRA[cover], np.float32)[:, None, None]
+        image += spectrum * texture(cover, rng)[None] * mask[None]
+    image *= rng.uniform(0.9, 1.1)  # illumination differs between acquisitions
+    image += rng.normal(0, 20, size=image.shape).astype(np.float32)  # sensor noise
+    return np.clip(image, 1, 20000), [c for c in COVERS if c in present]
+
+
+def downsample(band: np.ndarray, factor: int) -> np.ndarray:
+    size = band.shape[0] // factor
+    return band.reshape(size, factor, size, factor).mean(axis=(1, 3))
+
+
+def write_patch(root: str, name: str, image: np.ndarray, labels: list[str], ulx: float, uly: float) -> None:
+    import rasterio
+    from rasterio.crs import CRS
+    from affine import Affine
+
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    crs = CRS.from_epsg(32633)
+    for band_index, band in enumerate(S2_BANDS):
+        size = NATIVE_SIZE[band]
+        factor = SIZE // size
+        pixels = downsample(image[band_index], factor) if factor > 1 else image[band_index]
+        profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint16", crs=crs,
+                       transform=Affine(PATCH_METRES / size, 0, ulx, 0, -PATCH_METRES / size, uly))
+        with rasterio.open(os.path.join(folder, f"{name}_{band}.tif"), "w", **profile) as dst:
+            dst.write(np.round(pixels).astype(np.uint16), 1)
+    meta = {
+        "labels": labels,
+        "coordinates": {"ulx": ulx, "uly": uly, "lrx": ulx + PATCH_METRES, "lry": uly - PATCH_METRES},
+        "projection": crs.to_wkt(),
+        "tile_source": "GEODINO_DEMO_T33UUP",
+        "acquisition_date": "2017-07-01 10:10:31",
+    }
+    with open(os.path.join(folder, f"{name}_labels_metadata.json"), "w") as handle:
+        json.dump(meta, handle)
+
+
+def make_demo_archive(root: str, patches: int = 200, seed: int = 0) -> str:
+    """Write the demo archive under `root` (reused when an identical one is already there)."""
+    marker = os.path.join(root, ".geodino-demo.json")
+    wanted = {"version": DEMO_VERSION, "patches": patches, "seed": seed}
+    if os.path.exists(marker):
+        with open(marker) as handle:
+            if json.load(handle) == wanted:
+                return root
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    columns = int(np.ceil(np.sqrt(patches)))
+    for index in range(patches):
+        row, col = divmod(index, columns)
+        image, labels = scene(rng)
+        name = f"S2A_MSIL2A_20170701T101031_{row}_{col}"
+        write_patch(root, name, image, labels, ulx=400000.0 + col * PATCH_METRES, uly=5800000.0 - row * PATCH_METRES)
+    with open(marker, "w") as handle:
+        json.dump(wanted, handle)
+    return root
+
+
+def default_home() -> str:
+    return os.environ.get("GEODINO_HOME", os.path.join(os.path.expanduser("~"), ".cache", "geodino"))

@@ -1,0 +1,109 @@
+"""Read the pixels of one patch, whatever archive format holds it.
+
+Every reader returns raw values as float32 (bands, height, width) on a common
+grid: Sentinel-2 bands coarser than 10 m are upsampled to the 10 m grid, so a
+12-band BigEarthNet patch comes out as (12, 120, 120). Normalisation happens
+later, in the dataset, so that readers stay format-only.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geodino import storage
+from geodino.bands import NATIVE_SIZE
+
+FORMAT_BEN_V1 = "ben_v1"  # one folder per patch, one GeoTIFF per band
+FORMAT_BEN_V2 = "ben_v2"  # reBEN LMDB of safetensors blobs
+FORMAT_IMAGE = "image"  # a user's multi-band GeoTIFF or 8-bit JPEG/PNG
+
+
+class PatchReadError(RuntimeError):
+    """A patch whose pixels cannot be read; the message names the file and the problem."""
+
+
+def ben_v1_band_path(data_root: str, patch_dir: str, name: str, band: str) -> str:
+    return storage.join(data_root, patch_dir, f"{name}_{band}.tif")
+
+
+def to_grid(array: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resampling of a (H, W) band onto the (size, size) grid; a no-op when it is already there."""
+    if array.shape == (size, size):
+        return array.astype(np.float32, copy=False)
+    tensor = torch.from_numpy(array.astype(np.float32, copy=False))[None, None]
+    return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def read_geotiff(path: str) -> np.ndarray:
+    """All bands of a GeoTIFF as a (bands, H, W) array, with errors that name the file."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as src:
+            return src.read()
+    except (RasterioError, OSError) as error:
+        raise PatchReadError(f"{path}: cannot read GeoTIFF ({error})") from error
+
+
+def read_ben_v1(data_root: str, patch_dir: str, name: str, bands: Sequence[str], size: int = 120) -> np.ndarray:
+    planes = []
+    for band in bands:
+        path = ben_v1_band_path(data_root, patch_dir, name, band)
+        array = read_geotiff(path)
+        expected = NATIVE_SIZE[band]
+        if array.shape != (1, expected, expected):
+            raise PatchReadError(f"{path}: band {band} has shape {array.shape[1:]}, expected {expected}x{expected}")
+        planes.append(to_grid(array[0], size))
+    return np.stack(planes)
+
+
+@lru_cache(maxsize=4)
+def open_lmdb(path: str):
+    import lmdb
+
+    return lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
+
+
+def read_ben_v2(lmdb_path: str, key: str, bands: Sequence[str], size: int = 120) -> np.ndarray:
+    from safetensors.numpy import load
+
+    with open_lmdb(lmdb_path).begin() as txn:
+        blob = txn.get(key.encode())
+    if blob is None:
+        raise PatchReadError(f"{lmdb_path}: no entry {key!r} in the LMDB")
+    arrays = load(blob)
+    missing = [band for band in bands if band not in arrays]
+    if missing:
+        raise PatchReadError(f"{lmdb_path}[{key}]: bands {missing} missing (has {sorted(arrays)})")
+    return np.stack([to_grid(arrays[band], size) for band in bands])
+
+
+def read_image(path: str) -> np.ndarray:
+    """A user's image: GeoTIFF of any band count, or JPEG/PNG as 3 RGB bands."""
+    if path.lower().endswith((".tif", ".tiff")):
+        return read_geotiff(path).astype(np.float32)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1).copy()
+    except (UnidentifiedImageError, OSError) as error:
+        raise PatchReadError(f"{path}: cannot read image ({error})") from error
+
+
+def read_patch(fmt: str, data_root: str, path: str, name: str, bands: Sequence[str]) -> np.ndarray:
+    """Dispatch on the metadata's `format` column."""
+    if fmt == FORMAT_BEN_V1:
+        return read_ben_v1(data_root, path, name, bands)
+    if fmt == FORMAT_BEN_V2:
+        return read_ben_v2(data_root, path, bands)
+    if fmt == FORMAT_IMAGE:
+        return read_image(storage.join(data_root, path))
+    raise PatchReadError(f"{name}: unknown format {fmt!r} in metadata")

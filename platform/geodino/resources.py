@@ -1,0 +1,51 @@
+"""Ray set-up shared by every entry point, and worker resources derived from the cluster.
+
+Why derived: Ray Train workers and Ray Data's reading tasks draw on the same CPUs.
+On a 2-core machine two training workers at 1 CPU each leave Ray Data nothing, and
+the pipeline waits forever for a CPU that never frees up. So training workers get
+what is left after Ray Data's share, fractional if need be.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Ray Data keeps at least this share of the cluster's CPUs (and at least one CPU).
+DATA_CPU_SHARE = 0.5
+MIN_WORKER_CPUS = 0.1
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it), or start a local one.
+
+    A script must not pass num_cpus to an existing cluster: Ray rejects it.
+    """
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def worker_cpus(num_workers: int, cluster_cpus: float | None = None, use_gpu: bool = False) -> float:
+    """CPUs to reserve per training worker so that Ray Data always keeps a share to read with."""
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be at least 1, not {num_workers}")
+    if cluster_cpus is None:
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+    data_cpus = max(1.0, cluster_cpus * DATA_CPU_SHARE)
+    available = cluster_cpus - data_cpus
+    per_worker = min(1.0 if not use_gpu else 2.0, available / num_workers)
+    if per_worker < MIN_WORKER_CPUS:
+        raise ValueError(
+            f"{num_workers} training workers do not fit on {cluster_cpus:g} CPUs while keeping "
+            f"{data_cpus:g} for Ray Data; use at most {int(available / MIN_WORKER_CPUS)} workers"
+        )
+    return round(per_worker, 3)
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))

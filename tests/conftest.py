@@ -1,0 +1,60 @@
+"""Shared fixtures: the real data in ../shared/data, and one Ray instance for the whole session."""
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GEODINO_SHARED_DATA", REPO.parent / "shared" / "data"))
+BEN_V1_EXAMPLE = SHARED_DATA / "bigearthnet-s2-example"
+BEN_V1_LISTS = SHARED_DATA / "bigearthnet-v1-metadata"
+BEN_V1_NPZ = SHARED_DATA / "bigearthnet-v1-configilm-mock"
+BEN_V2 = SHARED_DATA / "bigearthnet-v2-configilm-mock"
+EUROSAT = SHARED_DATA / "eurosat-rgb-subset"
+
+
+def pytest_configure(config):
+    if not BEN_V1_EXAMPLE.is_dir():
+        raise pytest.UsageError(f"real test data not found at {SHARED_DATA}; set GEODINO_SHARED_DATA")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs, like this machine) for every test that needs Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+
+
+@pytest.fixture
+def ben_v1_copy(tmp_path) -> Path:
+    """A writable copy of the 6 real BigEarthNet v1 patches, for tests that break files."""
+    target = tmp_path / "archive"
+    shutil.copytree(BEN_V1_EXAMPLE, target, ignore=shutil.ignore_patterns("SOURCE.md"))
+    for path in target.rglob("*"):
+        path.chmod(0o644 if path.is_file() else 0o755)
+    return target
+
+
+@pytest.fixture(scope="session")
+def ben_v1_metadata(tmp_path_factory) -> Path:
+    """The 6 real patches prepared with the official split and exclusion lists."""
+    from geodino.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("ben-v1") / "metadata.parquet"
+    prepare(PrepareConfig(archive=str(BEN_V1_EXAMPLE), out=str(out), splits_dir=str(BEN_V1_LISTS),
+                          exclusions_dir=str(BEN_V1_LISTS), workers=1))
+    return out

@@ -1,0 +1,129 @@
+"""The Ray Data pipeline on real patches: pixels must equal a direct rasterio/LMDB read."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+
+from conftest import BEN_V1_EXAMPLE, BEN_V2, EUROSAT
+from geodino.bands import S2_BANDS
+from geodino.data import DataConfig, build_dataset, dataset_size, tensor_columns
+from geodino.labels import BEN19_CLASSES
+from geodino.prepare import PrepareConfig, prepare
+
+
+def rows_by_name(dataset):
+    rows = {}
+    for batch in dataset.iter_batches(batch_size=8):
+        for i, name in enumerate(batch["name"]):
+            rows[name] = {key: batch[key][i] for key in ("image", "labels")}
+    return rows
+
+
+def direct_read(name, band):
+    with rasterio.open(BEN_V1_EXAMPLE / name / f"{name}_{band}.tif") as src:
+        return src.read(1).astype(np.float32)
+
+
+def test_rgb_pixels_and_labels_match_direct_reads(ray_session, ben_v1_metadata):
+    config = DataConfig(metadata=str(ben_v1_metadata), split=None, bands="rgb")
+    rows = rows_by_name(build_dataset(config))
+    assert len(rows) == dataset_size(config) == 5  # the snowy patch is not recommended
+    meta = pd.read_parquet(ben_v1_metadata).set_index("name")
+    for name, row in rows.items():
+        assert row["image"].shape == (3, 120, 120) and row["image"].dtype == np.float32
+        expected = np.stack([direct_read(name, b) for b in ("B04", "B03", "B02")])
+        np.testing.assert_allclose(row["image"], np.clip(expected / 2750.0, 0, 1), rtol=1e-6)
+        assert [BEN19_CLASSES[i] for i in row["labels"].nonzero()[0]] == list(meta.loc[name, "labels"])
+
+
+def test_twelve_bands_on_the_10m_grid(ray_session, ben_v1_metadata):
+    rows = rows_by_name(build_dataset(DataConfig(metadata=str(ben_v1_metadata), split="train", bands="all",
+                                                 normalize="stats")))
+    assert len(rows) == 4
+    name = "S2A_MSIL2A_20170617T113321_36_85"
+    image = rows[name]["image"]
+    assert image.shape == (12, 120, 120)
+    import json
+
+    stats = json.loads(ben_v1_metadata.with_suffix(".json").read_text())["band_stats"]
+    mean, std = np.array(stats["mean"])[:, None, None], np.array(stats["std"])[:, None, None]
+    raw = image * std + mean
+    b08 = S2_BANDS.index("B08")
+    np.testing.assert_allclose(raw[b08], direct_read(name, "B08"), rtol=1e-4, atol=0.05)
+    for band in ("B05", "B01"):  # 20 m and 60 m bands: bilinear upsampling of the native grid
+        native = torch.from_numpy(direct_read(name, band))[None, None]
+        expected = F.interpolate(native, size=(120, 120), mode="bilinear", align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(raw[S2_BANDS.index(band)], expected, rtol=1e-4, atol=0.05)
+        assert abs(raw[S2_BANDS.index(band)].mean() - native.mean().item()) < 0.02 * native.mean().item()
+
+
+def test_reben_lmdb_stream_matches_safetensors(ray_session, tmp_path):
+    from safetensors.numpy import load
+
+    from geodino.pixels import open_lmdb
+
+    result = prepare(PrepareConfig(archive=str(BEN_V2), out=str(tmp_path / "v2.parquet"), workers=1))
+    rows = rows_by_name(build_dataset(DataConfig(metadata=result.metadata_path, split="validation", bands="B08,B04")))
+    assert len(rows) == 6
+    env = open_lmdb(str(BEN_V2 / "BigEarthNet-V2-LMDB"))  # an LMDB opens once per process
+    with env.begin() as txn:
+        for name, row in rows.items():
+            arrays = load(txn.get(name.encode()))
+            expected = np.stack([arrays["B08"], arrays["B04"]]).astype(np.float32)
+            np.testing.assert_allclose(row["image"], np.clip(expected / 2750.0, 0, 1), rtol=1e-6)
+
+
+def test_user_jpegs_stream_as_rgb(ray_session, tmp_path):
+    table = pd.read_csv(EUROSAT / "labels.csv").groupby("label").head(2)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    result = prepare(PrepareConfig(archive=str(tmp_path / "t.csv"), out=str(tmp_path / "m.parquet"),
+                                   data_dir=str(EUROSAT), workers=1))
+    rows = rows_by_name(build_dataset(DataConfig(metadata=result.metadata_path, split=None)))
+    assert len(rows) == 20
+    for row in rows.values():
+        assert row["image"].shape == (3, 64, 64) and row["labels"].sum() == 1
+        assert 0 <= row["image"].min() and row["image"].max() <= 1
+
+
+@pytest.mark.timeout(300)
+def test_two_training_workers_on_two_cpus_do_not_starve_ray_data(ray_session, ben_v1_metadata):
+    """Regression: 2 workers x 1 CPU on a 2-CPU cluster leaves Ray Data no CPU and hangs forever."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from geodino.resources import worker_cpus
+
+    counts = ben_v1_metadata.parent / "counts"
+    counts.mkdir(exist_ok=True)
+
+    def count_rows(config):
+        shard = ray.train.get_dataset_shard("train")
+        seen = sum(len(b["labels"]) for b in shard.iter_torch_batches(batch_size=2))
+        # Train V2 keeps no metrics reported without a checkpoint, so each worker leaves a file.
+        (counts / f"rank{ray.train.get_context().get_world_rank()}").write_text(str(seen))
+
+    cpus = worker_cpus(2)
+    assert cpus == 0.5
+    trainer = TorchTrainer(
+        count_rows,
+        datasets={"train": tensor_columns(build_dataset(DataConfig(metadata=str(ben_v1_metadata), split=None)))},
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(storage_path=str(ben_v1_metadata.parent / "runs"), name="starve"),
+    )
+    result = trainer.fit()
+    assert result.error is None
+    # Ray Train splits equally (every DDP rank must take the same number of steps): 5 rows -> 2 + 2.
+    assert [int((counts / f"rank{r}").read_text()) for r in range(2)] == [2, 2]
+
+
+def test_worker_cpus_derive_from_the_cluster():
+    from geodino.resources import worker_cpus
+
+    assert worker_cpus(1, cluster_cpus=2) == 1.0
+    assert worker_cpus(4, cluster_cpus=2) == 0.25
+    assert worker_cpus(8, cluster_cpus=64, use_gpu=True) == 2.0
+    with pytest.raises(ValueError, match="do not fit"):
+        worker_cpus(20, cluster_cpus=2)

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import BEN_V1_NPZ
+from geodino.labels import BEN19_CLASSES, BEN43_CLASSES, BEN43_TO_19, UnknownLabelError, multi_hot, to_ben19
+
+
+def test_mapping_matches_the_19_class_labels_shipped_with_real_patches():
+    labels = json.loads((BEN_V1_NPZ / "labels.json").read_text())
+    assert len(labels) == 30
+    for name, entry in labels.items():
+        assert to_ben19(entry["labels_43"]) == [c for c in BEN19_CLASSES if c in entry["labels_19"]], name
+
+
+def test_nomenclature_sizes_order_and_dropped_classes():
+    assert len(BEN43_CLASSES) == 43 and len(BEN19_CLASSES) == 19
+    assert BEN19_CLASSES[4] == "Pastures"  # the seed's printed list lost it
+    dropped = {name for name, target in BEN43_TO_19.items() if target is None}
+    assert dropped == {
+        "Road and rail networks and associated land", "Port areas", "Airports", "Mineral extraction sites",
+        "Dump sites", "Construction sites", "Green urban areas", "Sport and leisure facilities",
+        "Bare rock", "Burnt areas", "Intertidal flats",
+    }
+    assert set(BEN43_TO_19.values()) - {None} == set(BEN19_CLASSES)
+
+
+def test_unknown_label_is_named():
+    with pytest.raises(UnknownLabelError, match="'Moon craters'"):
+        to_ben19(["Pastures", "Moon craters"])
+
+
+@given(st.lists(st.sampled_from(BEN43_CLASSES), max_size=8))
+def test_mapping_properties(labels_43):
+    labels_19 = to_ben19(labels_43)
+    assert len(set(labels_19)) == len(labels_19)
+    assert labels_19 == sorted(labels_19, key=BEN19_CLASSES.index)
+    assert set(labels_19) == {BEN43_TO_19[n] for n in labels_43} - {None}
+    vector = multi_hot(labels_19, BEN19_CLASSES)
+    assert vector.sum() == len(labels_19)
+    assert [BEN19_CLASSES[i] for i in vector.nonzero()[0]] == labels_19
+
+
+@given(st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=4))
+def test_arbitrary_strings_either_map_or_raise_naming_themselves(names):
+    try:
+        to_ben19(names)
+    except UnknownLabelError as error:
+        assert any(repr(name) in str(error) for name in names if name not in BEN43_TO_19)
+    else:
+        assert all(name in BEN43_TO_19 for name in names)

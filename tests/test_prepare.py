@@ -1,0 +1,156 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import BEN_V1_EXAMPLE, BEN_V1_LISTS, BEN_V2, EUROSAT, REPO
+from geodino.prepare import PrepareConfig, prepare
+from geodino.splits import SPLITS, hash_split
+
+KNOWN = {
+    "S2A_MSIL2A_20170613T101031_87_48": (
+        "test", ["Arable land", "Land principally occupied by agriculture, with significant areas of natural vegetation"]),
+    "S2A_MSIL2A_20170617T113321_36_85": ("train", ["Arable land", "Pastures"]),
+    "S2A_MSIL2A_20170617T113321_4_55": ("train", ["Pastures"]),
+    "S2B_MSIL2A_20170924T93020_69_24": (
+        "train", ["Coniferous forest", "Mixed forest", "Transitional woodland, shrub", "Inland wetlands", "Inland waters"]),
+}
+
+
+def test_official_lists_give_six_correct_rows(ben_v1_metadata):
+    frame = pd.read_parquet(ben_v1_metadata).set_index("name")
+    assert len(frame) == 6
+    for name, (split, labels) in KNOWN.items():
+        assert frame.loc[name, "original_split"] == split
+        assert list(frame.loc[name, "labels"]) == labels
+    snowy = frame.loc["S2B_MSIL2A_20180204T94161_57_38"]
+    assert snowy["snow"] and not snowy["recommended"] and pd.isna(snowy["original_split"])
+    assert list(snowy["labels_43"]) == ["Non-irrigated arable land", "Coniferous forest", "Mixed forest"]
+    assert frame["recommended"].sum() == 5
+    assert frame.loc["S2A_MSIL2A_20170617T113321_4_55", "acquisition_date"] == "2017-06-17 11:33:21"
+    card = json.loads(ben_v1_metadata.with_suffix(".json").read_text())
+    assert card["split_source"] == "official lists" and len(card["classes"]) == 19
+    stats = card["band_stats"]
+    assert len(stats["mean"]) == 12 and all(s > 0 for s in stats["std"])
+
+
+def test_hash_split_without_lists_is_deterministic(tmp_path):
+    out = tmp_path / "m.parquet"
+    prepare(PrepareConfig(archive=str(BEN_V1_EXAMPLE), out=str(out), workers=1, verify="header"))
+    frame = pd.read_parquet(out)
+    assert set(frame["original_split"]) <= set(SPLITS)
+    assert all(frame["original_split"] == frame["name"].map(hash_split))
+    assert frame["recommended"].all()  # no exclusion lists: nothing is known to be snowy
+    counts = pd.Series([hash_split(f"patch_{i}") for i in range(20000)]).value_counts(normalize=True)
+    assert abs(counts["train"] - 0.52) < 0.02 and abs(counts["test"] - 0.24) < 0.02
+
+
+def _break(archive, name, band=None):
+    return archive / name / (f"{name}_{band}.tif" if band else f"{name}_labels_metadata.json")
+
+
+def test_every_bad_patch_is_rejected_with_its_reason_and_good_rows_survive(ben_v1_copy, tmp_path):
+    names = sorted(p.name for p in ben_v1_copy.iterdir())
+    _break(ben_v1_copy, names[0], "B03").unlink()  # missing band
+    truncated = _break(ben_v1_copy, names[1], "B02")
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    _break(ben_v1_copy, names[2]).write_text(json.dumps({"labels": ["Moon craters"]}))
+    _break(ben_v1_copy, names[3]).write_text("{not json")
+    wrong_size = _break(ben_v1_copy, names[4], "B05")  # a 20 m band replaced by a 10 m one
+    wrong_size.write_bytes(_break(ben_v1_copy, names[4], "B04").read_bytes())
+    out = tmp_path / "out" / "metadata.parquet"
+    result = prepare(PrepareConfig(archive=str(ben_v1_copy), out=str(out), workers=1))
+    assert result.rows == 1 and result.rejected == 5
+    reasons = pd.read_csv(result.rejects_path).set_index("name")["reason"]
+    assert "missing band file" in reasons[names[0]] and "B03" in reasons[names[0]]
+    assert "truncated" in reasons[names[1]] and "B02" in reasons[names[1]]
+    assert "'Moon craters'" in reasons[names[2]]
+    assert "not valid JSON" in reasons[names[3]]
+    assert "B05" in reasons[names[4]] and "expected 60x60" in reasons[names[4]]
+    assert pd.read_parquet(out)["name"].tolist() == [names[5]]
+
+
+def test_labels_missing_and_split_list_naming_unknown_patches(ben_v1_copy, tmp_path):
+    names = sorted(p.name for p in ben_v1_copy.iterdir())
+    _break(ben_v1_copy, names[0]).unlink()
+    _break(ben_v1_copy, names[1]).write_text(json.dumps({"coordinates": {}}))
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.csv").write_text("\n".join(names[2:] + ["S2X_NOT_IN_ARCHIVE_1_1"]) + "\n")
+    result = prepare(PrepareConfig(archive=str(ben_v1_copy), out=str(tmp_path / "m.parquet"),
+                                   splits_dir=str(splits), workers=1, verify="header"))
+    reasons = pd.read_csv(result.rejects_path).set_index("name")["reason"]
+    assert "label file" in reasons[names[0]] and "missing" in reasons[names[0]]
+    assert "no 'labels' list" in reasons[names[1]]
+    assert any("S2X_NOT_IN_ARCHIVE_1_1" in w and "1 patches" in w for w in result.warnings)
+
+
+def test_strict_exit_code_and_earlier_output_kept_on_failure(ben_v1_copy, tmp_path):
+    out = tmp_path / "metadata.parquet"
+    script = [sys.executable, str(REPO / "experiments" / "prepare.py")]
+    ok = subprocess.run(script + [str(ben_v1_copy), "--out", str(out), "--workers", "1", "--strict"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    before = out.read_bytes()
+    for folder in ben_v1_copy.iterdir():  # now every patch is broken
+        (folder / f"{folder.name}_labels_metadata.json").unlink()
+    failed = subprocess.run(script + [str(ben_v1_copy), "--out", str(out), "--workers", "1"],
+                            capture_output=True, text=True)
+    assert failed.returncode == 2 and "no usable patch" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert out.read_bytes() == before
+
+
+def test_parallel_workers_give_the_same_rows(tmp_path):
+    one = prepare(PrepareConfig(archive=str(BEN_V1_EXAMPLE), out=str(tmp_path / "a.parquet"), workers=1))
+    two = prepare(PrepareConfig(archive=str(BEN_V1_EXAMPLE), out=str(tmp_path / "b.parquet"), workers=2))
+    pd.testing.assert_frame_equal(pd.read_parquet(one.metadata_path), pd.read_parquet(two.metadata_path))
+
+
+def test_reben_v2_metadata_and_lmdb(tmp_path):
+    result = prepare(PrepareConfig(archive=str(BEN_V2), out=str(tmp_path / "v2.parquet"), workers=1))
+    frame = pd.read_parquet(result.metadata_path)
+    assert result.rows == 24 and result.rejected == 0
+    assert frame["original_split"].value_counts().to_dict() == {"train": 8, "validation": 8, "test": 8}
+    assert (frame["snow"] | frame["cloud_or_shadow"]).sum() == 6
+    assert frame["recommended"].sum() == 18
+    source = pd.concat([pd.read_parquet(BEN_V2 / "metadata.parquet"),
+                        pd.read_parquet(BEN_V2 / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")])
+    assert frame.set_index("name")["country"].to_dict() == source.set_index("patch_id")["country"].to_dict()
+
+
+def test_user_image_table_with_bad_rows(tmp_path):
+    table = pd.read_csv(EUROSAT / "labels.csv").groupby("label").head(4)
+    bad = pd.DataFrame({"path": ["../../etc/passwd", "images/Forest/does_not_exist.jpg"],
+                        "label": ["Forest", "Forest"], "split": ["train", "train"]})
+    csv = tmp_path / "mine.csv"
+    pd.concat([table, bad]).to_csv(csv, index=False)
+    result = prepare(PrepareConfig(archive=str(csv), out=str(tmp_path / "m.parquet"), data_dir=str(EUROSAT), workers=1))
+    assert result.rows == 40 and result.rejected == 2
+    reasons = pd.read_csv(result.rejects_path)["reason"].tolist()
+    assert any("leaves the data folder" in r and "row 42" in r for r in reasons)
+    assert any("does_not_exist.jpg" in r for r in reasons)
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["task"] == "single_label" and len(card["classes"]) == 10 and card["pixel_max"] == 255.0
+    assert card["bands"] == ["band1", "band2", "band3"]
+
+
+def test_demo_archive_is_deterministic_and_learnable_shaped(tmp_path):
+    from geodino.demo import make_demo_archive
+
+    a = make_demo_archive(str(tmp_path / "a"), patches=6, seed=3)
+    b = make_demo_archive(str(tmp_path / "b"), patches=6, seed=3)
+    files = sorted(p.relative_to(a) for p in (tmp_path / "a").rglob("*.tif"))
+    assert len(files) == 6 * 12
+    for rel in files[:24]:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    result = prepare(PrepareConfig(archive=a, out=str(tmp_path / "m.parquet"), workers=1))
+    assert result.rows == 6 and result.rejected == 0
+    import rasterio
+
+    with rasterio.open(tmp_path / "a" / files[0]) as src:
+        assert src.crs.to_epsg() == 32633 and src.dtypes[0] == "uint16"
+        assert 0 < np.median(src.read(1)) < 10000
