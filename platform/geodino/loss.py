@@ -1,0 +1,57 @@
+"""The DINO objective: student predictions on every crop match the centred, sharpened teacher on the global crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class DINOLoss(nn.Module):
+    def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
+                 warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
+                 center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.ncrops = ncrops
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        # A low teacher temperature at the start keeps the first epochs from collapsing.
+        warmup = min(warmup_teacher_temp_epochs, nepochs)
+        self.teacher_temp_schedule = np.concatenate(
+            (np.linspace(warmup_teacher_temp, teacher_temp, warmup), np.ones(nepochs - warmup) * teacher_temp)
+        )
+
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
+        """student_output: (ncrops * B, K); teacher_output: (2 * B, K), global crops first."""
+        student_chunks = (student_output / self.student_temp).chunk(self.ncrops)
+        temp = self.teacher_temp_schedule[epoch]
+        teacher_chunks = F.softmax((teacher_output - self.center) / temp, dim=-1).detach().chunk(2)
+        total, terms = 0.0, 0
+        for iq, q in enumerate(teacher_chunks):
+            for v, student_logits in enumerate(student_chunks):
+                if v == iq:  # the same view seen by both networks teaches nothing
+                    continue
+                total = total + torch.sum(-q * F.log_softmax(student_logits, dim=-1), dim=-1).mean()
+                terms += 1
+        self.update_center(teacher_output)
+        return total / terms
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor) -> None:
+        """EMA of the teacher's mean output over the global batch (all workers)."""
+        batch_center = torch.sum(teacher_output, dim=0, keepdim=True)
+        count = torch.tensor([float(len(teacher_output))], device=teacher_output.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_center)
+            dist.all_reduce(count)
+        batch_center = batch_center / count
+        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
+
+
+def teacher_entropy(teacher_output: torch.Tensor, center: torch.Tensor, temp: float) -> float:
+    """Mean entropy (nats) of the teacher's distribution: near 0 or near log(K) means collapse."""
+    probs = F.softmax((teacher_output - center) / temp, dim=-1)
+    return float(-(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean())

@@ -1,0 +1,415 @@
+"""DINO self-supervised pretraining on Ray Train.
+
+``train_dino`` is the training loop that runs on every Ray Train worker; it reads
+top to bottom like facebookresearch/dino's ``main_dino.py``. Ray appears only at
+its edges: the dataset shard it iterates, ``prepare_model`` for DDP, and
+``ray.train.report`` for metrics and checkpoints. ``run_pretraining`` builds the
+dataset and the ``TorchTrainer`` around it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from geodino.augment import MultiCrop, MultiCropConfig, crop_columns
+from geodino.checkpoint import BACKBONE_FILE, plain_values, read_checkpoint, write_checkpoint
+from geodino.loss import DINOLoss, teacher_entropy
+from geodino.models import build_student_teacher
+from geodino.schedules import cosine_schedule
+
+
+@dataclass
+class PretrainConfig:
+    # --- facebookresearch/dino's names
+    arch: str = "vit_small"
+    patch_size: int = 16
+    out_dim: int = 65536
+    norm_last_layer: bool = True
+    momentum_teacher: float = 0.996
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on a GPU that has it, fp32 on CPU; fp16 uses a grad scaler
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0
+    batch_size_per_gpu: int = 64
+    epochs: int = 100
+    freeze_last_layer: int = 1
+    lr: float = 0.0005
+    warmup_epochs: int = 10
+    min_lr: float = 1e-6
+    drop_path_rate: float = 0.1
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 8
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    output_dir: str | None = None
+    saveckp_freq: int = 20
+    seed: int = 0
+    # --- the seed's SageMaker names
+    metadata_dir: str | None = None
+    data_dir: str | None = None
+    checkpoint_dir: str | None = None  # SageMaker's local checkpoint folder (synced to S3); used as storage
+    # --- geodino's own
+    global_crops_size: int = 224
+    local_crops_size: int = 96
+    bands: str = "rgb"
+    normalize: str = "max"
+    num_workers: int = 1
+    use_gpu: bool = False
+    backend: str | None = None  # gloo | nccl | smddp; default nccl on GPU, gloo on CPU
+    storage_path: str = "runs"
+    run_name: str | None = None
+    max_failures: int = 0
+    crops_on: str = "device"  # device: in the training loop; data: in Ray Data CPU tasks
+    limit: int | None = None  # use only the first N training patches (smoke runs)
+    extra: dict = field(default_factory=dict)
+
+    def resolved_run_name(self) -> str:
+        return self.run_name or f"dino_{self.arch}_p{self.patch_size}"
+
+    def resolved_storage(self) -> str:
+        storage = self.checkpoint_dir or self.storage_path
+        return storage if "://" in storage else os.path.abspath(storage)
+
+    def resolved_output_dir(self) -> str:
+        if self.output_dir:
+            return os.path.abspath(self.output_dir)
+        storage = self.resolved_storage()
+        local = storage if "://" not in storage else os.path.abspath("runs")
+        return os.path.join(local, self.resolved_run_name())
+
+    def multicrop(self) -> MultiCropConfig:
+        return MultiCropConfig(
+            global_crops_size=self.global_crops_size,
+            local_crops_size=self.local_crops_size,
+            local_crops_number=self.local_crops_number,
+            global_crops_scale=tuple(self.global_crops_scale),
+            local_crops_scale=tuple(self.local_crops_scale),
+            solarize_threshold=0.5 if self.normalize == "max" else 0.0,
+        )
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops, the last good checkpoint stays."""
+
+
+# ============================================================================ helpers of the loop
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Weight decay on weight matrices only, not on biases and norm parameters (as DINO)."""
+    decayed, plain = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (plain if name.endswith(".bias") or parameter.ndim == 1 else decayed).append(parameter)
+    return [{"params": decayed}, {"params": plain, "weight_decay": 0.0}]
+
+
+def clip_gradients(model: nn.Module, clip: float) -> None:
+    """DINO clips each parameter's gradient norm separately."""
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            norm = parameter.grad.data.norm(2)
+            factor = clip / (norm + 1e-6)
+            if factor < 1:
+                parameter.grad.data.mul_(factor)
+
+
+def cancel_last_layer_gradients(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
+    """Keep the projection fixed in the first epoch(s): training is unstable otherwise."""
+    if epoch >= freeze_last_layer:
+        return
+    for name, parameter in model.named_parameters():
+        if "last_layer" in name:
+            parameter.grad = None
+
+
+@torch.no_grad()
+def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
+    for p_student, p_teacher in zip(student.parameters(), teacher.parameters()):
+        p_teacher.mul_(momentum).add_((1 - momentum) * p_student.detach())
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision in ("bf16", "auto"):
+        return torch.bfloat16
+    raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+
+
+def crops_of(batch: dict, multicrop: MultiCrop, device: torch.device) -> list[torch.Tensor]:
+    if "image" in batch:
+        return multicrop(batch["image"].to(device, non_blocking=True))
+    return [batch[f"crop{i}"].to(device, non_blocking=True) for i in range(multicrop.ncrops)]
+
+
+def schedules(cfg: PretrainConfig, steps_per_epoch: int, world_size: int) -> dict[str, np.ndarray]:
+    global_batch = cfg.batch_size_per_gpu * world_size
+    return {
+        "lr": cosine_schedule(cfg.lr * global_batch / 256.0, cfg.min_lr, cfg.epochs, steps_per_epoch,
+                              warmup_epochs=cfg.warmup_epochs),
+        "wd": cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps_per_epoch),
+        "momentum": cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps_per_epoch),
+    }
+
+
+# ============================================================================ the training loop
+
+
+def train_dino(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = PretrainConfig(**loop_config["pretrain"])
+    steps_per_epoch, in_chans = loop_config["steps_per_epoch"], loop_config["in_chans"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+
+    # ============ data: this worker's shard of the Ray Dataset ============
+    shard = ray.train.get_dataset_shard("train")
+    multicrop = MultiCrop(cfg.multicrop())
+
+    # ============ student and teacher networks ============
+    student, teacher = build_student_teacher(cfg.arch, cfg.patch_size, in_chans, cfg.out_dim, cfg.norm_last_layer,
+                                             cfg.drop_path_rate)
+    teacher = teacher.to(device)
+    student = ray.train.torch.prepare_model(student)  # DDP when world_size > 1; moves to device
+    student_plain = student.module if hasattr(student, "module") else student
+
+    # ============ loss, optimizer, schedules ============
+    dino_loss = DINOLoss(cfg.out_dim, multicrop.ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
+                         cfg.warmup_teacher_temp_epochs, cfg.epochs).to(device)
+    optimizer = torch.optim.AdamW(param_groups(student_plain))  # lr and wd are set by the schedules
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    plan = schedules(cfg, steps_per_epoch, world_size)
+
+    # ============ resume from the latest checkpoint of this run, if any ============
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = read_checkpoint(folder, map_location=device)
+        student_plain.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        dino_loss.load_state_dict(state["dino_loss"])
+        if scaler is not None and state.get("fp16_scaler"):
+            scaler.load_state_dict(state["fp16_scaler"])
+        start_epoch, history = state["epoch"], list(state.get("metrics", []))
+
+    writer = _tensorboard(cfg) if rank == 0 else None
+    for epoch in range(start_epoch, cfg.epochs):
+        # ============ one epoch of DINO ============
+        metrics = train_one_epoch(student, teacher, student_plain, dino_loss, shard, multicrop, optimizer, scaler,
+                                  amp_dtype, plan, epoch, steps_per_epoch, cfg, device, world_size)
+        history.append(metrics)
+        if writer is not None:
+            for key, value in metrics.items():
+                writer.add_scalar(f"pretrain/{key}", value, epoch)
+            writer.flush()
+            _append_log(cfg, metrics)
+
+        # ============ checkpoint (rank 0 writes it) and report ============
+        last = epoch + 1 == cfg.epochs
+        save = last or (cfg.saveckp_freq and (epoch + 1) % cfg.saveckp_freq == 0)
+        with tempfile.TemporaryDirectory() as folder:
+            ray_checkpoint = None
+            if save and rank == 0:
+                state = {
+                    "student": student_plain.state_dict(),
+                    "teacher": teacher.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "args": plain_values(asdict(cfg) | {"in_chans": in_chans}),
+                    "dino_loss": dino_loss.state_dict(),
+                    "fp16_scaler": scaler.state_dict() if scaler is not None else None,
+                    "metrics": plain_values(history),
+                }
+                write_checkpoint(folder, state, teacher.backbone.state_dict())
+                ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=ray_checkpoint)
+    if writer is not None:
+        writer.close()
+
+
+def train_one_epoch(student, teacher, student_plain, dino_loss, shard, multicrop, optimizer, scaler, amp_dtype,
+                    plan, epoch, steps_per_epoch, cfg, device, world_size) -> dict:
+    started = time.perf_counter()
+    losses, entropies, waited = [], [], 0.0
+    batches = shard.iter_torch_batches(batch_size=cfg.batch_size_per_gpu, drop_last=True, prefetch_batches=2,
+                                       local_shuffle_buffer_size=cfg.batch_size_per_gpu * 4,
+                                       local_shuffle_seed=cfg.seed + epoch)
+    fetch_started = time.perf_counter()
+    for step, batch in enumerate(batches):
+        if step >= steps_per_epoch:
+            break
+        waited += time.perf_counter() - fetch_started
+        it = epoch * steps_per_epoch + step  # global iteration, indexes the schedules
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"] = float(plan["lr"][it])
+            if i == 0:  # only the first group is regularised
+                group["weight_decay"] = float(plan["wd"][it])
+
+        crops = crops_of(batch, multicrop, device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            teacher_output = teacher(crops[:2])  # only the 2 global views pass through the teacher
+            student_output = student(crops)
+            loss = dino_loss(student_output, teacher_output, epoch)
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {epoch}, step {step} (lr {plan['lr'][it]:.2e}); the last good "
+                f"checkpoint is kept. Try a lower --lr, a smaller --clip_grad, or --precision bf16/fp32 instead of fp16."
+            )
+
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            if cfg.clip_grad:
+                clip_gradients(student_plain, cfg.clip_grad)
+            cancel_last_layer_gradients(epoch, student_plain, cfg.freeze_last_layer)
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                clip_gradients(student_plain, cfg.clip_grad)
+            cancel_last_layer_gradients(epoch, student_plain, cfg.freeze_last_layer)
+            scaler.step(optimizer)
+            scaler.update()
+
+        update_teacher(student_plain, teacher, float(plan["momentum"][it]))
+        losses.append(loss.item())
+        entropies.append(teacher_entropy(teacher_output.float(), dino_loss.center,
+                                         dino_loss.teacher_temp_schedule[epoch]))
+        fetch_started = time.perf_counter()
+
+    if len(losses) < steps_per_epoch:
+        raise RuntimeError(f"epoch {epoch}: the data shard gave {len(losses)} batches, {steps_per_epoch} expected")
+    seconds = time.perf_counter() - started
+    last_it = (epoch + 1) * steps_per_epoch - 1
+    metrics = {
+        "epoch": epoch,
+        "loss": float(np.mean(losses)),
+        "lr": float(plan["lr"][last_it]),
+        "wd": float(plan["wd"][last_it]),
+        "momentum_teacher": float(plan["momentum"][last_it]),
+        "teacher_entropy": float(np.mean(entropies)),
+        "max_entropy": math.log(cfg.out_dim),
+        "images_per_s": steps_per_epoch * cfg.batch_size_per_gpu * world_size / seconds,
+        "data_wait_fraction": waited / seconds,
+        "epoch_seconds": seconds,
+    }
+    if device.type == "cuda":
+        metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return metrics
+
+
+def _tensorboard(cfg: PretrainConfig):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(cfg.resolved_output_dir(), "tensorboard"))
+
+
+def _append_log(cfg: PretrainConfig, metrics: dict) -> None:
+    """DINO's log.txt: one JSON line per epoch, kept beside the TensorBoard events."""
+    folder = cfg.resolved_output_dir()
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "log.txt"), "a") as handle:
+        handle.write(json.dumps(metrics) + "\n")
+    print(
+        f"epoch {metrics['epoch']:>3}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+        f"entropy {metrics['teacher_entropy']:.2f}/{metrics['max_entropy']:.2f}  "
+        f"{metrics['images_per_s']:.1f} img/s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# ============================================================================ the driver
+
+
+@dataclass
+class PretrainResult:
+    checkpoint_dir: str  # local folder with checkpoint.pth and teacher_backbone.pth
+    storage_checkpoint: str  # where Ray keeps it (local path or s3:// URI)
+    metrics: list[dict]
+
+
+def steps_per_epoch_for(rows: int, cfg: PretrainConfig) -> int:
+    """Ray Train gives each worker an equal share (the remainder is dropped); batches drop their last partial one."""
+    steps = (rows // cfg.num_workers) // cfg.batch_size_per_gpu
+    if steps == 0:
+        raise ValueError(
+            f"--batch_size_per_gpu {cfg.batch_size_per_gpu} x --num_workers {cfg.num_workers} is larger than the "
+            f"{rows} training patches: lower the batch size or the number of workers"
+        )
+    return steps
+
+
+def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from geodino.data import DataConfig, build_dataset, dataset_size, load_card, resolve_bands
+    from geodino.resources import init_ray, worker_cpus
+
+    if not cfg.metadata_dir:
+        raise ValueError("--metadata_dir is required (experiments/pretrain.py fills it with the demo archive)")
+    init_ray()
+    data_config = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
+                             normalize=cfg.normalize, limit=cfg.limit)
+    card = load_card(cfg.metadata_dir)
+    in_chans = len(resolve_bands(card, cfg.bands))
+    steps = steps_per_epoch_for(dataset_size(data_config), cfg)
+    dataset = build_dataset(data_config).select_columns(["image"]).randomize_block_order(seed=cfg.seed)
+    if cfg.crops_on == "data":
+        dataset = dataset.map_batches(crop_columns, batch_size=cfg.batch_size_per_gpu,
+                                      fn_kwargs={"config": cfg.multicrop()})
+
+    resources = {"CPU": worker_cpus(cfg.num_workers, use_gpu=cfg.use_gpu)}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
+    trainer = TorchTrainer(
+        train_dino,
+        train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "in_chans": in_chans},
+        datasets={"train": dataset},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=resources),
+        torch_config=TorchConfig(backend=backend),
+        run_config=ray.train.RunConfig(
+            name=cfg.resolved_run_name(),
+            storage_path=cfg.resolved_storage(),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    final = os.path.join(cfg.resolved_output_dir(), "final")
+    result.checkpoint.to_directory(final)
+    state = read_checkpoint(final)
+    return PretrainResult(checkpoint_dir=final, storage_checkpoint=result.checkpoint.path, metrics=state["metrics"])
+
+
+def backbone_file(result: PretrainResult) -> str:
+    return os.path.join(result.checkpoint_dir, BACKBONE_FILE)

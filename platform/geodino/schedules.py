@@ -1,0 +1,16 @@
+"""Per-iteration schedules, precomputed as arrays as in DINO: linear warm-up, then a cosine."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
+                    warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
+    warmup_iters = warmup_epochs * niter_per_ep
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
+    schedule = np.concatenate((warmup, cosine))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
