@@ -51,10 +51,11 @@ def dihedral_matrices(batch: int, device) -> torch.Tensor:
     return rotation @ mirror
 
 
-def resized_crop(images: torch.Tensor, size: int, scale: tuple[float, float]) -> torch.Tensor:
+def resized_crop(images: torch.Tensor, size: int, scale: tuple[float, float],
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
     """Random resized crop + flip + 90-degree rotation, one grid_sample for the whole batch."""
     batch = images.shape[0]
-    box = crop_boxes(batch, scale, images.device)
+    box = crop_boxes(batch, scale, images.device, ratio)
     linear = torch.diag_embed(box[:, :2]) @ dihedral_matrices(batch, images.device)
     theta = torch.cat([linear, box[:, 2:, None]], dim=2).to(images.dtype)
     grid = F.affine_grid(theta, [batch, images.shape[1], size, size], align_corners=False)
@@ -74,13 +75,12 @@ def jitter(images: torch.Tensor, probability: float, brightness: float, contrast
 
 
 def gaussian_blur(images: torch.Tensor, probability: float, sigma_range=(0.1, 2.0)) -> torch.Tensor:
-    """Blur with a per-sample sigma (scaled from DINO's 224-px values to this crop size)."""
+    """Blur with a per-sample sigma in pixels of the crop, as DINO does for both crop sizes."""
     if probability <= 0:
         return images
     batch, bands, size, _ = images.shape
-    scale = size / 224
-    sigma = torch.empty(batch, device=images.device).uniform_(*sigma_range) * scale
-    radius = max(1, math.ceil(3 * sigma_range[1] * scale))
+    sigma = torch.empty(batch, device=images.device).uniform_(*sigma_range)
+    radius = max(1, min(math.ceil(3 * sigma_range[1]), size - 1))
     offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
     identity = (offsets == 0).to(images.dtype).expand(batch, -1)

@@ -1,0 +1,160 @@
+"""DINO's pieces checked against independent re-derivations (NumPy, hand formulas, torch.rot90)."""
+
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from geodino.augment import MultiCrop, MultiCropConfig, gaussian_blur, resized_crop, solarize
+from geodino.loss import DINOLoss, teacher_entropy
+from geodino.models import DINOHead, build_student_teacher, create_backbone
+from geodino.pretrain import clip_gradients, param_groups, update_teacher
+from geodino.schedules import cosine_schedule
+
+
+def numpy_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def numpy_dino_loss(student, teacher, center, ncrops, student_temp, teacher_temp):
+    """Straight from the paper: sum over (global teacher view, other student view) pairs of H(t, s)."""
+    batch = teacher.shape[0] // 2
+    s = [student[i * batch:(i + 1) * batch] / student_temp for i in range(ncrops)]
+    t = [numpy_softmax((teacher[i * batch:(i + 1) * batch] - center) / teacher_temp) for i in range(2)]
+    terms = []
+    for iq in range(2):
+        for v in range(ncrops):
+            if v != iq:
+                log_p = s[v] - np.log(np.exp(s[v]).sum(-1, keepdims=True))
+                terms.append((-t[iq] * log_p).sum(-1).mean())
+    return np.mean(terms)
+
+
+def test_loss_and_centre_match_numpy():
+    rng = np.random.default_rng(0)
+    out_dim, ncrops, batch = 4, 4, 3
+    loss_fn = DINOLoss(out_dim, ncrops, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=3,
+                       nepochs=10)
+    center = np.zeros((1, out_dim))
+    for epoch in range(3):
+        student = rng.normal(size=(ncrops * batch, out_dim))
+        teacher = rng.normal(size=(2 * batch, out_dim))
+        temp = [0.04, 0.055, 0.07][epoch]
+        assert loss_fn.teacher_temp_schedule[epoch] == pytest.approx(temp)
+        expected = numpy_dino_loss(student, teacher, center, ncrops, 0.1, temp)
+        got = loss_fn(torch.tensor(student, dtype=torch.float64), torch.tensor(teacher, dtype=torch.float64), epoch)
+        assert got.item() == pytest.approx(expected, rel=1e-9)
+        center = 0.9 * center + 0.1 * teacher.mean(0, keepdims=True)
+        np.testing.assert_allclose(loss_fn.center.numpy(), center, rtol=1e-6)
+    assert loss_fn.teacher_temp_schedule[5] == pytest.approx(0.07)
+
+
+def _centre_worker(rank, world, port, results):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    loss_fn = DINOLoss(4, 2, 0.04, 0.04, 0, 1)
+    teacher = torch.arange(8, dtype=torch.float32).reshape(2, 4) + 10 * rank  # each worker: 2 rows
+    loss_fn.update_center(teacher)
+    results[rank] = loss_fn.center.clone()
+    dist.destroy_process_group()
+
+
+def test_centre_is_all_reduced_across_two_gloo_workers():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_centre_worker, args=(2, port, results), nprocs=2, join=True)
+    everything = torch.cat([torch.arange(8.0).reshape(2, 4) + 10 * r for r in range(2)])
+    expected = 0.1 * everything.mean(0, keepdim=True)  # the mean over both workers' rows
+    for rank in range(2):
+        torch.testing.assert_close(results[rank], expected)
+
+
+def test_schedules():
+    lr = cosine_schedule(1.0, 0.0, epochs=10, niter_per_ep=5, warmup_epochs=2)
+    assert len(lr) == 50 and lr[0] == 0 and lr[9] == pytest.approx(1.0)
+    rest = np.arange(40)
+    np.testing.assert_allclose(lr[10:], 0.5 * (1 + np.cos(np.pi * rest / 40)))
+    momentum = cosine_schedule(0.996, 1.0, 4, 3)
+    assert momentum[0] == pytest.approx(0.996) and momentum[-1] < 1 and np.all(np.diff(momentum) > 0)
+
+
+def test_teacher_ema_and_per_parameter_clipping():
+    student, teacher = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in teacher.parameters()]
+    update_teacher(student, teacher, 0.9)
+    for t0, s, t1 in zip(before, student.parameters(), teacher.parameters()):
+        torch.testing.assert_close(t1, 0.9 * t0 + 0.1 * s.detach())
+    student.weight.grad = torch.full((2, 3), 10.0)
+    student.bias.grad = torch.tensor([0.3, 0.4])
+    clip_gradients(student, 1.0)
+    assert student.weight.grad.norm().item() == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(student.bias.grad, torch.tensor([0.3, 0.4]))  # under the limit: untouched
+
+
+def test_head_weight_norm_and_no_decay_on_biases_and_norms():
+    head = DINOHead(16, out_dim=32, norm_last_layer=True)
+    out = head(torch.randn(5, 16))
+    assert out.shape == (5, 32)
+    assert not head.last_layer.weight_g.requires_grad
+    assert DINOHead(16, 32, norm_last_layer=False).last_layer.weight_g.requires_grad
+    backbone = create_backbone("vit_tiny", 16, 3)
+    decayed, plain = param_groups(backbone)
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 or p.ndim == 0 for p in plain["params"])
+    assert plain["weight_decay"] == 0.0
+
+
+def test_backbone_takes_any_band_count_and_size():
+    backbone = create_backbone("vit_tiny", patch_size=8, in_chans=12)
+    for size in (120, 224, 48):
+        assert backbone(torch.randn(2, 12, size, size)).shape == (2, 192)
+
+
+def test_dino_checkpoint_keys_and_entropy_bounds():
+    student, teacher = build_student_teacher("vit_tiny", 16, 3, out_dim=64, norm_last_layer=True, drop_path_rate=0.1)
+    keys = set(teacher.state_dict())
+    for key in ("backbone.cls_token", "backbone.pos_embed", "backbone.patch_embed.proj.weight",
+                "backbone.blocks.0.attn.qkv.weight", "backbone.norm.weight", "head.mlp.0.weight",
+                "head.last_layer.weight_g", "head.last_layer.weight_v"):
+        assert key in keys
+    assert not any(p.requires_grad for p in teacher.parameters())
+    uniform = torch.zeros(4, 64)
+    assert teacher_entropy(uniform, torch.zeros(1, 64), 0.04) == pytest.approx(math.log(64), rel=1e-5)
+    peaked = torch.zeros(4, 64)
+    peaked[:, 0] = 100
+    assert teacher_entropy(peaked, torch.zeros(1, 64), 0.04) < 1e-3
+
+
+def test_full_size_crop_is_a_rotation_or_flip_of_the_image():
+    torch.manual_seed(0)
+    images = torch.randn(16, 2, 8, 8)
+    crops = resized_crop(images, 8, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    seen = set()
+    for image, crop in zip(images, crops):
+        candidates = [torch.rot90(base, k, dims=(1, 2)) for base in (image, image.flip(2)) for k in range(4)]
+        matches = [i for i, c in enumerate(candidates) if torch.allclose(c, crop, atol=1e-5)]
+        assert matches, "a full-size crop must be one of the 8 symmetries of the square"
+        seen.add(matches[0])
+    assert len(seen) > 3  # the symmetries are actually drawn at random
+
+
+def test_multicrop_shapes_blur_and_solarize():
+    torch.manual_seed(0)
+    config = MultiCropConfig(global_crops_size=32, local_crops_size=16, local_crops_number=3)
+    crops = MultiCrop(config)(torch.rand(4, 12, 60, 60))
+    assert [tuple(c.shape) for c in crops] == [(4, 12, 32, 32)] * 2 + [(4, 12, 16, 16)] * 3
+    images = torch.rand(3, 2, 16, 16)
+    torch.testing.assert_close(gaussian_blur(images, probability=1e-9), images)
+    blurred = gaussian_blur(images, probability=1.0)
+    assert blurred.std() < images.std()
+    torch.testing.assert_close(blurred.mean(), images.mean(), atol=0.02, rtol=0)
+    x = torch.tensor([0.2, 0.5, 0.9]).reshape(1, 1, 1, 3)
+    torch.testing.assert_close(solarize(x, 1.0, 0.5), torch.tensor([0.2, 0.5, 0.1]).reshape(1, 1, 1, 3))
+    torch.testing.assert_close(solarize(-x, 1.0, 0.0), -x)
+    torch.testing.assert_close(solarize(x, 1.0, 0.0), -x)

@@ -1,0 +1,77 @@
+"""Real Ray Train runs (gloo on CPU) on real imagery: learning, checkpoints, resume, 12 bands."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import timm
+import torch
+
+from conftest import EUROSAT
+from geodino.checkpoint import read_checkpoint, strip_prefixes
+from geodino.prepare import PrepareConfig, prepare
+from geodino.pretrain import PretrainConfig, run_pretraining, steps_per_epoch_for
+
+TINY = dict(arch="vit_tiny", patch_size=8, out_dim=256, global_crops_size=32, local_crops_size=16,
+            local_crops_number=2, drop_path_rate=0.0, warmup_epochs=0, lr=0.002, saveckp_freq=1,
+            momentum_teacher=0.9, freeze_last_layer=0)  # a fast-moving teacher: learning shows within 12 steps
+
+
+@pytest.fixture(scope="module")
+def eurosat_metadata(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eurosat")
+    table = pd.read_csv(EUROSAT / "labels.csv")
+    table = table[table["split"] == "train"].groupby("label").head(8)  # 80 real images, all 10 classes
+    table.to_csv(folder / "train.csv", index=False)
+    result = prepare(PrepareConfig(archive=str(folder / "train.csv"), out=str(folder / "metadata.parquet"),
+                                   data_dir=str(EUROSAT), workers=1))
+    return result.metadata_path
+
+
+@pytest.mark.timeout(600)
+def test_two_gloo_workers_learn_checkpoint_and_resume(ray_session, eurosat_metadata, tmp_path):
+    config = PretrainConfig(**TINY, metadata_dir=eurosat_metadata, epochs=3, batch_size_per_gpu=8, num_workers=2,
+                            storage_path=str(tmp_path / "runs"), run_name="gloo2")
+    first = run_pretraining(config)
+    losses = [m["loss"] for m in first.metrics]
+    assert len(losses) == 3 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert losses[-1] < losses[0], losses
+    entropy = first.metrics[-1]["teacher_entropy"]
+    assert 0.1 < entropy < 0.98 * first.metrics[-1]["max_entropy"], "teacher output collapsed"
+
+    state = read_checkpoint(first.checkpoint_dir)
+    assert state["epoch"] == 3 and state["args"]["arch"] == "vit_tiny"
+    assert {"student", "teacher", "optimizer", "dino_loss", "fp16_scaler", "args"} <= set(state)
+    assert state["dino_loss"]["center"].shape == (1, 256)
+    backbone_path = os.path.join(first.checkpoint_dir, "teacher_backbone.pth")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0, patch_size=8,
+                              pretrained_cfg_overlay=dict(file=backbone_path))
+    teacher_backbone = strip_prefixes({k: v for k, v in state["teacher"].items() if k.startswith("backbone.")})
+    torch.testing.assert_close(model.state_dict()["blocks.11.mlp.fc2.weight"], teacher_backbone["blocks.11.mlp.fc2.weight"])
+
+    # The same command with more epochs continues after the last checkpoint instead of starting over.
+    resumed = run_pretraining(PretrainConfig(**{**config.__dict__, "epochs": 4}))
+    assert [m["epoch"] for m in resumed.metrics] == [0, 1, 2, 3]
+    assert resumed.metrics[:3] == first.metrics
+    log = [json.loads(line) for line in open(os.path.join(tmp_path / "runs", "gloo2", "log.txt"))]
+    assert [m["epoch"] for m in log] == [0, 1, 2, 3]  # epoch 3 ran once; 0-2 were not repeated
+    assert read_checkpoint(resumed.checkpoint_dir)["epoch"] == 4
+
+
+@pytest.mark.timeout(600)
+def test_twelve_band_bigearthnet_run(ray_session, ben_v1_metadata, tmp_path):
+    config = PretrainConfig(**TINY, metadata_dir=str(ben_v1_metadata), bands="all", normalize="stats", epochs=1,
+                            batch_size_per_gpu=2, storage_path=str(tmp_path / "runs"), run_name="s2")
+    result = run_pretraining(config)
+    state = read_checkpoint(result.checkpoint_dir)
+    assert state["args"]["in_chans"] == 12
+    assert state["teacher"]["backbone.patch_embed.proj.weight"].shape[1] == 12
+    assert torch.isfinite(torch.tensor(result.metrics[0]["loss"]))
+
+
+def test_batch_larger_than_the_dataset_is_refused_before_starting():
+    config = PretrainConfig(batch_size_per_gpu=64, num_workers=2)
+    with pytest.raises(ValueError, match="larger than the 100 training patches"):
+        steps_per_epoch_for(100, config)
+    assert steps_per_epoch_for(1000, config) == 7
