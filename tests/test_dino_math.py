@@ -68,7 +68,7 @@ def test_centre_is_all_reduced_across_two_gloo_workers():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    results = mp.Manager().dict()
+    results = mp.get_context("spawn").Manager().dict()  # fork would copy Ray's gRPC threads
     mp.spawn(_centre_worker, args=(2, port, results), nprocs=2, join=True)
     everything = torch.cat([torch.arange(8.0).reshape(2, 4) + 10 * r for r in range(2)])
     expected = 0.1 * everything.mean(0, keepdim=True)  # the mean over both workers' rows

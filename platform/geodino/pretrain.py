@@ -389,6 +389,12 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     if cfg.use_gpu:
         resources["GPU"] = 1
     backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
+    if backend == "smddp":
+        import importlib.util
+
+        if importlib.util.find_spec("smdistributed") is None:
+            raise ValueError("--backend smddp needs SageMaker's smdistributed package, which only SageMaker's PyTorch "
+                             "training images have; use --backend nccl on other GPU clusters")
     trainer = TorchTrainer(
         train_dino,
         train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "in_chans": in_chans},

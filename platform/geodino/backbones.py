@@ -1,0 +1,149 @@
+"""Load a frozen backbone from a SOURCE string, checking it fits the data it will see.
+
+SOURCE is one of:
+
+* ``random:ARCH`` - the untrained baseline (seeded), e.g. ``random:vit_small``;
+* ``timm:NAME`` - a timm model with its pretrained weights, e.g. ``timm:vit_small_patch16_224.dino``
+  (the ImageNet DINO ViT-S/16); needs hub access;
+* a file: a facebookresearch/dino or geodino ``checkpoint.pth`` (its ``teacher`` by default,
+  ``PATH#student`` for the student), an exported ``teacher_backbone.pth``, or any plain state dict;
+* a geodino run folder (its ``final/teacher_backbone.pth``).
+
+Files load with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from geodino.checkpoint import BACKBONE_FILE, strip_prefixes
+from geodino.models import create_backbone
+
+EMBED_DIM_TO_ARCH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
+
+
+class BackboneMismatchError(ValueError):
+    """Weights that do not fit the requested architecture or the data's band count."""
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    arch: str
+    patch_size: int
+    in_chans: int
+    source: str
+
+
+def parse_named(spec: str) -> tuple[str, str]:
+    """'NAME=SOURCE' -> (NAME, SOURCE); a bare SOURCE is named after itself."""
+    name, equals, source = spec.partition("=")
+    if equals and name and not any(c in name for c in ":/"):
+        return name.strip(), source.strip()
+    return os.path.basename(spec.rstrip("/")) or spec, spec
+
+
+def load_state_dict_file(path: str, which: str = "teacher") -> dict:
+    if os.path.isdir(path):
+        candidate = os.path.join(path, "final", BACKBONE_FILE)
+        path = candidate if os.path.exists(candidate) else os.path.join(path, BACKBONE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BackboneMismatchError(
+            f"{path}: refused to load ({type(error).__name__}). geodino loads weights with weights_only=True, so "
+            f"a file whose unpickling would run code, or that is not a torch checkpoint, is rejected."
+        ) from error
+    if isinstance(state, dict) and which in state and isinstance(state[which], dict):
+        state = state[which]  # a DINO checkpoint: student/teacher wrappers
+    elif isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise BackboneMismatchError(f"{path}: not a state dict (got {type(state).__name__})")
+    state = strip_prefixes(state)
+    return {k: v for k, v in state.items() if not k.startswith("head.") and torch.is_tensor(v)}
+
+
+def describe(state: dict, path: str) -> tuple[str, int, int]:
+    """(arch, patch size, band count) read off the weights themselves."""
+    weight = state.get("patch_embed.proj.weight")
+    if weight is None:
+        raise BackboneMismatchError(f"{path}: no patch_embed.proj.weight: not a ViT backbone state dict")
+    embed_dim, in_chans, patch, _ = weight.shape
+    if embed_dim not in EMBED_DIM_TO_ARCH:
+        raise BackboneMismatchError(f"{path}: embedding width {embed_dim} matches none of {list(EMBED_DIM_TO_ARCH.values())}")
+    return EMBED_DIM_TO_ARCH[embed_dim], patch, in_chans
+
+
+def adapt_bands(state: dict, in_chans: int) -> dict:
+    """RGB weights on N bands: timm's adapt_input_conv repeats the RGB filters and scales them by 3/N,
+    so a band-averaged input gives the same activation as the original grey image."""
+    from timm.models import adapt_input_conv
+
+    state = dict(state)
+    state["patch_embed.proj.weight"] = adapt_input_conv(in_chans, state["patch_embed.proj.weight"])
+    return state
+
+
+def load_backbone(source: str, arch: str | None = None, patch_size: int | None = None, in_chans: int = 3,
+                  adapt_rgb: bool = True, seed: int = 0) -> Backbone:
+    """Build the frozen backbone named by `source`; arch/patch_size, when given, must match the weights."""
+    if source.startswith("random:"):
+        name = source.split(":", 1)[1]
+        random_arch, _, patch = name.partition("/")
+        torch.manual_seed(seed)
+        patch_size = int(patch) if patch else (patch_size or 16)
+        model = create_backbone(random_arch, patch_size, in_chans)
+        return _frozen(Backbone(model, random_arch, patch_size, in_chans, source))
+    if source.startswith("timm:"):
+        return _frozen(_from_timm(source, in_chans))
+
+    path, _, which = source.partition("#")
+    state = load_state_dict_file(path, which or "teacher")
+    found_arch, found_patch, found_chans = describe(state, path)
+    problems = []
+    if arch and arch != found_arch:
+        problems.append(f"arch is {found_arch}, not {arch}")
+    if patch_size and patch_size != found_patch:
+        problems.append(f"patch size is {found_patch}, not {patch_size}")
+    if found_chans != in_chans:
+        if adapt_rgb and found_chans == 3:
+            state = adapt_bands(state, in_chans)
+        else:
+            problems.append(f"it takes {found_chans} bands but the data has {in_chans}")
+    if problems:
+        raise BackboneMismatchError(f"{path}: " + "; ".join(problems))
+    model = create_backbone(found_arch, found_patch, in_chans)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BackboneMismatchError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    return _frozen(Backbone(model, found_arch, found_patch, in_chans, source))
+
+
+def _from_timm(source: str, in_chans: int) -> Backbone:
+    import timm
+
+    name = source.split(":", 1)[1]
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, dynamic_img_size=True)
+    except Exception as error:
+        raise RuntimeError(
+            f"{source}: could not fetch pretrained weights ({type(error).__name__}: {error}). Without hub access, "
+            f"download the weights on a connected machine (e.g. timm.create_model('{name}', pretrained=True) and "
+            f"torch.save(model.state_dict(), 'weights.pth')) and pass the file path as the backbone instead."
+        ) from error
+    arch = EMBED_DIM_TO_ARCH.get(model.embed_dim, name)
+    return Backbone(model, arch, model.patch_embed.patch_size[0], in_chans, source)
+
+
+def _frozen(backbone: Backbone) -> Backbone:
+    backbone.model.eval()
+    for parameter in backbone.model.parameters():
+        parameter.requires_grad = False
+    return backbone

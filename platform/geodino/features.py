@@ -1,0 +1,119 @@
+"""Frozen-backbone features, extracted once per (backbone, data) and cached.
+
+Extraction streams the split through Ray Data with the backbone held in a callable
+class (one actor; on a GPU when the cluster has one). The result is cached as .npz
+under a key derived from the backbone's weights and the data selection, so a sweep of
+many probe configurations runs each backbone once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geodino.backbones import load_backbone
+from geodino.data import DataConfig, build_dataset, load_card, resolve_bands
+
+
+@dataclass
+class FeatureConfig:
+    n_last_blocks: int = 4  # DINO's linear eval: CLS tokens of the last 4 blocks for ViT-S (1 for ViT-B)
+    avgpool_patchtokens: bool = False
+    image_size: int | None = None  # resize before the backbone (None: the data's own size)
+    batch_size: int = 64
+
+
+def backbone_features(model: torch.nn.Module, images: torch.Tensor, n_last_blocks: int, avgpool: bool) -> torch.Tensor:
+    """Concatenated, normalised CLS tokens of the last n blocks (+ mean patch token of the last)."""
+    outputs = model.get_intermediate_layers(images, n=n_last_blocks, return_prefix_tokens=True, norm=True)
+    features = [prefix[:, 0] for _, prefix in outputs]
+    if avgpool:
+        features.append(outputs[-1][0].mean(dim=1))
+    return torch.cat(features, dim=-1)
+
+
+class FeatureExtractor:
+    """Ray Data callable class: loads the backbone once per actor, then maps image batches to features."""
+
+    def __init__(self, source: str, arch: str | None, patch_size: int | None, in_chans: int, config: dict):
+        self.config = FeatureConfig(**config)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_backbone(source, arch, patch_size, in_chans).model.to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict:
+        images = torch.from_numpy(batch["image"]).to(self.device)
+        if self.config.image_size and images.shape[-1] != self.config.image_size:
+            images = F.interpolate(images, size=self.config.image_size, mode="bilinear", align_corners=False)
+        features = backbone_features(self.model, images, self.config.n_last_blocks, self.config.avgpool_patchtokens)
+        return {"features": features.float().cpu().numpy(), "labels": batch["labels"], "name": batch["name"]}
+
+
+def source_identity(source: str) -> str:
+    """What identifies the weights: the content digest of a file, the name of anything else."""
+    path = source.partition("#")[0]
+    if os.path.isdir(path):
+        candidate = os.path.join(path, "final", "teacher_backbone.pth")
+        path = candidate if os.path.exists(candidate) else path
+    if os.path.isfile(path):
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return f"{source}@{digest.hexdigest()[:16]}"
+    return source
+
+
+def cache_key(source: str, arch, patch_size, data: DataConfig, features: FeatureConfig) -> str:
+    metadata = data.metadata
+    stamp = os.path.getmtime(metadata) if os.path.exists(metadata) else None
+    payload = {"source": source_identity(source), "arch": arch, "patch": patch_size, "data": asdict(data),
+               "metadata_mtime": stamp, "features": asdict(features) | {"batch_size": None}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def extract_features(source: str, data: DataConfig, features: FeatureConfig, cache_dir: str,
+                     arch: str | None = None, patch_size: int | None = None) -> tuple[dict, bool]:
+    """{"features", "labels", "names"} for one split, and whether it came from the cache."""
+    from geodino.resources import cluster_gpus
+
+    path = os.path.join(cache_dir, cache_key(source, arch, patch_size, data, features) + ".npz")
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}, True
+    in_chans = len(resolve_bands(load_card(data.metadata), data.bands))
+    gpus = 1 if cluster_gpus() else 0
+    dataset = build_dataset(data).map_batches(
+        FeatureExtractor,
+        fn_constructor_kwargs={"source": source, "arch": arch, "patch_size": patch_size, "in_chans": in_chans,
+                               "config": asdict(features)},
+        batch_size=features.batch_size,
+        concurrency=1,
+        num_gpus=gpus,
+        num_cpus=0 if gpus else 1,
+    )
+    parts = {"features": [], "labels": [], "names": []}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        parts["features"].append(batch["features"])
+        parts["labels"].append(batch["labels"])
+        parts["names"].append(batch["name"].astype(str))
+    if not parts["features"]:
+        raise ValueError(f"{data.metadata}: the {data.split!r} split is empty after filters; nothing to extract")
+    result = {key: np.concatenate(value) for key, value in parts.items()}
+    order = np.argsort(result["names"], kind="stable")  # Ray Data does not keep row order; the cache does
+    result = {key: value[order] for key, value in result.items()}
+    os.makedirs(cache_dir, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **result)
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(buffer.getvalue())
+    os.replace(temporary, path)
+    return result, False
