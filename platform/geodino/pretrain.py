@@ -375,6 +375,10 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     if not cfg.metadata_dir:
         raise ValueError("--metadata_dir is required (experiments/pretrain.py fills it with the demo archive)")
     init_ray()
+    if not sys.stderr.isatty():  # per-epoch dataset progress bars flood non-interactive logs
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
     data_config = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
                              normalize=cfg.normalize, limit=cfg.limit)
     card = load_card(cfg.metadata_dir)

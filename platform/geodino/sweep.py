@@ -1,0 +1,214 @@
+"""Ray Tune sweep of probe hyperparameters per backbone, and the comparison table and plot.
+
+Features are extracted once per backbone (cached, see features.py) and put in the
+object store once; every trial trains a probe on them. ASHA stops weak trials early
+on validation AP. The best validation configuration of each backbone is then refit
+and scored on the test split: that row is what the comparison table shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from geodino.backbones import parse_named
+from geodino.data import load_card
+from geodino.probe import ProbeConfig, evaluate_probe, knn_report, train_probe
+from geodino.transfer import LinearProbeConfig, check_num_labels, split_features
+
+METRIC = "val_ap_macro"
+
+
+@dataclass
+class SweepConfig:
+    backbones: list[str] = field(default_factory=list)  # NAME=SOURCE
+    metadata_dir: str | None = None
+    data_dir: str | None = None
+    bands: str = "rgb"
+    normalize: str = "max"
+    lrs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])
+    weight_decays: list[float] = field(default_factory=lambda: [0.0, 0.0001])
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    epochs: int = 50
+    optimizer: str = "sgd"
+    batch_size: int = 256
+    n_last_blocks: int = 4
+    avgpool_patchtokens: bool = False
+    image_size: int | None = None
+    arch: str | None = None
+    patch_size: int | None = None
+    storage_path: str = "runs/sweeps"
+    name: str = "probe_sweep"
+    output_dir: str | None = None  # table, plot; default: the sweep's folder
+    cache_dir: str | None = None
+    seed: int = 0
+
+    def probe_base(self) -> LinearProbeConfig:
+        return LinearProbeConfig(metadata_dir=self.metadata_dir, data_dir=self.data_dir, bands=self.bands,
+                                 normalize=self.normalize, n_last_blocks=self.n_last_blocks, arch=self.arch,
+                                 patch_size=self.patch_size, avgpool_patchtokens=self.avgpool_patchtokens,
+                                 image_size=self.image_size, cache_dir=self.cache_dir, seed=self.seed)
+
+    def resolved_output_dir(self) -> str:
+        storage = self.storage_path if "://" in self.storage_path else os.path.abspath(self.storage_path)
+        return self.output_dir or os.path.join(storage, self.name)
+
+
+def probe_trial(config: dict, features: dict, task: str) -> None:
+    """One Tune trial: fit a probe on cached features, reporting validation AP every epoch."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(1)  # trials run side by side; one core each
+    split = features[config["backbone"]]
+    train, validation = split["train"], split["validation"]
+    probe_config = ProbeConfig(lr=config["lr"], weight_decay=config["weight_decay"], epochs=config["epochs"],
+                               batch_size=config["batch_size"], optimizer=config["optimizer"],
+                               label_fraction=config["label_fraction"], seed=config["seed"])
+
+    def report(epoch, probe):
+        result = evaluate_probe(probe, validation["features"], validation["labels"], task)
+        tune.report({METRIC: result["ap_macro"], "val_ap_micro": result["ap_micro"], "epoch": epoch})
+
+    train_probe(train["features"], train["labels"], task, probe_config, on_epoch=report)
+
+
+def trial_resources() -> dict:
+    """A CPU per trial; on a GPU cluster probes on cached features share a GPU four ways."""
+    from geodino.resources import cluster_gpus
+
+    return {"cpu": 1, "gpu": 0.25} if cluster_gpus() else {"cpu": 1}
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from geodino.resources import init_ray
+
+    init_ray()
+    if not cfg.backbones:
+        raise ValueError("give at least one --backbone NAME=SOURCE")
+    card = load_card(cfg.metadata_dir)
+    base = cfg.probe_base()
+    check_num_labels(base, card["classes"])
+    named = [parse_named(spec) for spec in cfg.backbones]
+    if len({name for name, _ in named}) != len(named):
+        raise ValueError(f"backbone names must be unique: {[name for name, _ in named]}")
+    features, extractions = {}, 0
+    for name, source in named:
+        features[name], extracted = split_features(source, base)
+        extractions += extracted
+
+    trainable = tune.with_resources(tune.with_parameters(probe_trial, features=features, task=card["task"]),
+                                    trial_resources())
+    space = {
+        "backbone": tune.grid_search([name for name, _ in named]),
+        "lr": tune.grid_search(list(cfg.lrs)),
+        "weight_decay": tune.grid_search(list(cfg.weight_decays)),
+        "label_fraction": tune.grid_search(list(cfg.label_fractions)),
+        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "seed": cfg.seed,
+    }
+    storage = cfg.storage_path if "://" in cfg.storage_path else os.path.abspath(cfg.storage_path)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            scheduler=ASHAScheduler(metric=METRIC, mode="max", max_t=cfg.epochs, grace_period=max(1, cfg.epochs // 5)),
+        ),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=storage, verbose=0),
+    )
+    grid = tuner.fit()
+    trials = grid.get_dataframe(filter_metric=METRIC, filter_mode="max")
+    trials = trials.rename(columns=lambda c: c.replace("config/", ""))
+    table, per_class = compare(trials, features, card, cfg)
+    outputs = write_outputs(table, per_class, trials, cfg)
+    return {"table": table, "per_class": per_class, "trials": trials, "extractions": extractions, **outputs}
+
+
+def compare(trials: pd.DataFrame, features: dict, card: dict, cfg: SweepConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Best validation configuration per backbone, refit on train and scored on test."""
+    rows, per_class = [], {}
+    for name in trials["backbone"].unique():
+        best = trials[trials["backbone"] == name].sort_values(METRIC, ascending=False).iloc[0]
+        split = features[name]
+        probe_config = ProbeConfig(lr=float(best["lr"]), weight_decay=float(best["weight_decay"]), epochs=cfg.epochs,
+                                   batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+                                   label_fraction=float(best["label_fraction"]), seed=cfg.seed)
+        probe = train_probe(split["train"]["features"], split["train"]["labels"], card["task"], probe_config)
+        test = evaluate_probe(probe, split["test"]["features"], split["test"]["labels"], card["task"])
+        knn = knn_report(split["train"]["features"], split["train"]["labels"], split["test"]["features"],
+                         split["test"]["labels"], card["task"])
+        row = {"backbone": name, "lr": probe_config.lr, "weight_decay": probe_config.weight_decay,
+               "label_fraction": probe_config.label_fraction, "val_ap_macro": float(best[METRIC]),
+               "test_ap_macro": test["ap_macro"], "test_ap_micro": test["ap_micro"], "test_f1_macro": test["f1_macro"],
+               "knn_test_ap_macro": knn["ap_macro"]}
+        if "top1" in test:
+            row |= {"test_top1": test["top1"], "knn_test_top1": knn["top1"]}
+        rows.append(row)
+        per_class[name] = test["ap_per_class"]
+    per_class_table = pd.DataFrame(per_class, index=card["classes"])
+    per_class_table.index.name = "class"
+    return pd.DataFrame(rows), per_class_table
+
+
+def markdown(frame: pd.DataFrame, index: bool = False) -> str:
+    frame = frame.reset_index() if index else frame
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    def cell(v):
+        return "n/a" if isinstance(v, float) and math.isnan(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+    return "\n".join([header, rule] + ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)])
+
+
+def write_outputs(table: pd.DataFrame, per_class: pd.DataFrame, trials: pd.DataFrame, cfg: SweepConfig) -> dict:
+    folder = cfg.resolved_output_dir()
+    os.makedirs(folder, exist_ok=True)
+    paths = {name: os.path.join(folder, name) for name in
+             ("comparison.csv", "comparison.md", "per_class_ap.csv", "trials.csv", "comparison.png")}
+    table.to_csv(paths["comparison.csv"], index=False)
+    per_class.to_csv(paths["per_class_ap.csv"])
+    trials.to_csv(paths["trials.csv"], index=False)
+    note = ("AP = average precision (scikit-learn) of the linear probe on the test split, for the configuration with "
+            "the best validation macro AP; macro = mean over classes with at least one test positive; "
+            "micro = all (patch, class) decisions pooled. kNN: weighted 20-NN on the same frozen features.")
+    with open(paths["comparison.md"], "w") as handle:
+        handle.write(f"# Backbone comparison\n\n{note}\n\n{markdown(table)}\n\n## Per-class test AP\n\n"
+                     f"{markdown(per_class, index=True)}\n\nconfig: `{json.dumps(asdict(cfg))}`\n")
+    plot(table, per_class, paths["comparison.png"])
+    return {"paths": paths}
+
+
+def plot(table: pd.DataFrame, per_class: pd.DataFrame, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [1, 3]})
+    x = np.arange(len(table))
+    left.bar(x - 0.2, table["test_ap_macro"], 0.4, label="macro AP")
+    left.bar(x + 0.2, table["test_ap_micro"], 0.4, label="micro AP")
+    left.set_xticks(x, table["backbone"], rotation=20)
+    left.set_ylim(0, 1)
+    left.set_ylabel("test average precision (linear probe)")
+    left.legend()
+    left.set_title("AP per backbone")
+    width = 0.8 / max(1, per_class.shape[1])
+    classes = np.arange(len(per_class))
+    for i, name in enumerate(per_class.columns):
+        right.bar(classes + i * width - 0.4 + width / 2, per_class[name].fillna(0), width, label=name)
+    right.set_xticks(classes, [label[:22] for label in per_class.index], rotation=60, ha="right", fontsize=7)
+    right.set_ylim(0, 1)
+    right.set_title("per-class test AP (classes without test positives shown as 0)")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+

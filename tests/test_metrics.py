@@ -1,0 +1,62 @@
+"""Metric code against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from geodino.metrics import average_precision, classification_report, f1_at, top1_accuracy
+from geodino.probe import knn_scores, label_subset, validation_from_train
+
+
+def test_ap_by_hand():
+    # ranking: + - + -  -> precision at the positives: 1/1 and 2/3
+    result = average_precision(np.array([[1], [0], [1], [0]]), np.array([[0.9], [0.8], [0.7], [0.6]]))
+    assert result["ap_macro"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_ap_with_ties_counts_a_tied_group_as_one_threshold():
+    # 0.5, 0.5 tie (one + one -): precision 1/2 at recall 1/2; then 0.2 (+): precision 2/3 at recall 1
+    result = average_precision(np.array([[1], [0], [1]]), np.array([[0.5], [0.5], [0.2]]))
+    assert result["ap_macro"] == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+
+
+def test_class_without_positives_is_left_out_of_macro_and_reported():
+    targets = np.array([[1, 0], [0, 0], [1, 0]])
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    result = average_precision(targets, scores)
+    assert result["ap_per_class"][0] == pytest.approx(1.0)
+    assert math.isnan(result["ap_per_class"][1])
+    assert result["ap_macro"] == pytest.approx(1.0)
+    assert result["classes_without_positives"] == 1
+    # micro pools all six decisions: ranking 0.9+ 0.8- 0.7+ 0.3- 0.2- 0.1-
+    assert result["ap_micro"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_f1_top1_and_report():
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.9, 0.05, 0.05]])
+    assert top1_accuracy(targets, probabilities) == 0.75
+    f1 = f1_at(targets, probabilities)
+    # class 0: tp 2, fp 1, fn 0 -> 0.8; class 1: no prediction -> 0; class 2: 1.0
+    assert f1["f1_macro"] == pytest.approx((0.8 + 0 + 1) / 3)
+    assert f1["f1_micro"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    report = classification_report(targets, probabilities, probabilities, "single_label")
+    assert report["top1"] == 0.75 and "ap_macro" in report
+
+
+def test_knn_votes_follow_the_nearest_neighbour():
+    bank = np.eye(3, dtype=np.float32)
+    labels = np.array([[1, 0], [0, 1], [0, 1]], dtype=np.float32)
+    scores = knn_scores(bank, labels, np.array([[1.0, 0.05, 0.0]], np.float32), k=3, temperature=0.07)
+    assert scores[0, 0] > 0.99 and scores.sum() == pytest.approx(1.0)
+
+
+def test_label_fractions_are_seeded_subsets():
+    a, b = label_subset(1000, 0.1, seed=3), label_subset(1000, 0.1, seed=3)
+    assert len(a) == 100 and (a == b).all() and len(set(a)) == 100
+    assert len(label_subset(50, 0.01, seed=0)) == 1
+    with pytest.raises(ValueError):
+        label_subset(10, 0.0, 0)
+    train, validation = validation_from_train(100, 0.1, seed=0)
+    assert len(validation) == 10 and not set(train) & set(validation) and len(train) + len(validation) == 100

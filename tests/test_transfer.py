@@ -1,0 +1,89 @@
+"""Transfer on real EuroSAT images: cached features, a real Tune sweep, and prepare -> pretrain -> probe."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import EUROSAT
+from geodino.models import create_backbone
+from geodino.prepare import PrepareConfig, prepare
+from geodino.sweep import SweepConfig, run_sweep
+from geodino.transfer import LinearProbeConfig, run_linear_probe, split_features
+
+
+@pytest.fixture(scope="module")
+def eurosat_small(tmp_path_factory):
+    """90 real EuroSAT images: 6 train and 3 test per class (no validation split, like the subset itself)."""
+    folder = tmp_path_factory.mktemp("eurosat-small")
+    table = pd.read_csv(EUROSAT / "labels.csv")
+    table = pd.concat([table[table["split"] == "train"].groupby("label").head(6),
+                       table[table["split"] == "test"].groupby("label").head(3)])
+    table.to_csv(folder / "images.csv", index=False)
+    result = prepare(PrepareConfig(archive=str(folder / "images.csv"), out=str(folder / "metadata.parquet"),
+                                   data_dir=str(EUROSAT), workers=1))
+    return folder, result.metadata_path
+
+
+@pytest.mark.timeout(600)
+def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_small, tmp_path):
+    folder, metadata = eurosat_small
+    weights = tmp_path / "other.pth"
+    torch.manual_seed(1)
+    torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), weights)
+    config = SweepConfig(backbones=["random=random:vit_tiny/16", f"file={weights}"], metadata_dir=metadata,
+                         lrs=[0.01, 0.1], weight_decays=[0.0], epochs=4, n_last_blocks=1,
+                         storage_path=str(tmp_path / "sweeps"), name="s", cache_dir=str(tmp_path / "cache"))
+    result = run_sweep(config)
+    assert result["extractions"] == 4  # 2 backbones x (train, test); validation is carved from train
+    assert len(result["trials"]) == 4
+    table = result["table"].set_index("backbone")
+    assert list(table.index) == ["random", "file"] or set(table.index) == {"random", "file"}
+    for column in ("test_ap_macro", "test_ap_micro", "test_top1", "knn_test_top1"):
+        assert table[column].between(0, 1).all()
+    assert result["per_class"].shape == (10, 2)
+    with open(result["paths"]["comparison.png"], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "average precision" in open(result["paths"]["comparison.md"]).read()
+    # Features are cached: a second sweep over the same backbones runs no backbone at all.
+    again = run_sweep(SweepConfig(**{**config.__dict__, "name": "s2", "lrs": [0.05]}))
+    assert again["extractions"] == 0
+
+
+def test_cached_features_are_reused_and_keyed_by_the_weights(ray_session, eurosat_small, tmp_path):
+    _, metadata = eurosat_small
+    weights = tmp_path / "w.pth"
+    torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), weights)
+    config = LinearProbeConfig(metadata_dir=metadata, cache_dir=str(tmp_path / "cache"), n_last_blocks=2)
+    first, extracted = split_features(str(weights), config)
+    assert extracted == 2 and first["train"]["features"].shape[1] == 2 * 192
+    again, extracted = split_features(str(weights), config)
+    assert extracted == 0
+    torch.testing.assert_close(torch.from_numpy(again["test"]["features"]), torch.from_numpy(first["test"]["features"]))
+    torch.manual_seed(5)
+    torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), weights)  # new weights, same path
+    _, extracted = split_features(str(weights), config)
+    assert extracted == 2
+
+
+@pytest.mark.timeout(900)
+def test_end_to_end_prepare_pretrain_probe_on_real_images(ray_session, eurosat_small, tmp_path):
+    from geodino.pretrain import PretrainConfig, run_pretraining
+
+    _, metadata = eurosat_small
+    pretrained = run_pretraining(PretrainConfig(
+        arch="vit_tiny", patch_size=16, out_dim=128, global_crops_size=32, local_crops_size=16, local_crops_number=2,
+        epochs=1, warmup_epochs=0, batch_size_per_gpu=16, metadata_dir=metadata, storage_path=str(tmp_path / "runs"),
+        run_name="e2e"))
+    run_folder = os.path.dirname(pretrained.checkpoint_dir)
+    report = run_linear_probe(LinearProbeConfig(pretrained_weights=run_folder, arch="vit_tiny", patch_size=16,
+                                                num_labels=10, epochs=5, metadata_dir=metadata, n_last_blocks=1,
+                                                output_dir=str(tmp_path / "probe"), cache_dir=str(tmp_path / "cache")))
+    assert report["task"] == "single_label" and report["rows"]["test"] == 30
+    for method in ("linear", "knn"):
+        assert 0 <= report[method]["test"]["top1"] <= 1 and 0 < report[method]["test"]["ap_macro"] <= 1
+    saved = json.loads(open(tmp_path / "probe" / "metrics.json").read())
+    assert saved["linear"]["test"]["top1"] == report["linear"]["test"]["top1"]
+    assert torch.load(tmp_path / "probe" / "probe.pth", weights_only=True)["classes"] == report["classes"]
