@@ -87,3 +87,52 @@ def test_end_to_end_prepare_pretrain_probe_on_real_images(ray_session, eurosat_s
     saved = json.loads(open(tmp_path / "probe" / "metrics.json").read())
     assert saved["linear"]["test"]["top1"] == report["linear"]["test"]["top1"]
     assert torch.load(tmp_path / "probe" / "probe.pth", weights_only=True)["classes"] == report["classes"]
+
+
+@pytest.mark.timeout(600)
+def test_predict_resumes_a_partly_written_output(ray_session, eurosat_small, tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from geodino.predict import PredictConfig, run_predict
+
+    _, metadata = eurosat_small
+    run_linear_probe(LinearProbeConfig(pretrained_weights="random:vit_tiny/16", epochs=3, metadata_dir=metadata,
+                                       n_last_blocks=1, output_dir=str(tmp_path / "probe"),
+                                       cache_dir=str(tmp_path / "cache")))
+    config = PredictConfig(pretrained_weights="random:vit_tiny/16", probe=str(tmp_path / "probe" / "probe.pth"),
+                           metadata_dir=metadata, out=str(tmp_path / "pred"), split="test")
+    first = run_predict(config)
+    assert first["rows"] == 30 and first["new"] == 30
+    (tmp_path / "pred" / "crashed-mid-write.parquet").write_bytes(b"PAR1 truncated")
+    second = run_predict(PredictConfig(**{**config.__dict__, "split": None}))
+    assert second["skipped"] == 30 and second["new"] == 60 and second["rows"] == second["expected"] == 90
+    table = pq.read_table(str(tmp_path / "pred")).to_pandas()
+    assert table["name"].is_unique and len(table) == 90
+    probs = np.stack(table["probabilities"])
+    assert probs.shape == (90, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert all(len(p) == 1 for p in table["predicted"])
+    embedded = run_predict(PredictConfig(pretrained_weights="random:vit_tiny/16", metadata_dir=metadata,
+                                         out=str(tmp_path / "emb"), embeddings=True, split="test"))
+    vectors = np.stack(pq.read_table(str(tmp_path / "emb")).column("embedding").to_pylist())
+    assert embedded["rows"] == 30 and vectors.shape == (30, 192)
+
+
+def test_attention_maps_and_curves_render(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from geodino.models import create_backbone
+    from geodino.visualize import last_block_attention, plot_attention, plot_curves
+
+    model = create_backbone("vit_tiny", 8, 3).eval()
+    images = torch.rand(2, 3, 32, 32)
+    maps = last_block_attention(model, images)
+    assert maps.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(maps.sum((2, 3)) <= 1.0 + 1e-5, torch.ones(2, 3, dtype=torch.bool))
+    path = plot_attention(model, images, ["a", "b"], str(tmp_path / "attention.png"))
+    assert Image.open(path).size[0] > 500
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.txt").write_text("\n".join(
+        json.dumps({"epoch": e, "loss": 5 - e, "lr": 1e-4, "teacher_entropy": 3.0, "max_entropy": 6.0}) for e in range(3)))
+    assert np.asarray(Image.open(plot_curves(str(tmp_path / "run"), str(tmp_path / "c.png")))).std() > 0

@@ -1,0 +1,26 @@
+"""Batch inference: per-patch label probabilities (or --embeddings) for a whole archive, resumable.
+
+python experiments/predict.py --pretrained_weights SOURCE --probe runs/probe/probe.pth --metadata_dir META --out predictions
+"""
+
+import argparse
+import sys
+
+from geodino.cli import add_dataclass_arguments, dataclass_from_args
+from geodino.predict import PredictConfig, run_predict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(parser, PredictConfig)
+    config = dataclass_from_args(PredictConfig, parser.parse_args(argv))
+    if not config.metadata_dir:
+        parser.error("--metadata_dir is required")
+    result = run_predict(config)
+    print(f"{result['out']}: {result['rows']} of {result['expected']} patches written "
+          f"({result['skipped']} were already there; {result['patches_per_second']:.1f} patches/s for the new ones)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
