@@ -11,24 +11,13 @@ import os
 import sys
 
 from geodino.cli import add_dataclass_arguments, dataclass_from_args
+from geodino.demo import prepared_demo
 from geodino.pretrain import PretrainConfig, backbone_file, run_pretraining
 
 # Settings for the embedded demo: small crops and head so 2 CPU cores finish in minutes.
-DEMO_SETTINGS = dict(arch="vit_tiny", patch_size=8, out_dim=4096, epochs=8, batch_size_per_gpu=32, warmup_epochs=1,
-                     global_crops_size=48, local_crops_size=24, local_crops_number=4, drop_path_rate=0.0,
-                     saveckp_freq=4, run_name="demo")
-
-
-def demo_metadata() -> str:
-    from geodino.demo import default_home, make_demo_archive
-    from geodino.prepare import PrepareConfig, prepare
-
-    home = default_home()
-    archive = make_demo_archive(os.path.join(home, "demo-archive"), patches=400)
-    out = os.path.join(home, "demo-metadata", "metadata.parquet")
-    if not os.path.exists(out):
-        prepare(PrepareConfig(archive=archive, out=out))
-    return out
+DEMO_SETTINGS = dict(arch="vit_tiny", patch_size=16, out_dim=4096, epochs=20, batch_size_per_gpu=32, warmup_epochs=2,
+                     global_crops_size=64, local_crops_size=32, local_crops_number=4, drop_path_rate=0.0,
+                     saveckp_freq=5, run_name="demo")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if not config.metadata_dir:
         defaults = PretrainConfig()
         changes = {k: v for k, v in DEMO_SETTINGS.items() if getattr(config, k) == getattr(defaults, k)}
-        config = dataclasses.replace(config, metadata_dir=demo_metadata(), **changes)
+        config = dataclasses.replace(config, metadata_dir=prepared_demo(), **changes)
         print(f"no --metadata_dir: pretraining on the embedded demo archive with {changes}", file=sys.stderr)
     result = run_pretraining(config)
     last = result.metrics[-1]

@@ -4,26 +4,16 @@ With no arguments it generates the embedded demo archive, prepares it and stream
 """
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
 from geodino.data import DataConfig, build_dataset
-from geodino.demo import default_home, make_demo_archive
-from geodino.prepare import PrepareConfig, prepare
+from geodino.demo import prepared_demo
 from geodino.resources import init_ray
 
 
-def demo_metadata() -> str:
-    """Generate (once) and prepare the embedded demo archive; returns its metadata parquet."""
-    home = default_home()
-    archive = make_demo_archive(os.path.join(home, "demo-archive"))
-    out = os.path.join(home, "demo-metadata", "metadata.parquet")
-    if not os.path.exists(out):
-        prepare(PrepareConfig(archive=archive, out=out))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=5, help="batches to stream (0: all)")
     args = parser.parse_args(argv)
-    metadata = args.metadata_dir or demo_metadata()
+    metadata = args.metadata_dir or prepared_demo()
     init_ray()
     dataset = build_dataset(DataConfig(metadata=metadata, data_dir=args.data_dir, split=args.split,
                                        bands=args.bands, normalize=args.normalize))

@@ -75,3 +75,26 @@ def test_batch_larger_than_the_dataset_is_refused_before_starting():
     with pytest.raises(ValueError, match="larger than the 100 training patches"):
         steps_per_epoch_for(100, config)
     assert steps_per_epoch_for(1000, config) == 7
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step(ray_session):
+    """A poisoned batch (NaN pixels) through the real loop body, fed by a real Ray Dataset."""
+    import numpy as np
+    import ray
+
+    from geodino.augment import MultiCrop
+    from geodino.loss import DINOLoss
+    from geodino.models import build_student_teacher
+    from geodino.pretrain import NonFiniteLossError, param_groups, schedules, train_one_epoch
+
+    cfg = PretrainConfig(**TINY, batch_size_per_gpu=2, epochs=1)
+    images = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    images[2:] = np.nan  # the second batch is poisoned
+    shard = ray.data.from_numpy(images).rename_columns({"data": "image"})
+    student, teacher = build_student_teacher("vit_tiny", 8, 3, 256, True, 0.0)
+    multicrop = MultiCrop(cfg.multicrop())
+    loss = DINOLoss(256, multicrop.ncrops, 0.04, 0.04, 0, 1)
+    optimizer = torch.optim.AdamW(param_groups(student))
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, step [01] .*lower --lr"):
+        train_one_epoch(student, teacher, student, loss, shard, multicrop, optimizer, None, None,
+                        schedules(cfg, 2, 1), 0, 2, cfg, torch.device("cpu"), 1)

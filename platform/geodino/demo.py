@@ -139,3 +139,16 @@ def make_demo_archive(root: str, patches: int = 200, seed: int = 0) -> str:
 
 def default_home() -> str:
     return os.environ.get("GEODINO_HOME", os.path.join(os.path.expanduser("~"), ".cache", "geodino"))
+
+
+def prepared_demo(patches: int = 400) -> str:
+    """Generate (once) and prepare the demo archive under GEODINO_HOME; returns its metadata parquet."""
+    from geodino.prepare import PrepareConfig, prepare
+
+    home = default_home()
+    archive = make_demo_archive(os.path.join(home, "demo-archive"), patches=patches)
+    out = os.path.join(home, "demo-metadata", "metadata.parquet")
+    card = out[: -len(".parquet")] + ".json"
+    if not os.path.exists(out) or json.load(open(card)).get("rows") != patches:
+        prepare(PrepareConfig(archive=archive, out=out))
+    return out

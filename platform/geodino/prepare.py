@@ -469,7 +469,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
             row.pop("_channels", None)
 
     if not rows:
-        raise ValueError(f"{config.archive}: no usable patch ({len(rejects)} rejected; see reasons above)")
+        examples = "; ".join(f"{r['name']}: {r['reason']}" for r in rejects[:3])
+        raise ValueError(f"{config.archive}: no usable patch ({len(rejects)} rejected, e.g. {examples or 'none found'})")
     frame = finish_frame(rows)
     split_source = apply_splits(frame, config, warnings)
     frame["recommended"] = ~frame["snow"] & ~frame["cloud_or_shadow"] & (frame["labels"].map(len) > 0)
