@@ -102,7 +102,7 @@ def train_probe(features: np.ndarray, labels: np.ndarray, task: str, config: Pro
 @torch.no_grad()
 def evaluate_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, task: str) -> dict:
     probe.eval()
-    logits = probe(torch.from_numpy(features).float())
+    logits = probe(torch.tensor(features, dtype=torch.float32))  # a copy: arrays from the object store are read-only
     return classification_report(labels, logits.numpy(), probabilities(logits, task).numpy(), task)
 
 
