@@ -1,7 +1,6 @@
 """DINO's pieces checked against independent re-derivations (NumPy, hand formulas, torch.rot90)."""
 
 import math
-import os
 import socket
 
 import numpy as np

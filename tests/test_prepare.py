@@ -4,9 +4,8 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from conftest import BEN_V1_EXAMPLE, BEN_V1_LISTS, BEN_V2, EUROSAT, REPO
+from conftest import BEN_V1_EXAMPLE, BEN_V2, EUROSAT, REPO
 from geodino.prepare import PrepareConfig, prepare
 from geodino.splits import SPLITS, hash_split
 
@@ -142,7 +141,7 @@ def test_demo_archive_is_deterministic_and_learnable_shaped(tmp_path):
     from geodino.demo import make_demo_archive
 
     a = make_demo_archive(str(tmp_path / "a"), patches=6, seed=3)
-    b = make_demo_archive(str(tmp_path / "b"), patches=6, seed=3)
+    make_demo_archive(str(tmp_path / "b"), patches=6, seed=3)
     files = sorted(p.relative_to(a) for p in (tmp_path / "a").rglob("*.tif"))
     assert len(files) == 6 * 12
     for rel in files[:24]:

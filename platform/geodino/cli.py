@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 
 
@@ -25,7 +26,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_texts: di
             continue
         kwargs: dict = {"default": item.default, "help": (help_texts or {}).get(item.name)}
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        base = args[0] if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType")) else hint
+        base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint  # X | None -> X
         if base is bool:
             kwargs.update(type=bool_flag, nargs="?", const=True, metavar="true|false")
         elif typing.get_origin(base) is tuple:

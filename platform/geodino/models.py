@@ -96,16 +96,12 @@ class MultiCropWrapper(nn.Module):
 def build_student_teacher(arch: str, patch_size: int, in_chans: int, out_dim: int, norm_last_layer: bool,
                           drop_path_rate: float) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     """Student and teacher start identical; the teacher never gets gradients, only the student's EMA."""
-    student = MultiCropWrapper(
-        create_backbone(arch, patch_size, in_chans, drop_path_rate),
-        DINOHead(create_backbone_dim(arch), out_dim, norm_last_layer),
-    )
-    teacher = MultiCropWrapper(create_backbone(arch, patch_size, in_chans), DINOHead(create_backbone_dim(arch), out_dim))
+    student_backbone = create_backbone(arch, patch_size, in_chans, drop_path_rate)
+    student = MultiCropWrapper(student_backbone, DINOHead(student_backbone.embed_dim, out_dim, norm_last_layer))
+    teacher_backbone = create_backbone(arch, patch_size, in_chans)
+    teacher = MultiCropWrapper(teacher_backbone, DINOHead(teacher_backbone.embed_dim, out_dim))
     teacher.load_state_dict(student.state_dict())
     for parameter in teacher.parameters():
         parameter.requires_grad = False
     return student, teacher
 
-
-def create_backbone_dim(arch: str) -> int:
-    return {"vit_tiny": 192, "vit_small": 384, "vit_base": 768}[arch]

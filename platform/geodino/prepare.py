@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geodino import storage
-from geodino.bands import NATIVE_SIZE, OPTICAL_MAX, S2_BANDS, parse_bands
+from geodino.bands import NATIVE_SIZE, OPTICAL_MAX, parse_bands
 from geodino.labels import BEN19_CLASSES, UnknownLabelError, check_labels, to_ben19
 from geodino.pixels import (
     FORMAT_BEN_V1,
@@ -340,14 +340,12 @@ def run_parallel(task, items: list, workers: int, desc: str):
         # spawn, not fork: the caller may hold Ray or GDAL threads that must not be forked.
         context = multiprocessing.get_context("spawn")
         with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            pending = {pool.submit(task, chunk): chunk for chunk in chunks}
-            done_by_index = {}
-            order = {id(chunk): i for i, chunk in enumerate(chunks)}
-            for future in futures.as_completed(pending):
-                done_by_index[order[id(pending[future])]] = future.result()
-                bar.update(len(pending[future]))
-            for i in range(len(chunks)):
-                good, bad = done_by_index[i]
+            submitted = [pool.submit(task, chunk) for chunk in chunks]
+            sizes = {future: len(chunk) for future, chunk in zip(submitted, chunks)}
+            for future in futures.as_completed(submitted):
+                bar.update(sizes[future])
+            for future in submitted:  # in submission order, so the output is deterministic
+                good, bad = future.result()
                 rows += good
                 rejects += bad
     bar.close()

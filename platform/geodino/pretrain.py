@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -73,7 +73,6 @@ class PretrainConfig:
     max_failures: int = 0
     crops_on: str = "device"  # device: in the training loop; data: in Ray Data CPU tasks
     limit: int | None = None  # use only the first N training patches (smoke runs)
-    extra: dict = field(default_factory=dict)
 
     def resolved_run_name(self) -> str:
         return self.run_name or f"dino_{self.arch}_p{self.patch_size}"
