@@ -48,12 +48,16 @@ class FeatureExtractor:
         self.model = load_backbone(source, arch, patch_size, in_chans).model.to(self.device)
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> dict:
+    def features_of(self, batch: dict) -> torch.Tensor:
         images = torch.from_numpy(batch["image"]).to(self.device)
         if self.config.image_size and images.shape[-1] != self.config.image_size:
             images = F.interpolate(images, size=self.config.image_size, mode="bilinear", align_corners=False)
         features = backbone_features(self.model, images, self.config.n_last_blocks, self.config.avgpool_patchtokens)
-        return {"features": features.float().cpu().numpy(), "labels": batch["labels"], "name": batch["name"]}
+        return features.float()
+
+    def __call__(self, batch: dict) -> dict:
+        features = self.features_of(batch).cpu().numpy()
+        return {"features": features, "labels": batch["labels"], "name": batch["name"]}
 
 
 def source_identity(source: str) -> str:

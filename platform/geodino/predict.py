@@ -10,16 +10,14 @@ from __future__ import annotations
 import glob
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
-from geodino.backbones import load_backbone
 from geodino.data import DataConfig, build_dataset, dataset_size, load_card, resolve_bands
-from geodino.features import backbone_features
+from geodino.features import FeatureConfig, FeatureExtractor
 from geodino.probe import LinearProbe, probabilities
 
 
@@ -39,40 +37,39 @@ class PredictConfig:
     actors: int = 1
 
 
-class Predictor:
-    """Ray Data callable class: backbone (+ probe) loaded once per actor."""
+class Predictor(FeatureExtractor):
+    """Ray Data callable class: the feature extractor plus, unless embeddings are asked for, the probe."""
 
     def __init__(self, config: PredictConfig, in_chans: int):
-        self.config = config
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.config_predict = config
         self.probe, self.classes, self.task = None, None, None
-        n_last_blocks, avgpool, image_size, arch, patch = 1, False, None, None, None
+        features, arch, patch = FeatureConfig(n_last_blocks=1), None, None
         if config.probe:
             saved = torch.load(config.probe, map_location="cpu", weights_only=True)
             probe_config = saved["config"]
-            n_last_blocks, avgpool = probe_config["n_last_blocks"], probe_config["avgpool_patchtokens"]
-            image_size, arch, patch = probe_config["image_size"], probe_config["arch"], probe_config["patch_size"]
+            features = FeatureConfig(n_last_blocks=probe_config["n_last_blocks"],
+                                     avgpool_patchtokens=probe_config["avgpool_patchtokens"],
+                                     image_size=probe_config["image_size"])
+            arch, patch = probe_config["arch"], probe_config["patch_size"]
             state = saved["state_dict"]
             self.probe = LinearProbe(state["mean"], state["std"], state["linear.weight"].shape[0])
             self.probe.load_state_dict(state)
-            self.probe.eval().to(self.device)
             self.classes, self.task = saved["classes"], saved["task"]
-        self.n_last_blocks, self.avgpool, self.image_size = n_last_blocks, avgpool, image_size
-        self.model = load_backbone(config.pretrained_weights, arch, patch, in_chans).model.to(self.device)
+        super().__init__(config.pretrained_weights, arch, patch, in_chans, asdict(features))
+        if self.probe is not None:
+            self.probe.eval().to(self.device)
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
-        images = torch.from_numpy(batch["image"]).to(self.device)
-        if self.image_size and images.shape[-1] != self.image_size:
-            images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
-        features = backbone_features(self.model, images, self.n_last_blocks, self.avgpool).float()
-        if self.config.embeddings or self.probe is None:
+        features = self.features_of(batch)
+        if self.config_predict.embeddings or self.probe is None:
             return {"name": batch["name"], "embedding": list(features.cpu().numpy())}
         probs = probabilities(self.probe(features), self.task).cpu().numpy()
         if self.task == "single_label":
-            predicted = [[self.classes[i]] for i in probs.argmax(1)]
+            predicted = [[self.classes[row.argmax()]] for row in probs]
         else:
-            predicted = [[self.classes[i] for i in np.flatnonzero(row >= self.config.threshold)] for row in probs]
+            threshold = self.config_predict.threshold
+            predicted = [[self.classes[i] for i in np.flatnonzero(row >= threshold)] for row in probs]
         return {"name": batch["name"], "probabilities": list(probs), "predicted": predicted}
 
 
