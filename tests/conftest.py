@@ -1,7 +1,9 @@
 """Shared fixtures: the real data in ../shared/data, and one Ray instance for the whole session."""
 
+import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,6 +11,24 @@ os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# S3 is a real HTTP endpoint (moto's server, started on first use) given the way users give one:
+# through the standard variables, set before Ray starts so that its workers inherit them. The secret is
+# distinctive so that tests can search every written file for it.
+FAKE_SECRET = "geodino-fake-secret-must-never-be-written"
+os.environ["AWS_ACCESS_KEY_ID"] = "AKIAGEODINOTESTKEY01"
+os.environ["AWS_SECRET_ACCESS_KEY"] = FAKE_SECRET
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_free_port()}"
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("AWS_SESSION_TOKEN", None)
 
 import pytest  # noqa: E402
 
@@ -19,6 +39,7 @@ BEN_V1_LISTS = SHARED_DATA / "bigearthnet-v1-metadata"
 BEN_V1_NPZ = SHARED_DATA / "bigearthnet-v1-configilm-mock"
 BEN_V2 = SHARED_DATA / "bigearthnet-v2-configilm-mock"
 EUROSAT = SHARED_DATA / "eurosat-rgb-subset"
+S3_BUCKET = "geodino-test"
 
 
 def pytest_configure(config):
@@ -37,6 +58,37 @@ def ray_session():
 
     DataContext.get_current().enable_progress_bars = False
     yield ray
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 at AWS_ENDPOINT_URL, with an empty bucket `geodino-test`."""
+    from urllib.parse import urlparse
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    url = urlparse(os.environ["AWS_ENDPOINT_URL"])
+    server = ThreadedMotoServer(ip_address=url.hostname, port=url.port, verbose=False)
+    server.start()
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+def upload_folder(local: Path, uri: str) -> int:
+    """Copy a local folder to s3://bucket/prefix with boto3 (the way users upload); returns the file count."""
+    import boto3
+
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    client = boto3.client("s3")
+    count = 0
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+            count += 1
+    return count
 
 
 @pytest.fixture

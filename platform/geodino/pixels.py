@@ -46,7 +46,7 @@ def read_geotiff(path: str) -> np.ndarray:
     from rasterio.errors import RasterioError
 
     try:
-        with rasterio.open(path) as src:
+        with storage.raster_env(path), rasterio.open(path) as src:
             return src.read()
     except (RasterioError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read GeoTIFF ({error})") from error

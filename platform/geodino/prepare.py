@@ -156,7 +156,7 @@ def _check_band(path: str, band: str, verify: str) -> None:
         shape, dtype = array.shape[1:], array.dtype
     else:
         try:
-            with rasterio.open(path) as src:
+            with storage.raster_env(path), rasterio.open(path) as src:
                 shape, dtype = (src.height, src.width), np.dtype(src.dtypes[0])
         except (RasterioError, OSError) as error:
             raise RejectedPatch(f"corrupt band file {os.path.basename(path)}: {error}") from error
@@ -196,11 +196,9 @@ def parse_ben_v1_patch(archive: str, name: str, bands: tuple[str, ...], verify: 
 
 
 def parse_ben_v1_chunk(archive: str, names: list[str], bands: tuple[str, ...], verify: str):
-    import rasterio
-
     rows, rejects = [], []
     # No directory listing per open: GDAL would otherwise list the patch folder on every band.
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+    with storage.raster_env(archive, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
         for name in names:
             try:
                 rows.append(parse_ben_v1_patch(archive, name, bands, verify))

@@ -8,6 +8,8 @@ from the standard ``AWS_ENDPOINT_URL`` variable, as boto3 and the AWS CLI do.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import posixpath
 from urllib.parse import urlparse
@@ -35,9 +37,14 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def s3_endpoint() -> str | None:
+    """An S3-compatible endpoint given the standard way (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """S3 through the standard AWS credential chain, honouring AWS_ENDPOINT_URL."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint()
     kwargs = {}
     if endpoint:
         parsed = urlparse(endpoint)
@@ -47,6 +54,33 @@ def s3_filesystem() -> pafs.S3FileSystem:
     if region:
         kwargs["region"] = region
     return pafs.S3FileSystem(**kwargs)
+
+
+def raster_env(path: str = "", **gdal_options):
+    """A rasterio.Env that reaches s3:// GeoTIFFs at the same endpoint as pyarrow.
+
+    GDAL ignores AWS_ENDPOINT_URL; it needs the endpoint as a session plus
+    path-style addressing, and plain HTTP spelt out for a local endpoint.
+    Credentials stay with the standard AWS chain (boto3's session).
+    """
+    import rasterio
+
+    endpoint = s3_endpoint()
+    if not endpoint or (path and not str(path).startswith("s3://")):
+        return rasterio.Env(**gdal_options) if gdal_options else contextlib.nullcontext()
+    parsed = urlparse(endpoint)
+    gdal_options.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")
+    if parsed.scheme == "http":
+        gdal_options.setdefault("AWS_HTTPS", "NO")
+    return rasterio.Env(_aws_session(parsed.netloc or parsed.path), **gdal_options)
+
+
+@functools.lru_cache(maxsize=4)
+def _aws_session(endpoint: str):
+    """One boto3-backed session per endpoint and process: making one costs milliseconds."""
+    from rasterio.session import AWSSession
+
+    return AWSSession(endpoint_url=endpoint)
 
 
 def read_bytes(path: str) -> bytes:
