@@ -1,0 +1,284 @@
+"""Build (and send) a SageMaker training job that runs geodino, with the real sagemaker SDK.
+
+sagemaker 3.x builds jobs with ``sagemaker.train.ModelTrainer``. The request it
+makes is captured at the last step before it leaves the machine (botocore's
+``before-call`` event for ``CreateTrainingJob``), so ``--dry_run`` prints exactly
+what SageMaker would receive and sends nothing: the code bundle's S3 uploads are
+answered locally too and listed instead.
+
+Two ways to run on the hosts, chosen by the backend:
+
+* ``nccl`` / ``gloo``: SageMaker starts ``experiments/sagemaker_entry.py`` once per
+  host; the first host becomes the Ray head, the others Ray workers, and the same
+  TorchTrainer as everywhere else runs with one worker per GPU.
+* ``smddp``: SMDDP's AllReduce only works under SageMaker's mpirun-based launchers
+  (AWS docs, "Use the PyTorch framework estimators": "If you choose to replace NCCL
+  AllReduce with SMDDP AllReduce, you must choose one of the mpirun-based options").
+  Ray's workers are not started by mpirun, so this backend uses
+  ``sagemaker.train.distributed.MPI`` (the MPI driver runs SMDDP through smddprun)
+  and refuses to run on an instance type SMDDP does not support.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENTRY_SCRIPT = "experiments/sagemaker_entry.py"
+REQUIREMENTS = "cluster/sagemaker/requirements.txt"
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker syncs it with checkpoint_s3_uri, both ways
+CHANNELS = ("metadata", "train", "dino_checkpoint")
+TASKS = ("pretrain", "probe")
+BACKENDS = ("nccl", "gloo", "smddp")
+# AWS: "Supported frameworks, AWS Regions, and instances types" of the SMDDP library.
+SMDDP_INSTANCE_TYPES = ("ml.p3.16xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.p5.48xlarge")
+# Source folders the hosts need; the rest of the checkout (virtualenv, runs, caches) stays home.
+IGNORE_PATTERNS = [".venv", ".git", "runs", "__pycache__", ".pytest_cache", "*.egg-info", "demo_data", "tests",
+                   "benchmarks", "build", ".ci", "*.pyc"]
+
+
+class JobRequestError(ValueError):
+    """The job would fail on SageMaker; the message says which option to change."""
+
+
+@dataclass
+class SageMakerJobConfig:
+    task: str = "pretrain"
+    role: str | None = None
+    instance_type: str = "ml.p4d.24xlarge"
+    instance_count: int = 1
+    backend: str = "nccl"
+    metadata: str | None = None  # s3:// folder with metadata.parquet + metadata.json (prepare's output)
+    train: str | None = None  # s3:// archive root (the patch folders or packed shards)
+    dino_checkpoint: str | None = None  # s3:// weights for probe, or a checkpoint to start pretraining from
+    output_path: str | None = None  # s3://bucket/prefix for model artefacts and, by default, checkpoints
+    checkpoint_s3_uri: str | None = None  # default: a fresh folder per job under output_path
+    job_name: str | None = None
+    input_mode: str = "FastFile"  # FastFile streams the 590k small files on demand; File copies them first
+    framework_version: str = "2.8.0"
+    py_version: str = "py312"
+    image_uri: str | None = None
+    region: str | None = None
+    max_run_hours: float = 72.0
+    spot: bool = False
+    max_wait_hours: float | None = None
+    volume_size_gb: int = 100
+    dry_run: bool = False
+    hyperparameters: dict[str, str] = field(default_factory=dict)  # the task's own flags, DINO's names
+
+
+def validate(cfg: SageMakerJobConfig) -> None:
+    """Refuse requests that SageMaker would accept and then fail on, before anything is uploaded."""
+    if cfg.task not in TASKS:
+        raise JobRequestError(f"task must be one of {TASKS}, not {cfg.task!r}")
+    if cfg.backend not in BACKENDS:
+        raise JobRequestError(f"--backend must be one of {BACKENDS}, not {cfg.backend!r}")
+    if not cfg.role:
+        raise JobRequestError("--role is required: the ARN of an IAM role SageMaker can assume")
+    if cfg.instance_count < 1:
+        raise JobRequestError(f"--instance_count must be at least 1, not {cfg.instance_count}")
+    if cfg.backend == "smddp":
+        if cfg.instance_type not in SMDDP_INSTANCE_TYPES:
+            raise JobRequestError(
+                f"SMDDP does not support {cfg.instance_type}; it runs on {', '.join(SMDDP_INSTANCE_TYPES)}. "
+                "Use --backend nccl on this instance type"
+            )
+        if cfg.task != "pretrain":
+            raise JobRequestError("--backend smddp is for pretraining; the probe runs on one GPU, use --backend nccl")
+    for name in ("output_path", *CHANNELS, "checkpoint_s3_uri"):
+        value = getattr(cfg, name)
+        if value and not str(value).startswith("s3://"):
+            raise JobRequestError(f"--{name} must be an s3:// URI, not {value!r}")
+    if not cfg.output_path:
+        raise JobRequestError("--output_path s3://bucket/prefix is required (artefacts and checkpoints go there)")
+    if cfg.task == "pretrain" and not cfg.metadata:
+        raise JobRequestError("--metadata s3://... (the folder prepare wrote) is required for pretraining")
+    if cfg.task == "probe" and not (cfg.metadata and cfg.dino_checkpoint):
+        raise JobRequestError("probing needs --metadata and --dino_checkpoint (the weights to probe)")
+    if cfg.spot and cfg.max_wait_hours is not None and cfg.max_wait_hours < cfg.max_run_hours:
+        raise JobRequestError("--max_wait_hours must be at least --max_run_hours for a spot job")
+
+
+def job_name(cfg: SageMakerJobConfig) -> str:
+    if cfg.job_name:
+        return cfg.job_name
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"geodino-{cfg.task}-{stamp}"
+
+
+def hyperparameters(cfg: SageMakerJobConfig, checkpoint_uri: str) -> dict[str, str]:
+    """The task's flags (DINO's names) plus the task and backend the entry point dispatches on.
+
+    Checkpoints: on one host Ray Train writes them to the local folder SageMaker
+    syncs with checkpoint_s3_uri (a restarted spot job finds them there). With
+    several hosts, Ray's rank-0 worker may sit on any host, so Ray Train writes
+    to checkpoint_s3_uri directly; a restarted job resumes from the same URI.
+    """
+    secret_like = [key for key in cfg.hyperparameters if any(word in key.lower() for word in ("secret", "token", "password"))]
+    if secret_like:
+        raise JobRequestError(f"hyperparameters {secret_like} look like credentials; SageMaker shows hyperparameters "
+                              "in its console and API, pass credentials through the job's IAM role instead")
+    values = {key: str(value) for key, value in cfg.hyperparameters.items()}
+    values.update(task=cfg.task, backend=cfg.backend)
+    if cfg.task == "pretrain" and cfg.backend != "smddp":
+        if cfg.instance_count == 1:
+            values["checkpoint_dir"] = CHECKPOINT_LOCAL_PATH
+        else:
+            values["storage_path"] = checkpoint_uri
+    elif cfg.task == "pretrain":
+        values["checkpoint_dir"] = CHECKPOINT_LOCAL_PATH
+    return values
+
+
+def build_model_trainer(cfg: SageMakerJobConfig, session=None):
+    """A ModelTrainer for the job; nothing is sent until its train() runs."""
+    from sagemaker.core import image_uris
+    from sagemaker.core.helper.session_helper import Session
+    from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
+    from sagemaker.core.training.configs import StoppingCondition
+    from sagemaker.train import model_trainer
+    from sagemaker.train.distributed import MPI
+
+    validate(cfg)
+    name = job_name(cfg)
+    session = session or Session(default_bucket=bucket_of(cfg.output_path))
+    region = cfg.region or session.boto_region_name
+    image = cfg.image_uri or image_uris.retrieve("pytorch", region, version=cfg.framework_version,
+                                                 py_version=cfg.py_version, instance_type=cfg.instance_type,
+                                                 image_scope="training")
+    max_run = int(cfg.max_run_hours * 3600)
+    stopping = StoppingCondition(max_runtime_in_seconds=max_run)
+    if cfg.spot:
+        stopping.max_wait_time_in_seconds = int((cfg.max_wait_hours or cfg.max_run_hours * 2) * 3600)
+    output = cfg.output_path.rstrip("/")
+    checkpoint_uri = cfg.checkpoint_s3_uri or f"{output}/{name}/checkpoints"
+    channels = [data_channel(channel, getattr(cfg, channel), cfg.input_mode) for channel in CHANNELS
+                if getattr(cfg, channel)]
+    return model_trainer.ModelTrainer(
+        sagemaker_session=session,
+        role=cfg.role,
+        base_job_name=f"geodino-{cfg.task}",  # the SDK appends its own timestamp
+        training_image=image,
+        source_code=SourceCode(source_dir=REPO_ROOT, entry_script=ENTRY_SCRIPT, requirements=REQUIREMENTS,
+                               ignore_patterns=IGNORE_PATTERNS),
+        distributed=MPI() if cfg.backend == "smddp" else None,
+        compute=Compute(instance_type=cfg.instance_type, instance_count=cfg.instance_count,
+                        volume_size_in_gb=cfg.volume_size_gb, enable_managed_spot_training=cfg.spot),
+        stopping_condition=stopping,
+        input_data_config=channels,
+        training_input_mode=cfg.input_mode,
+        output_data_config=OutputDataConfig(s3_output_path=f"{output}/{name}/output"),
+        checkpoint_config=CheckpointConfig(s3_uri=checkpoint_uri, local_path=CHECKPOINT_LOCAL_PATH),
+        hyperparameters=hyperparameters(cfg, checkpoint_uri),
+        environment={"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+
+
+def data_channel(name: str, uri: str, input_mode: str):
+    """An S3 channel with its own input mode (the SDK's InputData always asks for File mode)."""
+    from sagemaker.core.shapes import Channel, DataSource, S3DataSource
+
+    source = S3DataSource(s3_data_type="S3Prefix", s3_uri=uri, s3_data_distribution_type="FullyReplicated")
+    return Channel(channel_name=name, data_source=DataSource(s3_data_source=source), input_mode=input_mode)
+
+
+class _Captured(Exception):
+    def __init__(self, params: dict):
+        super().__init__("CreateTrainingJob captured")
+        self.params = params
+
+
+class _LocalHttpResponse:
+    status_code = 200
+    headers: dict = {}
+    raw = None
+    content = b""
+
+
+# What the SDK calls on the way to CreateTrainingJob, answered locally in a dry run.
+DRY_RUN_ANSWERS = {
+    "s3.PutObject": {"ETag": '"dry-run"'},
+    "s3.CreateMultipartUpload": {"UploadId": "dry-run"},
+    "s3.UploadPart": {"ETag": '"dry-run"'},
+    "s3.CompleteMultipartUpload": {"ETag": '"dry-run"'},
+    "iam.SimulatePrincipalPolicy": {"EvaluationResults": [{"EvalDecision": "allowed"}], "IsTruncated": False},
+}
+
+
+def capture_job_request(boto_session, dry_run: bool, bucket: str) -> dict:
+    """Make `boto_session` stop CreateTrainingJob at its last step and keep its parameters.
+
+    botocore copies a session's event handlers into each client it creates, so
+    this must run before the sagemaker Session makes its clients. In a dry run
+    every other call the SDK makes (code uploads, the role check) is answered
+    here and recorded, so that nothing at all leaves the machine.
+    """
+    captured: dict[str, Any] = {"calls": []}
+
+    def on_create(params, **_):
+        raise _Captured(params)
+
+    def on_call(model, params, **_):
+        name = f"{model.service_model.endpoint_prefix}.{model.name}"
+        if name == "sagemaker.CreateTrainingJob":
+            return None
+        key = params.get("url_path", "")
+        captured["calls"].append(f"{name} {key}".strip())
+        answers = {**DRY_RUN_ANSWERS, "s3.ListBuckets": {"Buckets": [{"Name": bucket, "CreationDate": datetime.datetime.now()}]}}
+        if name not in answers:
+            raise RuntimeError(f"dry run: the SDK wanted to call {name}, which a dry run does not send")
+        return _LocalHttpResponse(), dict(answers[name], ResponseMetadata={"HTTPStatusCode": 200})
+
+    boto_session.events.register("before-parameter-build.sagemaker.CreateTrainingJob", on_create)
+    if dry_run:
+        boto_session.events.register("before-call", on_call)
+    return captured
+
+
+def job_request(cfg: SageMakerJobConfig, boto_session=None) -> dict:
+    """The exact CreateTrainingJob parameters for this configuration; sends nothing in a dry run.
+
+    Outside a dry run the SDK uploads the code bundle (as a real submission
+    would) and only CreateTrainingJob is held back.
+    """
+    import boto3
+    from sagemaker.core.helper.session_helper import Session
+
+    validate(cfg)
+    boto_session = boto_session or boto3.Session()
+    captured = capture_job_request(boto_session, dry_run=cfg.dry_run, bucket=bucket_of(cfg.output_path))
+    session = Session(boto_session=boto_session, default_bucket=bucket_of(cfg.output_path))
+    # The SDK checks the role's trust policy through IAM; a dry run sends nothing, so it skips that check.
+    saved = os.environ.get("SAGEMAKER_VALIDATE_ROLE")
+    if cfg.dry_run:
+        os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"
+    try:
+        trainer = build_model_trainer(cfg, session)
+        trainer.train(wait=False, logs=False)
+    except _Captured as request:
+        return {"CreateTrainingJob": request.params, "dry_run_calls": captured["calls"]}
+    finally:
+        if saved is None:
+            os.environ.pop("SAGEMAKER_VALIDATE_ROLE", None)
+        else:
+            os.environ["SAGEMAKER_VALIDATE_ROLE"] = saved
+    raise RuntimeError("the sagemaker SDK finished without calling CreateTrainingJob")
+
+
+def bucket_of(uri: str) -> str:
+    return uri[len("s3://"):].split("/", 1)[0]
+
+
+def submit(cfg: SageMakerJobConfig, session=None) -> str:
+    """Send the job; returns its name. The SDK uploads this checkout's code first."""
+    trainer = build_model_trainer(cfg, session)
+    trainer.train(wait=False, logs=False)
+    return trainer._latest_training_job.training_job_name
+
+
+def to_json(request: dict) -> str:
+    return json.dumps(request, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,119 @@
+"""SageMaker jobs built by the real sagemaker SDK, captured before they are sent; the entry point run
+for real as a two-"host" job on 127.0.0.1."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import boto3
+import pytest
+
+from conftest import FAKE_SECRET, REPO, S3_BUCKET
+from geodino.sagemaker_job import (CHECKPOINT_LOCAL_PATH, JobRequestError, SageMakerJobConfig, job_request,
+                                   validate)
+
+ROLE = "arn:aws:iam::123456789012:role/geodino-training"
+PRETRAIN = dict(role=ROLE, metadata=f"s3://{S3_BUCKET}/prepared", train=f"s3://{S3_BUCKET}/BigEarthNet-v1.0",
+                output_path=f"s3://{S3_BUCKET}/jobs")
+
+
+def channels(request: dict) -> dict:
+    return {c["ChannelName"]: c for c in request["InputDataConfig"]}
+
+
+def test_dry_run_builds_an_smddp_job_and_sends_nothing(monkeypatch):
+    # An endpoint nothing listens on: had the dry run sent a request, it would fail.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    config = SageMakerJobConfig(**PRETRAIN, instance_type="ml.p4d.24xlarge", instance_count=2, backend="smddp",
+                                spot=True, max_run_hours=10, dino_checkpoint=f"s3://{S3_BUCKET}/init",
+                                hyperparameters={"arch": "vit_small", "epochs": "100", "batch_size_per_gpu": "64"},
+                                dry_run=True, job_name="geodino-pretrain-a")
+    result = job_request(config)
+    request = result["CreateTrainingJob"]
+
+    assert request["ResourceConfig"] == {"InstanceType": "ml.p4d.24xlarge", "InstanceCount": 2, "VolumeSizeInGB": 100}
+    assert request["HyperParameters"] == {"arch": "vit_small", "epochs": "100", "batch_size_per_gpu": "64",
+                                          "task": "pretrain", "backend": "smddp", "checkpoint_dir": CHECKPOINT_LOCAL_PATH}
+    found = channels(request)
+    assert set(found) == {"metadata", "train", "dino_checkpoint", "code", "sm_drivers"}
+    assert found["train"]["DataSource"]["S3DataSource"]["S3Uri"] == PRETRAIN["train"]
+    assert found["train"]["InputMode"] == "FastFile"
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{S3_BUCKET}/jobs/geodino-pretrain-a/checkpoints",
+                                           "LocalPath": CHECKPOINT_LOCAL_PATH}
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 36000, "MaxWaitTimeInSeconds": 72000}
+    assert re.fullmatch(r"763104351884\.dkr\.ecr\.us-east-1\.amazonaws\.com/pytorch-training:[\d.]+-gpu-py3\d+",
+                        request["AlgorithmSpecification"]["TrainingImage"])
+    uploads = [call for call in result["dry_run_calls"] if call.startswith("s3.PutObject")]
+    assert any(call.endswith("/code/experiments/sagemaker_entry.py") for call in uploads)
+    assert any(call.endswith("/sm_drivers/distributed.json") for call in uploads)  # MPI: SMDDP's launcher
+    assert not any("/code/.venv/" in call or "/code/tests/" in call for call in uploads)
+    assert {call.split()[0] for call in result["dry_run_calls"]} <= {"s3.ListBuckets", "iam.SimulatePrincipalPolicy",
+                                                                     "s3.PutObject"}
+    assert FAKE_SECRET not in json.dumps(result) and os.environ["AWS_ACCESS_KEY_ID"] not in json.dumps(result)
+
+    # Each job gets a fresh checkpoint folder unless one is given to resume from.
+    again = job_request(SageMakerJobConfig(**{**config.__dict__, "job_name": "geodino-pretrain-b"}))
+    assert again["CreateTrainingJob"]["CheckpointConfig"]["S3Uri"].endswith("/geodino-pretrain-b/checkpoints")
+
+
+def test_multi_host_ray_job_checkpoints_straight_to_s3(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    request = job_request(SageMakerJobConfig(**PRETRAIN, instance_type="ml.g5.12xlarge", instance_count=3,
+                                             dry_run=True, job_name="j"))["CreateTrainingJob"]
+    assert request["HyperParameters"]["storage_path"] == f"s3://{S3_BUCKET}/jobs/j/checkpoints"
+    assert "checkpoint_dir" not in request["HyperParameters"]
+    assert "distributed.json" not in json.dumps(request)
+
+
+def test_real_submission_uploads_code_to_s3_and_stops_at_create_training_job(s3_endpoint):
+    config = SageMakerJobConfig(role=ROLE, task="probe", instance_type="ml.g5.xlarge", metadata=PRETRAIN["metadata"],
+                                dino_checkpoint=f"s3://{S3_BUCKET}/runs/final", output_path=PRETRAIN["output_path"],
+                                hyperparameters={"arch": "vit_small", "epochs": "50"}, job_name="probe-job")
+    request = job_request(config)["CreateTrainingJob"]
+    code = channels(request)["code"]["DataSource"]["S3DataSource"]["S3Uri"]
+    key = code[len(f"s3://{S3_BUCKET}/"):] + "/experiments/sagemaker_entry.py"
+    uploaded = boto3.client("s3").get_object(Bucket=S3_BUCKET, Key=key)["Body"].read()
+    assert uploaded == (REPO / "experiments" / "sagemaker_entry.py").read_bytes()
+    assert request["HyperParameters"] == {"arch": "vit_small", "epochs": "50", "task": "probe", "backend": "nccl"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(backend="smddp", instance_type="ml.g5.48xlarge"), "SMDDP does not support ml.g5.48xlarge.*--backend nccl"),
+    (dict(backend="smddp", task="probe", instance_type="ml.p4d.24xlarge"), "probe runs on one GPU"),
+    (dict(role=None), "--role is required"),
+    (dict(train="/data/BigEarthNet"), "--train must be an s3:// URI"),
+    (dict(output_path=None), "--output_path"),
+    (dict(spot=True, max_wait_hours=1.0), "max_wait_hours must be at least"),
+    (dict(hyperparameters={"aws_secret_access_key": "x"}), "look like credentials"),
+])
+def test_requests_sagemaker_would_reject_fail_here_first(change, message):
+    config = SageMakerJobConfig(**{**PRETRAIN, **change})
+    with pytest.raises(JobRequestError, match=message):
+        validate(config)
+        job_request(SageMakerJobConfig(**{**config.__dict__, "dry_run": True}))
+
+
+def test_host_requirements_pin_what_constraints_pin():
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().split() if "==" in line)
+    for line in (REPO / "cluster" / "sagemaker" / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            assert pins[name.split("[")[0]] == version, line
+
+
+def test_submit_script_dry_run_prints_the_request(monkeypatch):
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "PYTHONPATH": str(REPO / "platform")}
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "submit_sagemaker.py"), "pretrain", "--role", ROLE,
+                          "--metadata", PRETRAIN["metadata"], "--output_path", PRETRAIN["output_path"],
+                          "--instance_type", "ml.g5.2xlarge", "--dry_run", "--", "--arch", "vit_tiny",
+                          "--global_crops_scale", "0.3", "1.0"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    request = json.loads(out.stdout)["CreateTrainingJob"]
+    assert request["HyperParameters"]["global_crops_scale"] == "0.3 1.0"
+    typo = subprocess.run([sys.executable, str(REPO / "experiments" / "submit_sagemaker.py"), "pretrain", "--role",
+                           ROLE, "--metadata", PRETRAIN["metadata"], "--output_path", PRETRAIN["output_path"],
+                           "--dry_run", "--", "--ecpochs", "3"], env=env, capture_output=True, text=True, timeout=120)
+    assert typo.returncode == 2 and "--ecpochs" in typo.stderr
