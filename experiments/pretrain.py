@@ -3,6 +3,8 @@
 With no --metadata_dir it generates the embedded demo archive, prepares it, and
 pretrains a small ViT on it with settings sized for a laptop CPU (a few minutes).
 Flags follow facebookresearch/dino's main_dino.py; `--help` lists them all.
+Without Ray (SMDDP, or a plain PyTorch baseline):
+  torchrun --nproc_per_node 8 experiments/pretrain.py --launcher torchrun --use_gpu ...
 """
 
 import argparse
@@ -31,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(config, metadata_dir=prepared_demo(), **changes)
         print(f"no --metadata_dir: pretraining on the embedded demo archive with {changes}", file=sys.stderr)
     result = run_pretraining(config)
+    if result is None:  # a rank other than 0 under torchrun / mpirun
+        return 0
     last = result.metrics[-1]
     print(f"\nfinished {len(result.metrics)} epochs: loss {result.metrics[0]['loss']:.4f} -> {last['loss']:.4f}, "
           f"teacher entropy {last['teacher_entropy']:.2f} of max {last['max_entropy']:.2f}, "
           f"{last['images_per_s']:.1f} images/s")
-    print(f"checkpoint (DINO format): {result.checkpoint_dir}/checkpoint.pth  (Ray keeps it at {result.storage_checkpoint})")
+    print(f"checkpoint (DINO format): {result.checkpoint_dir}/checkpoint.pth  (stored at {result.storage_checkpoint})")
     print(f"teacher backbone (timm keys): {backbone_file(result)}")
     print(f"TensorBoard: tensorboard --logdir {os.path.dirname(result.checkpoint_dir)} --host 127.0.0.1")
     print(f"next: python experiments/linear_probe.py --pretrained_weights {backbone_file(result)} "

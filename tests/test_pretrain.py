@@ -90,11 +90,46 @@ def test_non_finite_loss_stops_naming_epoch_and_step(ray_session):
     cfg = PretrainConfig(**TINY, batch_size_per_gpu=2, epochs=1)
     images = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
     images[2:] = np.nan  # the second batch is poisoned
-    shard = ray.data.from_numpy(images).rename_columns({"data": "image"})
+    batches = ray.data.from_numpy(images).rename_columns({"data": "image"}).iter_torch_batches(batch_size=2)
     student, teacher = build_student_teacher("vit_tiny", 8, 3, 256, True, 0.0)
     multicrop = MultiCrop(cfg.multicrop())
     loss = DINOLoss(256, multicrop.ncrops, 0.04, 0.04, 0, 1)
     optimizer = torch.optim.AdamW(param_groups(student))
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, step [01] .*lower --lr"):
-        train_one_epoch(student, teacher, student, loss, shard, multicrop, optimizer, None, None,
+        train_one_epoch(student, teacher, student, loss, batches, multicrop, optimizer, None, None,
                         schedules(cfg, 2, 1), 0, 2, cfg, torch.device("cpu"), 1)
+
+
+@pytest.mark.timeout(600)
+def test_torchrun_launcher_runs_the_same_loop_without_ray(eurosat_metadata, tmp_path):
+    """Two processes started by torchrun (as mpirun starts SMDDP's), gloo, checkpoints in a local folder, resume."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def torchrun(epochs: int) -> subprocess.CompletedProcess:
+        flags = [f"--{k}={v}" for k, v in TINY.items()]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   str(REPO / "experiments" / "pretrain.py"), "--launcher", "torchrun", "--backend", "gloo",
+                   f"--metadata_dir={eurosat_metadata}", f"--epochs={epochs}", "--batch_size_per_gpu=8",
+                   f"--storage_path={tmp_path / 'runs'}", "--run_name=plain", *flags]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "OMP_NUM_THREADS": "1"}
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
+
+    first = torchrun(2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "plain"
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_000001",
+                                                                         "checkpoint_epoch_000002"]
+    state = read_checkpoint(str(run_dir / "checkpoint_epoch_000002"))
+    assert state["epoch"] == 2 and state["args"]["launcher"] == "torchrun" and state["args"]["num_workers"] == 2
+    # 80 images, 2 processes, batch 8: 5 steps of 16 images per epoch
+    assert [round(m["images_per_s"] * m["epoch_seconds"]) for m in state["metrics"]] == [80, 80]
+
+    resumed = torchrun(3)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = read_checkpoint(str(run_dir / "checkpoint_epoch_000003"))
+    assert final["metrics"][:2] == state["metrics"] and len(final["metrics"]) == 3
+    log = [json.loads(line) for line in open(run_dir / "log.txt")]
+    assert [m["epoch"] for m in log] == [0, 1, 2]

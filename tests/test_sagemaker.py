@@ -4,8 +4,10 @@ for real as a two-"host" job on 127.0.0.1."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import boto3
 import pytest
@@ -117,3 +119,47 @@ def test_submit_script_dry_run_prints_the_request(monkeypatch):
                            ROLE, "--metadata", PRETRAIN["metadata"], "--output_path", PRETRAIN["output_path"],
                            "--dry_run", "--", "--ecpochs", "3"], env=env, capture_output=True, text=True, timeout=120)
     assert typo.returncode == 2 and "--ecpochs" in typo.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.timeout(600)
+def test_entry_point_runs_a_two_host_job_on_one_machine(ben_v1_metadata, tmp_path):
+    """Two processes with SageMaker's environment form a Ray cluster, pretrain 1 epoch with gloo, and exit 0."""
+    hosts = ["127.0.0.1", "localhost"]  # two names for this machine, as algo-1 and algo-2 would be
+    port = _free_port()
+    # Not /tmp/ray: `ray start` records its cluster there, and the next local ray.init() would try to join it.
+    ray_temp = tempfile.mkdtemp(prefix="ray-sm-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    hyperparameters = ["--task", "pretrain", "--backend", "gloo", "--arch", "vit_tiny", "--patch_size", "8",
+                       "--out_dim", "64", "--global_crops_size", "32", "--local_crops_size", "16",
+                       "--local_crops_number", "2", "--epochs", "1", "--batch_size_per_gpu", "1", "--num_workers", "2",
+                       "--warmup_epochs", "0", "--saveckp_freq", "1", "--checkpoint_dir", str(tmp_path / "checkpoints"),
+                       "--run_name", "sm"]
+    processes = []
+    for host in hosts:
+        config = tmp_path / f"{host}-resourceconfig.json"
+        config.write_text(json.dumps({"current_host": host, "hosts": hosts, "network_interface_name": "lo"}))
+        env = {**os.environ, "GEODINO_SM_RESOURCE_CONFIG": str(config), "GEODINO_RAY_PORT": str(port),
+               "SM_NUM_GPUS": "0", "SM_NUM_CPUS": "1", "SM_CHANNEL_METADATA": str(ben_v1_metadata.parent),
+               "SM_MODEL_DIR": str(tmp_path / "model"), "GEODINO_RAY_TEMP_DIR": ray_temp}
+        env.pop("RAY_ADDRESS", None)
+        log = open(tmp_path / f"{host}.log", "w")
+        processes.append(subprocess.Popen([sys.executable, str(REPO / "experiments" / "sagemaker_entry.py"),
+                                           *hyperparameters], env=env, stdout=log, stderr=subprocess.STDOUT))
+    codes = [process.wait(timeout=540) for process in processes]
+    current = "/tmp/ray/ray_current_cluster"
+    assert not os.path.exists(current) or f":{port}" not in open(current).read()
+    shutil.rmtree(ray_temp, ignore_errors=True)
+    logs = {host: (tmp_path / f"{host}.log").read_text() for host in hosts}
+    assert codes == [0, 0], {host: text[-3000:] for host, text in logs.items()}
+    assert "Ray cluster ready: 2 hosts, 2 CPUs" in logs["127.0.0.1"]
+    assert "head of" in logs["127.0.0.1"] and "pretraining finished: 1 epochs" in logs["127.0.0.1"]
+    assert "has finished; leaving" in logs["localhost"]
+    assert (tmp_path / "model" / "final" / "teacher_backbone.pth").exists()
+    assert list((tmp_path / "checkpoints" / "sm").glob("checkpoint_*/checkpoint.pth"))

@@ -134,16 +134,22 @@ def build_dataset(config: DataConfig) -> ray.data.Dataset:
     )
 
 
-def dataset_size(config: DataConfig) -> int:
-    """Number of rows the dataset will yield, from the metadata alone (no pixels read)."""
-    import pandas as pd
+def metadata_rows(config: DataConfig, columns: list[str] | None = None):
+    """The rows build_dataset yields, as a pandas frame of metadata (no pixels read)."""
+    import pyarrow.parquet as pq
 
-    frame = pd.read_parquet(metadata_file(config.metadata), columns=["original_split", "recommended"])
+    fs, inner = storage.filesystem(metadata_file(config.metadata))
+    frame = pq.read_table(inner, filesystem=fs, columns=columns or METADATA_COLUMNS).to_pandas()
     if config.split:
         frame = frame[frame["original_split"] == config.split]
     if config.recommended_only:
         frame = frame[frame["recommended"]]
-    return min(len(frame), config.limit) if config.limit else len(frame)
+    return frame.head(config.limit).reset_index(drop=True) if config.limit else frame.reset_index(drop=True)
+
+
+def dataset_size(config: DataConfig) -> int:
+    """Number of rows the dataset will yield, from the metadata alone (no pixels read)."""
+    return len(metadata_rows(config, columns=["original_split", "recommended"]))
 
 
 def tensor_columns(dataset: ray.data.Dataset) -> ray.data.Dataset:

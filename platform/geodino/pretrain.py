@@ -1,10 +1,12 @@
 """DINO self-supervised pretraining on Ray Train.
 
-``train_dino`` is the training loop that runs on every Ray Train worker; it reads
-top to bottom like facebookresearch/dino's ``main_dino.py``. Ray appears only at
-its edges: the dataset shard it iterates, ``prepare_model`` for DDP, and
-``ray.train.report`` for metrics and checkpoints. ``run_pretraining`` builds the
-dataset and the ``TorchTrainer`` around it.
+``dino_loop`` is the training loop; it reads top to bottom like
+facebookresearch/dino's ``main_dino.py``. What launched it appears only through a
+small runtime object: rank and device, DDP wrapping, the batches of an epoch, the
+latest checkpoint, and reporting. ``RayTrainRuntime`` is Ray Train's (``train_dino``
+is the per-worker function of the ``TorchTrainer`` that ``run_pretraining`` builds);
+``geodino.torchrun`` has the same loop under torchrun or mpirun without Ray, which
+SMDDP's AllReduce needs.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class PretrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     backend: str | None = None  # gloo | nccl | smddp; default nccl on GPU, gloo on CPU
+    launcher: str = "ray"  # ray: Ray Train; torchrun: processes started by torchrun or mpirun (SMDDP), no Ray
     storage_path: str = "runs"
     run_name: str | None = None
     max_failures: int = 0
@@ -170,27 +173,69 @@ def schedules(cfg: PretrainConfig, steps_per_epoch: int, world_size: int) -> dic
 # ============================================================================ the training loop
 
 
-def train_dino(loop_config: dict) -> None:
-    import ray.train
-    import ray.train.torch
+class RayTrainRuntime:
+    """What the loop needs from Ray Train: rank, device, DDP, this worker's data shard, checkpoints."""
 
+    def __init__(self, cfg: PretrainConfig):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.shard = ray.train.get_dataset_shard("train")
+        self.cfg = cfg
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # DDP when world_size > 1; moves to the device
+
+    def epoch_batches(self, epoch: int):
+        cfg = self.cfg
+        return self.shard.iter_torch_batches(batch_size=cfg.batch_size_per_gpu, drop_last=True, prefetch_batches=2,
+                                             local_shuffle_buffer_size=cfg.batch_size_per_gpu * 4,
+                                             local_shuffle_seed=cfg.seed + epoch)
+
+    def latest_state(self) -> dict | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return None
+        with checkpoint.as_directory() as folder:
+            return read_checkpoint(folder, map_location=self.device)
+
+    def report(self, metrics: dict, state: dict | None, teacher_backbone: dict | None) -> None:
+        """Every rank reports; rank 0 passes the checkpoint, which Ray copies to the run's storage."""
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if state is not None:
+                write_checkpoint(folder, state, teacher_backbone)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_dino(loop_config: dict) -> None:
+    """Ray Train's per-worker function."""
     cfg = PretrainConfig(**loop_config["pretrain"])
-    steps_per_epoch, in_chans = loop_config["steps_per_epoch"], loop_config["in_chans"]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    dino_loop(cfg, RayTrainRuntime(cfg), loop_config["steps_per_epoch"], loop_config["in_chans"])
+
+
+def dino_loop(cfg: PretrainConfig, runtime, steps_per_epoch: int, in_chans: int) -> None:
+    """DINO from start (or the latest checkpoint) to the last epoch, on whatever runtime launched it."""
+    rank, world_size, device = runtime.rank, runtime.world_size, runtime.device
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
-
-    # ============ data: this worker's shard of the Ray Dataset ============
-    shard = ray.train.get_dataset_shard("train")
     multicrop = MultiCrop(cfg.multicrop())
 
     # ============ student and teacher networks ============
     student, teacher = build_student_teacher(cfg.arch, cfg.patch_size, in_chans, cfg.out_dim, cfg.norm_last_layer,
                                              cfg.drop_path_rate)
     teacher = teacher.to(device)
-    student = ray.train.torch.prepare_model(student)  # DDP when world_size > 1; moves to device
+    student = runtime.prepare_model(student)
     student_plain = student.module if hasattr(student, "module") else student
 
     # ============ loss, optimizer, schedules ============
@@ -203,10 +248,8 @@ def train_dino(loop_config: dict) -> None:
 
     # ============ resume from the latest checkpoint of this run, if any ============
     start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = read_checkpoint(folder, map_location=device)
+    state = runtime.latest_state()
+    if state:
         student_plain.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
@@ -218,8 +261,8 @@ def train_dino(loop_config: dict) -> None:
     writer = _tensorboard(cfg) if rank == 0 else None
     for epoch in range(start_epoch, cfg.epochs):
         # ============ one epoch of DINO ============
-        metrics = train_one_epoch(student, teacher, student_plain, dino_loss, shard, multicrop, optimizer, scaler,
-                                  amp_dtype, plan, epoch, steps_per_epoch, cfg, device, world_size)
+        metrics = train_one_epoch(student, teacher, student_plain, dino_loss, runtime.epoch_batches(epoch), multicrop,
+                                  optimizer, scaler, amp_dtype, plan, epoch, steps_per_epoch, cfg, device, world_size)
         history.append(metrics)
         if writer is not None:
             for key, value in metrics.items():
@@ -230,33 +273,28 @@ def train_dino(loop_config: dict) -> None:
         # ============ checkpoint (rank 0 writes it) and report ============
         last = epoch + 1 == cfg.epochs
         save = last or (cfg.saveckp_freq and (epoch + 1) % cfg.saveckp_freq == 0)
-        with tempfile.TemporaryDirectory() as folder:
-            ray_checkpoint = None
-            if save and rank == 0:
-                state = {
-                    "student": student_plain.state_dict(),
-                    "teacher": teacher.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "args": plain_values(asdict(cfg) | {"in_chans": in_chans}),
-                    "dino_loss": dino_loss.state_dict(),
-                    "fp16_scaler": scaler.state_dict() if scaler is not None else None,
-                    "metrics": plain_values(history),
-                }
-                write_checkpoint(folder, state, teacher.backbone.state_dict())
-                ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=ray_checkpoint)
+        state = backbone = None
+        if save and rank == 0:
+            state = {
+                "student": student_plain.state_dict(),
+                "teacher": teacher.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "args": plain_values(asdict(cfg) | {"in_chans": in_chans}),
+                "dino_loss": dino_loss.state_dict(),
+                "fp16_scaler": scaler.state_dict() if scaler is not None else None,
+                "metrics": plain_values(history),
+            }
+            backbone = teacher.backbone.state_dict()
+        runtime.report(metrics, state, backbone)
     if writer is not None:
         writer.close()
 
 
-def train_one_epoch(student, teacher, student_plain, dino_loss, shard, multicrop, optimizer, scaler, amp_dtype,
+def train_one_epoch(student, teacher, student_plain, dino_loss, batches, multicrop, optimizer, scaler, amp_dtype,
                     plan, epoch, steps_per_epoch, cfg, device, world_size) -> dict:
     started = time.perf_counter()
     losses, entropies, waited = [], [], 0.0
-    batches = shard.iter_torch_batches(batch_size=cfg.batch_size_per_gpu, drop_last=True, prefetch_batches=2,
-                                       local_shuffle_buffer_size=cfg.batch_size_per_gpu * 4,
-                                       local_shuffle_seed=cfg.seed + epoch)
     fetch_started = time.perf_counter()
     for step, batch in enumerate(batches):
         if step >= steps_per_epoch:
@@ -371,6 +409,12 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     from geodino.data import DataConfig, build_dataset, dataset_size, load_card, resolve_bands
     from geodino.resources import init_ray, worker_cpus
 
+    if cfg.launcher == "torchrun":
+        from geodino.torchrun import run_pretraining_torchrun
+
+        return run_pretraining_torchrun(cfg)
+    if cfg.launcher != "ray":
+        raise ValueError(f"--launcher must be ray or torchrun, not {cfg.launcher!r}")
     if not cfg.metadata_dir:
         raise ValueError("--metadata_dir is required (experiments/pretrain.py fills it with the demo archive)")
     init_ray()
@@ -393,11 +437,9 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
         resources["GPU"] = 1
     backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
     if backend == "smddp":
-        import importlib.util
-
-        if importlib.util.find_spec("smdistributed") is None:
-            raise ValueError("--backend smddp needs SageMaker's smdistributed package, which only SageMaker's PyTorch "
-                             "training images have; use --backend nccl on other GPU clusters")
+        raise ValueError("SMDDP's AllReduce needs SageMaker's mpirun launcher, not Ray's workers: submit with "
+                         "experiments/submit_sagemaker.py --backend smddp (it runs --launcher torchrun under MPI), "
+                         "or use --backend nccl on a Ray cluster")
     trainer = TorchTrainer(
         train_dino,
         train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "in_chans": in_chans},

@@ -98,10 +98,13 @@ def is_listening(address: str, port: int) -> bool:
         return False
 
 
-def start_ray_node(args: list[str]) -> subprocess.Popen:
-    """`ray start ... --block` in its own process group, so stopping it stops its raylet too."""
+def start_ray_node(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """`ray start ... --block` in its own process group, so stopping it stops its raylet too.
+
+    Not `ray stop`: that stops every Ray instance on the machine, other jobs' included.
+    """
     command = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--block", "--disable-usage-stats", *args]
-    return subprocess.Popen(command, start_new_session=True)
+    return subprocess.Popen(command, start_new_session=True, env=env)
 
 
 def stop_ray_node(process: subprocess.Popen, grace_s: float = 20.0) -> None:
@@ -149,13 +152,18 @@ def run_head_host(env: SageMakerEnv, task: str, task_argv: list[str], timeout_s:
     import ray
 
     address = socket.gethostbyname(env.head)
+    temp_dir = os.environ.get("GEODINO_RAY_TEMP_DIR")  # several "hosts" on one machine keep apart
     node = start_ray_node(["--head", "--port", str(env.ray_port), "--node-ip-address", address,
-                           "--dashboard-host", "127.0.0.1", *node_resources(env)])
+                           "--dashboard-host", "127.0.0.1", *node_resources(env),
+                           *(["--temp-dir", temp_dir] if temp_dir else [])])
     try:
         wait_for_port(address, env.ray_port, timeout_s)
         os.environ["RAY_ADDRESS"] = f"{address}:{env.ray_port}"
         ray.init()
         wait_for_nodes(len(env.hosts), timeout_s)
+        resources = ray.cluster_resources()
+        print(f"Ray cluster ready: {len(env.hosts)} hosts, {resources.get('CPU', 0):g} CPUs, "
+              f"{resources.get('GPU', 0):g} GPUs", flush=True)
         run_task(task, task_argv, env)
     finally:
         ray.shutdown()
@@ -182,7 +190,9 @@ def run_task(task: str, argv: list[str], env: SageMakerEnv) -> None:
             use_gpu=gpus > 0,
         )
         result = run_pretraining(config)
-        print(f"pretraining finished: {len(result.metrics)} epochs, checkpoint in {result.checkpoint_dir}", flush=True)
+        if result is not None:  # under mpirun only rank 0 has it
+            print(f"pretraining finished: {len(result.metrics)} epochs, checkpoint in {result.checkpoint_dir}",
+                  flush=True)
     elif task == "probe":
         from geodino.transfer import LinearProbeConfig, run_linear_probe
 
@@ -222,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend != "smddp" and env.num_gpus == 0:
         args.backend = "gloo"
     task_argv += ["--backend", args.backend] if args.task == "pretrain" else []
+    if args.backend == "smddp":  # started by SageMaker's MPI driver (smddprun), one process per GPU, no Ray
+        run_task(args.task, task_argv + ["--launcher", "torchrun"], env)
+        return 0
     print(f"{env.current_host}: {'head' if env.is_head else 'worker'} of {env.hosts}, {env.num_gpus} GPUs, "
           f"channels {sorted(env.channels)}", flush=True)
     if env.is_head:

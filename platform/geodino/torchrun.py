@@ -1,0 +1,146 @@
+"""The DINO loop without Ray: one process per GPU started by torchrun or mpirun.
+
+Why a second launcher: SMDDP's AllReduce only runs under SageMaker's mpirun-based
+launchers (its documentation: "If you choose to replace NCCL AllReduce with SMDDP
+AllReduce, you must choose one of the mpirun-based options"), and Ray Train
+starts its workers itself. So a SageMaker job with ``--backend smddp`` runs
+``dino_loop`` here, fed by a torch DataLoader over the same metadata and pixel
+readers as the Ray Data pipeline, and checkpoints into the local folder that
+SageMaker syncs to S3. It is also the plain-PyTorch baseline the training-step
+benchmark compares Ray Train against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import shutil
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from geodino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from geodino.data import DataConfig, load_card, metadata_rows, normalizer, read_pixels, resolve_bands
+from geodino.pretrain import PretrainConfig, PretrainResult, dino_loop, steps_per_epoch_for
+
+CHECKPOINT_PREFIX = "checkpoint_epoch_"
+
+
+class PatchDataset(Dataset):
+    """Map-style dataset of one split: metadata rows in memory, pixels read per item."""
+
+    def __init__(self, config: DataConfig):
+        card = load_card(config.metadata)
+        self.rows = metadata_rows(config)
+        self.bands = resolve_bands(card, config.bands)
+        self.offset, self.scale = normalizer(card, self.bands, config.normalize)
+        self.data_root = config.data_dir or card["data_root"]
+        self.classes = list(card["classes"])
+        self.clip = config.normalize == "max"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows.iloc[index]
+        batch = {"format": [row["format"]], "path": [row["path"]], "name": [row["name"]], "labels": [row["labels"]]}
+        pixels = read_pixels(batch, self.data_root, self.bands, self.classes, self.offset, self.scale, self.clip)
+        return {"image": torch.from_numpy(pixels["image"][0])}
+
+
+def init_distributed(backend: str) -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's or SMDDP's environment; one process needs neither."""
+    if backend == "smddp":
+        importlib.import_module("smdistributed.dataparallel.torch.torch_smddp")  # registers the smddp backend
+        dist.init_process_group(backend="smddp")
+    elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist.init_process_group(backend=backend)
+    if not dist.is_initialized():
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+class TorchRuntime:
+    """The runtime dino_loop needs, from torch.distributed and a DataLoader; checkpoints in a local folder."""
+
+    def __init__(self, cfg: PretrainConfig, dataset: Dataset, backend: str, loader_workers: int):
+        self.rank, self.world_size, local_rank = init_distributed(backend)
+        use_gpu = cfg.use_gpu and torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{local_rank}" if use_gpu else "cpu")
+        if use_gpu:
+            torch.cuda.set_device(self.device)
+        self.sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
+                                          seed=cfg.seed, drop_last=True)
+        self.loader = DataLoader(dataset, batch_size=cfg.batch_size_per_gpu, sampler=self.sampler, drop_last=True,
+                                 num_workers=loader_workers, pin_memory=use_gpu,
+                                 persistent_workers=loader_workers > 0)
+        self.run_dir = os.path.join(cfg.resolved_storage(), cfg.resolved_run_name())
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.world_size == 1:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def epoch_batches(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        return self.loader
+
+    def latest_state(self) -> dict | None:
+        folder = latest_checkpoint(self.run_dir)
+        return read_checkpoint(folder, map_location=self.device) if folder else None
+
+    def report(self, metrics: dict, state: dict | None, teacher_backbone: dict | None) -> None:
+        if state is not None:
+            final = os.path.join(self.run_dir, f"{CHECKPOINT_PREFIX}{state['epoch']:06d}")
+            partial = final + ".partial"  # written whole, then renamed: a crash never leaves half a checkpoint
+            shutil.rmtree(partial, ignore_errors=True)
+            write_checkpoint(partial, state, teacher_backbone)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+        if self.world_size > 1:
+            dist.barrier()  # nobody starts the next epoch (or exits) before the checkpoint is in place
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    if not os.path.isdir(run_dir):
+        return None
+    names = sorted(name for name in os.listdir(run_dir) if name.startswith(CHECKPOINT_PREFIX)
+                   and not name.endswith(".partial") and os.path.exists(os.path.join(run_dir, name, CHECKPOINT_FILE)))
+    return os.path.join(run_dir, names[-1]) if names else None
+
+
+def run_pretraining_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> PretrainResult | None:
+    """Run this process's share of the job; rank 0 returns the result, the others None."""
+    if "://" in cfg.resolved_storage():
+        raise ValueError("the torchrun/mpirun launcher checkpoints to a local folder (SageMaker syncs it to S3); "
+                         "give --checkpoint_dir or a local --storage_path")
+    if not cfg.metadata_dir:
+        raise ValueError("--metadata_dir is required")
+    backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
+    data_config = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
+                             normalize=cfg.normalize, limit=cfg.limit)
+    dataset = PatchDataset(data_config)
+    if loader_workers is None:
+        loader_workers = min(8, max(1, (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
+    runtime = TorchRuntime(cfg, dataset, backend, loader_workers)
+    cfg = dataclasses.replace(cfg, num_workers=runtime.world_size, crops_on="device")
+    steps = steps_per_epoch_for(len(dataset), cfg)
+    try:
+        dino_loop(cfg, runtime, steps, len(dataset.bands))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if runtime.rank != 0:
+        return None
+    folder = latest_checkpoint(runtime.run_dir)
+    final = os.path.join(cfg.resolved_output_dir(), "final")
+    if os.path.abspath(final) != os.path.abspath(folder):
+        shutil.copytree(folder, final, dirs_exist_ok=True)
+    state = read_checkpoint(final)
+    return PretrainResult(checkpoint_dir=final, storage_checkpoint=folder, metrics=state["metrics"])
