@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -74,6 +75,7 @@ class PretrainConfig:
     storage_path: str = "runs"
     run_name: str | None = None
     max_failures: int = 0
+    nonfinite_loss: str = "stop"  # stop: raise, keeping the last checkpoint; skip: drop the step (counted)
     crops_on: str = "device"  # device: in the training loop; data: in Ray Data CPU tasks
     limit: int | None = None  # use only the first N training patches (smoke runs)
 
@@ -100,6 +102,32 @@ class PretrainConfig:
             local_crops_scale=tuple(self.local_crops_scale),
             solarize_threshold=0.5 if self.normalize == "max" else 0.0,
         )
+
+
+COLLAPSE_EPOCHS = 3  # consecutive epochs before a collapse warning
+COLLAPSE_LOW = 0.1  # teacher entropy (nats) below this: every image maps to one prototype
+COLLAPSE_HIGH = 0.98  # share of log(out_dim) above this: the teacher outputs a uniform distribution
+
+
+def collapse_state(history: list[dict]) -> str | None:
+    """'one_prototype' or 'uniform' when the last COLLAPSE_EPOCHS epochs all collapsed the same way.
+
+    DINO's two failure modes (its paper, section 5.3): the teacher's output
+    concentrates on one dimension (entropy -> 0) or spreads evenly (entropy ->
+    log(out_dim)). Either way the loss can still look fine, so runs die silently.
+    """
+    recent = history[-COLLAPSE_EPOCHS:]
+    if len(recent) < COLLAPSE_EPOCHS:
+        return None
+    if all(m["teacher_entropy"] < COLLAPSE_LOW for m in recent):
+        return "one_prototype"
+    if all(m["teacher_entropy"] > COLLAPSE_HIGH * m["max_entropy"] for m in recent):
+        return "uniform"
+    return None
+
+
+class CollapseWarning(UserWarning):
+    """The teacher's output distribution collapsed; training continues but is probably wasted."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -154,6 +182,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
 
 
+def all_finite(loss: torch.Tensor, world_size: int) -> bool:
+    """True when the loss is finite on every worker (one small all-reduce under DDP)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def crops_of(batch: dict, multicrop: MultiCrop, device: torch.device) -> list[torch.Tensor]:
     if "image" in batch:
         return multicrop(batch["image"].to(device, non_blocking=True))
@@ -198,13 +234,20 @@ class RayTrainRuntime:
                                              local_shuffle_seed=cfg.seed + epoch)
 
     def latest_state(self) -> dict | None:
+        """The newest checkpoint of this run that loads; a damaged one is reported and skipped."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if not checkpoint:
             return None
-        with checkpoint.as_directory() as folder:
-            return read_checkpoint(folder, map_location=self.device)
+        for candidate in [checkpoint, *earlier_checkpoints(checkpoint)]:
+            try:
+                with candidate.as_directory() as folder:
+                    return read_checkpoint(folder, map_location=self.device)
+            except RuntimeError as error:
+                warnings.warn(f"{error}; using the previous one", stacklevel=1)
+        raise RuntimeError(f"no checkpoint of this run loads (newest: {checkpoint.path}); move the run folder away "
+                           "to start over")
 
     def report(self, metrics: dict, state: dict | None, teacher_backbone: dict | None) -> None:
         """Every rank reports; rank 0 passes the checkpoint, which Ray copies to the run's storage."""
@@ -216,6 +259,20 @@ class RayTrainRuntime:
                 write_checkpoint(folder, state, teacher_backbone)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def earlier_checkpoints(checkpoint) -> list:
+    """The run's other checkpoints in its storage, newest first (Ray names them checkpoint_<timestamp>)."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+    import ray.train
+
+    parent, name = posixpath.split(checkpoint.path.rstrip("/"))
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    names = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    return [ray.train.Checkpoint(posixpath.join(parent, n), filesystem=checkpoint.filesystem) for n in names]
 
 
 def train_dino(loop_config: dict) -> None:
@@ -264,6 +321,14 @@ def dino_loop(cfg: PretrainConfig, runtime, steps_per_epoch: int, in_chans: int)
         metrics = train_one_epoch(student, teacher, student_plain, dino_loss, runtime.epoch_batches(epoch), multicrop,
                                   optimizer, scaler, amp_dtype, plan, epoch, steps_per_epoch, cfg, device, world_size)
         history.append(metrics)
+        collapse = collapse_state(history)
+        metrics["collapsed"] = float(collapse is not None)
+        if collapse and rank == 0:
+            warnings.warn(
+                f"epoch {epoch}: the teacher's output has been collapsed ({collapse}, entropy "
+                f"{metrics['teacher_entropy']:.3f} of max {metrics['max_entropy']:.3f}) for {COLLAPSE_EPOCHS} epochs; "
+                "check --teacher_temp, --momentum_teacher and --lr, or the augmentations", CollapseWarning, stacklevel=1)
+            print(f"WARNING: teacher output collapsed ({collapse}) at epoch {epoch}", file=sys.stderr, flush=True)
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(f"pretrain/{key}", value, epoch)
@@ -294,7 +359,7 @@ def dino_loop(cfg: PretrainConfig, runtime, steps_per_epoch: int, in_chans: int)
 def train_one_epoch(student, teacher, student_plain, dino_loss, batches, multicrop, optimizer, scaler, amp_dtype,
                     plan, epoch, steps_per_epoch, cfg, device, world_size) -> dict:
     started = time.perf_counter()
-    losses, entropies, waited = [], [], 0.0
+    losses, entropies, waited, skipped = [], [], 0.0, 0
     fetch_started = time.perf_counter()
     for step, batch in enumerate(batches):
         if step >= steps_per_epoch:
@@ -307,15 +372,22 @@ def train_one_epoch(student, teacher, student_plain, dino_loss, batches, multicr
                 group["weight_decay"] = float(plan["wd"][it])
 
         crops = crops_of(batch, multicrop, device)
+        center_before = dino_loss.center.clone()  # the loss updates its centre; a skipped step must not
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             teacher_output = teacher(crops[:2])  # only the 2 global views pass through the teacher
             student_output = student(crops)
             loss = dino_loss(student_output, teacher_output, epoch)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {epoch}, step {step} (lr {plan['lr'][it]:.2e}); the last good "
-                f"checkpoint is kept. Try a lower --lr, a smaller --clip_grad, or --precision bf16/fp32 instead of fp16."
-            )
+        if not all_finite(loss, world_size):
+            if cfg.nonfinite_loss != "skip":
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch}, step {step} (lr {plan['lr'][it]:.2e}); the last good "
+                    "checkpoint is kept. Try a lower --lr, a smaller --clip_grad, --precision bf16/fp32 instead of "
+                    "fp16, or --nonfinite_loss skip to drop such steps."
+                )
+            dino_loss.center.copy_(center_before)
+            skipped += 1  # every worker skips together, so DDP's all-reduce stays in step
+            fetch_started = time.perf_counter()
+            continue
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
@@ -339,8 +411,11 @@ def train_one_epoch(student, teacher, student_plain, dino_loss, batches, multicr
                                          dino_loss.teacher_temp_schedule[epoch]))
         fetch_started = time.perf_counter()
 
-    if len(losses) < steps_per_epoch:
-        raise RuntimeError(f"epoch {epoch}: the data shard gave {len(losses)} batches, {steps_per_epoch} expected")
+    if not losses:
+        raise NonFiniteLossError(f"epoch {epoch}: every one of its {skipped} steps had a non-finite loss")
+    if len(losses) + skipped < steps_per_epoch:
+        raise RuntimeError(f"epoch {epoch}: the data shard gave {len(losses) + skipped} batches, "
+                           f"{steps_per_epoch} expected")
     seconds = time.perf_counter() - started
     last_it = (epoch + 1) * steps_per_epoch - 1
     metrics = {
@@ -354,6 +429,7 @@ def train_one_epoch(student, teacher, student_plain, dino_loss, batches, multicr
         "images_per_s": steps_per_epoch * cfg.batch_size_per_gpu * world_size / seconds,
         "data_wait_fraction": waited / seconds,
         "epoch_seconds": seconds,
+        "skipped_steps": skipped,
     }
     if device.type == "cuda":
         metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
