@@ -110,3 +110,19 @@ def ben_v1_metadata(tmp_path_factory) -> Path:
     prepare(PrepareConfig(archive=str(BEN_V1_EXAMPLE), out=str(out), splits_dir=str(BEN_V1_LISTS),
                           exclusions_dir=str(BEN_V1_LISTS), workers=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def eurosat_metadata(tmp_path_factory) -> str:
+    """80 real EuroSAT training images, all 10 classes, prepared: the pretraining tests' small archive."""
+    import pandas as pd
+
+    from geodino.prepare import PrepareConfig, prepare
+
+    folder = tmp_path_factory.mktemp("eurosat")
+    table = pd.read_csv(EUROSAT / "labels.csv")
+    table = table[table["split"] == "train"].groupby("label").head(8)
+    table.to_csv(folder / "train.csv", index=False)
+    result = prepare(PrepareConfig(archive=str(folder / "train.csv"), out=str(folder / "metadata.parquet"),
+                                   data_dir=str(EUROSAT), workers=1))
+    return result.metadata_path

@@ -3,30 +3,16 @@
 import json
 import os
 
-import pandas as pd
 import pytest
 import timm
 import torch
 
-from conftest import EUROSAT
 from geodino.checkpoint import read_checkpoint, strip_prefixes
-from geodino.prepare import PrepareConfig, prepare
 from geodino.pretrain import PretrainConfig, run_pretraining, steps_per_epoch_for
 
 TINY = dict(arch="vit_tiny", patch_size=8, out_dim=256, global_crops_size=32, local_crops_size=16,
             local_crops_number=2, drop_path_rate=0.0, warmup_epochs=0, lr=0.002, saveckp_freq=1,
             momentum_teacher=0.9, freeze_last_layer=0)  # a fast-moving teacher: learning shows within 12 steps
-
-
-@pytest.fixture(scope="module")
-def eurosat_metadata(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eurosat")
-    table = pd.read_csv(EUROSAT / "labels.csv")
-    table = table[table["split"] == "train"].groupby("label").head(8)  # 80 real images, all 10 classes
-    table.to_csv(folder / "train.csv", index=False)
-    result = prepare(PrepareConfig(archive=str(folder / "train.csv"), out=str(folder / "metadata.parquet"),
-                                   data_dir=str(EUROSAT), workers=1))
-    return result.metadata_path
 
 
 @pytest.mark.timeout(600)

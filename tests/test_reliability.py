@@ -16,7 +16,7 @@ import torch
 from conftest import REPO
 from geodino.checkpoint import read_checkpoint
 from geodino.pretrain import PretrainConfig, collapse_state, run_pretraining
-from test_pretrain import TINY, eurosat_metadata  # noqa: F401 (a module fixture shared with the pretraining tests)
+from test_pretrain import TINY
 
 
 def log_epochs(path) -> list[int]:
