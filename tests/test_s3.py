@@ -79,3 +79,18 @@ def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_p
     assert not leaks
     assert json.dumps(read_checkpoint(resumed.checkpoint_dir)["args"]).find(FAKE_SECRET) == -1
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == FAKE_SECRET
+
+
+def test_unreachable_s3_is_retried_then_named(monkeypatch):
+    """A dead endpoint: bounded retries with backoff, then an error naming the object and the endpoint."""
+    import time
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(storage, "S3_ATTEMPTS", 3)
+    started = time.perf_counter()
+    with pytest.raises(OSError, match=r"s3://geodino-test/prepared/metadata.json: cannot read "
+                                      r"\(S3 endpoint http://127.0.0.1:9, 3 attempts with backoff\)"):
+        storage.read_bytes(f"s3://{S3_BUCKET}/prepared/metadata.json")
+    assert time.perf_counter() - started < 60  # bounded
+    with pytest.raises(OSError, match="cannot write.*previous version, if any, is unchanged"):
+        storage.write_bytes_atomic(f"s3://{S3_BUCKET}/prepared/new.json", b"{}")

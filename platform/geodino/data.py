@@ -112,6 +112,7 @@ def build_dataset(config: DataConfig) -> ray.data.Dataset:
     offset, scale = normalizer(card, bands, config.normalize)
     data_root = config.data_dir or card["data_root"]
     parquet = metadata_file(config.metadata)
+    check_metadata_columns(parquet)
     fs, inner = storage.filesystem(parquet)
     dataset = ray.data.read_parquet(inner, filesystem=fs).select_columns(METADATA_COLUMNS)
     if config.split:
@@ -134,10 +135,23 @@ def build_dataset(config: DataConfig) -> ray.data.Dataset:
     )
 
 
+def check_metadata_columns(parquet: str) -> None:
+    """Fail with the file and the missing columns, not with a pyarrow error deep inside a Ray task."""
+    import pyarrow.parquet as pq
+
+    fs, inner = storage.filesystem(parquet)
+    present = set(pq.read_schema(fs.open_input_file(inner)).names)
+    missing = [column for column in METADATA_COLUMNS if column not in present]
+    if missing:
+        raise ValueError(f"{parquet} lacks the columns {missing}; it was not written by experiments/prepare.py "
+                         "(or by an older version): run prepare on the archive again")
+
+
 def metadata_rows(config: DataConfig, columns: list[str] | None = None):
     """The rows build_dataset yields, as a pandas frame of metadata (no pixels read)."""
     import pyarrow.parquet as pq
 
+    check_metadata_columns(metadata_file(config.metadata))
     fs, inner = storage.filesystem(metadata_file(config.metadata))
     frame = pq.read_table(inner, filesystem=fs, columns=columns or METADATA_COLUMNS).to_pandas()
     if config.split:

@@ -166,6 +166,8 @@ def _check_band(path: str, band: str, verify: str) -> None:
         )
     if dtype != np.uint16:
         raise RejectedPatch(f"band {band} in {os.path.basename(path)} has dtype {dtype}, expected uint16")
+    if verify == "pixels" and not array.any():
+        raise RejectedPatch(f"band {band} in {os.path.basename(path)} is all zero (no data)")
 
 
 def parse_ben_v1_patch(archive: str, name: str, bands: tuple[str, ...], verify: str) -> dict:
@@ -292,7 +294,12 @@ def parse_image_chunk(data_root: str, records: list[dict], verify: str):
                 raise RejectedPatch(f"row {number}: no label")
             channels = None
             if verify == "pixels":
-                channels = read_image(storage.join(data_root, path)).shape[0]
+                pixels = read_image(storage.join(data_root, path))
+                if not np.isfinite(pixels).all():
+                    raise RejectedPatch(f"row {number}: image {path} has NaN or infinite pixels")
+                if not pixels.any():
+                    raise RejectedPatch(f"row {number}: image {path} is all zero (no data)")
+                channels = pixels.shape[0]
             elif not storage.exists(storage.join(data_root, path)):
                 raise RejectedPatch(f"row {number}: image file {path} missing")
             split = str(record.get("split") or "") or None

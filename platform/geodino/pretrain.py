@@ -70,6 +70,7 @@ class PretrainConfig:
     normalize: str = "max"
     num_workers: int = 1
     use_gpu: bool = False
+    wait_for_gpus: bool = False  # autoscaling clusters: let Ray wait for GPU nodes instead of failing fast
     backend: str | None = None  # gloo | nccl | smddp; default nccl on GPU, gloo on CPU
     launcher: str = "ray"  # ray: Ray Train; torchrun: processes started by torchrun or mpirun (SMDDP), no Ray
     storage_path: str = "runs"
@@ -469,6 +470,9 @@ class PretrainResult:
 
 def steps_per_epoch_for(rows: int, cfg: PretrainConfig) -> int:
     """Ray Train gives each worker an equal share (the remainder is dropped); batches drop their last partial one."""
+    if rows == 0:
+        raise ValueError("no training patches are left after the filters (split 'train', recommended patches only"
+                         f"{f', --limit {cfg.limit}' if cfg.limit else ''}): check the metadata's original_split column")
     steps = (rows // cfg.num_workers) // cfg.batch_size_per_gpu
     if steps == 0:
         raise ValueError(
@@ -476,6 +480,19 @@ def steps_per_epoch_for(rows: int, cfg: PretrainConfig) -> int:
             f"{rows} training patches: lower the batch size or the number of workers"
         )
     return steps
+
+
+def check_gpus(cfg: PretrainConfig) -> None:
+    """Ray would wait forever for GPUs a fixed cluster does not have; say so before starting."""
+    from geodino.resources import cluster_gpus
+
+    if not cfg.use_gpu or cfg.wait_for_gpus:
+        return
+    available = cluster_gpus()
+    if available < cfg.num_workers:
+        raise ValueError(f"--use_gpu with --num_workers {cfg.num_workers} needs {cfg.num_workers} GPUs; the Ray cluster "
+                         f"has {available}. Lower --num_workers, drop --use_gpu, or pass --wait_for_gpus true on an "
+                         "autoscaling cluster whose GPU nodes start on demand")
 
 
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
@@ -508,6 +525,7 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
         dataset = dataset.map_batches(crop_columns, batch_size=cfg.batch_size_per_gpu,
                                       fn_kwargs={"config": cfg.multicrop()})
 
+    check_gpus(cfg)
     resources = {"CPU": worker_cpus(cfg.num_workers, use_gpu=cfg.use_gpu)}
     if cfg.use_gpu:
         resources["GPU"] = 1

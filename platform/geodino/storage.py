@@ -42,10 +42,18 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+S3_ATTEMPTS = int(os.environ.get("GEODINO_S3_ATTEMPTS", 8))  # AWS SDK standard retries: exponential backoff
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
-    """S3 through the standard AWS credential chain, honouring AWS_ENDPOINT_URL."""
+    """S3 through the standard AWS credential chain, honouring AWS_ENDPOINT_URL.
+
+    A short outage is ridden out by the AWS SDK's standard retry strategy
+    (exponential backoff with jitter, S3_ATTEMPTS attempts); after that the
+    caller gets an error that names the object and the endpoint.
+    """
     endpoint = s3_endpoint()
-    kwargs = {}
+    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS), "connect_timeout": 10.0}
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -85,8 +93,20 @@ def _aws_session(endpoint: str):
 
 def read_bytes(path: str) -> bytes:
     fs, inner = filesystem(path)
-    with fs.open_input_stream(inner) as stream:
-        return stream.read()
+    try:
+        with fs.open_input_stream(inner) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise OSError(f"{path}: cannot read ({where(path)}): {error}") from error
+
+
+def where(path: str) -> str:
+    """For error messages: which endpoint an s3:// path went to."""
+    if not str(path).startswith("s3://"):
+        return "local file"
+    return f"S3 endpoint {s3_endpoint() or 'AWS default'}, {S3_ATTEMPTS} attempts with backoff"
 
 
 def exists(path: str) -> bool:
@@ -98,9 +118,13 @@ def write_bytes_atomic(path: str, payload: bytes) -> None:
     """Write to a temporary name, then move into place, so a crash never leaves half a file."""
     fs, inner = filesystem(path)
     parent = posixpath.dirname(inner) if is_uri(path) else os.path.dirname(inner)
-    if parent:
-        fs.create_dir(parent, recursive=True)
     temporary = inner + ".tmp"
-    with fs.open_output_stream(temporary) as stream:
-        stream.write(payload)
-    fs.move(temporary, inner)
+    try:
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(temporary) as stream:
+            stream.write(payload)
+        fs.move(temporary, inner)
+    except OSError as error:
+        raise OSError(f"{path}: cannot write ({where(path)}); the previous version, if any, is unchanged: "
+                      f"{error}") from error
