@@ -105,11 +105,14 @@ def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_pat
                  "--global_crops_size", "32", "--local_crops_size", "16", "--local_crops_number", "2", "--epochs", "1",
                  "--batch_size_per_gpu", "2", "--warmup_epochs", "0", "--storage_path", str(tmp_path / "runs"),
                  "--run_name", "submitted", "--output_dir", str(tmp_path / "out")]
-        submitted = subprocess.run(
-            [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address, "--no-wait",
-             "--working-dir", str(REPO), "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
-             "python", "experiments/pretrain.py", *flags],
-            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        command = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address,
+                   "--no-wait", "--working-dir", str(REPO), "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
+                   "python", "experiments/pretrain.py", *flags]
+        for _ in range(30):  # the head's job agent starts a little after its dashboard
+            submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+            if "No available agent" not in submitted.stderr:
+                break
+            time.sleep(2)
         assert submitted.returncode == 0, submitted.stderr[-2000:]
         job_id = [line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line][0]
         status = None

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import BEN_V1_NPZ
@@ -51,3 +51,32 @@ def test_arbitrary_strings_either_map_or_raise_naming_themselves(names):
         assert any(repr(name) in str(error) for name in names if name not in BEN43_TO_19)
     else:
         assert all(name in BEN43_TO_19 for name in names)
+
+
+label_values = st.one_of(st.sampled_from(BEN43_CLASSES), st.text(max_size=12), st.integers(), st.none())
+label_files = st.one_of(
+    st.fixed_dictionaries({"labels": st.one_of(st.lists(label_values, max_size=5), label_values)},
+                          optional={"acquisition_date": st.text(max_size=20), "coordinates": st.dictionaries(
+                              st.text(max_size=5), st.integers())}),
+    st.lists(st.integers(), max_size=3),
+    st.text(max_size=30).map(lambda text: {"raw": text}),
+)
+
+
+@given(label_files)
+@settings(max_examples=60, deadline=None)
+def test_any_label_file_either_parses_or_is_rejected_with_a_reason(tmp_path_factory, content):
+    """parse_ben_v1_patch on arbitrary JSON: a row with BEN-19 labels, or a RejectedPatch naming the file."""
+    from geodino.prepare import RejectedPatch, parse_ben_v1_patch
+
+    archive = tmp_path_factory.mktemp("labels")
+    name = "S2A_MSIL2A_20170613T101031_1_1"
+    (archive / name).mkdir()
+    (archive / name / f"{name}_labels_metadata.json").write_text(json.dumps(content))
+    try:
+        row = parse_ben_v1_patch(str(archive), name, bands=(), verify="header")
+    except RejectedPatch as reason:
+        assert "labels_metadata.json" in str(reason)
+    else:
+        assert row["name"] == name and set(row["labels"]) <= set(BEN19_CLASSES)
+        assert row["labels"] == to_ben19(content["labels"])

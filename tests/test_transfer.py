@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import EUROSAT
+from conftest import FAKE_SECRET, EUROSAT
 from geodino.models import create_backbone
 from geodino.prepare import PrepareConfig, prepare
 from geodino.sweep import SweepConfig, run_sweep
@@ -50,6 +50,10 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     # Features are cached: a second sweep over the same backbones runs no backbone at all.
     again = run_sweep(SweepConfig(**{**config.__dict__, "name": "s2", "lrs": [0.05]}))
     assert again["extractions"] == 0
+    # Tune's results, TensorBoard events and the tables hold no credential of the environment.
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 20
+    assert not [str(p) for p in written if FAKE_SECRET.encode() in p.read_bytes()]
 
 
 def test_cached_features_are_reused_and_keyed_by_the_weights(ray_session, eurosat_small, tmp_path):
