@@ -62,7 +62,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """moto's S3 server on 127.0.0.1 at AWS_ENDPOINT_URL, with an empty bucket `geodino-test`."""
+    """moto's S3 server on 127.0.0.1 at AWS_ENDPOINT_URL, with a bucket `geodino-test`; yields the server."""
     from urllib.parse import urlparse
 
     import boto3
@@ -73,7 +73,7 @@ def s3_endpoint():
     server = ThreadedMotoServer(ip_address=url.hostname, port=url.port, verbose=False)
     server.start()
     boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
-    yield os.environ["AWS_ENDPOINT_URL"]
+    yield server
     server.stop()
 
 

@@ -94,3 +94,21 @@ def test_unreachable_s3_is_retried_then_named(monkeypatch):
     assert time.perf_counter() - started < 60  # bounded
     with pytest.raises(OSError, match="cannot write.*previous version, if any, is unchanged"):
         storage.write_bytes_atomic(f"s3://{S3_BUCKET}/prepared/new.json", b"{}")
+
+
+def test_a_short_s3_outage_is_ridden_out_by_retries(s3_endpoint):
+    """The endpoint goes away for 1.5 s: the read retries with backoff and gets the object once it is back."""
+    import threading
+    import time
+
+    uri = f"s3://{S3_BUCKET}/outage/object.bin"
+    storage.write_bytes_atomic(uri, b"payload")
+    s3_endpoint.stop()
+    restart = threading.Timer(1.5, s3_endpoint.start)
+    restart.start()
+    started = time.perf_counter()
+    try:
+        assert storage.read_bytes(uri) == b"payload"
+    finally:
+        restart.join()
+    assert time.perf_counter() - started >= 1.4  # it waited for the endpoint instead of failing at once
