@@ -87,10 +87,12 @@ def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_pat
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the head and the client must agree on auth
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # `python` in the job = this venv's
     env.pop("RAY_ADDRESS", None)
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    # Its own agent port too: another Ray on this machine (the tests' own) already holds the default 52365,
+    # and a head whose job agent cannot bind answers every submission with "No available agent".
+    gcs_port, dashboard_port, agent_port = _free_port(), _free_port(), _free_port()
     ray_temp = tempfile.mkdtemp(prefix="ray-job-", dir="/tmp")  # not /tmp/ray: keep ray.init() elsewhere unaffected
     head = start_ray_node(["--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                           str(dashboard_port), "--num-cpus", "2", "--temp-dir", ray_temp], env=env)
+                           str(dashboard_port), "--dashboard-agent-listen-port", str(agent_port), "--num-cpus", "2", "--temp-dir", ray_temp], env=env)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         client = None
