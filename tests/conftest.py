@@ -13,7 +13,8 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -26,7 +27,7 @@ FAKE_SECRET = "geodino-fake-secret-must-never-be-written"
 os.environ["AWS_ACCESS_KEY_ID"] = "AKIAGEODINOTESTKEY01"
 os.environ["AWS_SECRET_ACCESS_KEY"] = FAKE_SECRET
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
-os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_free_port()}"
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_SESSION_TOKEN", None)
 

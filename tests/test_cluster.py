@@ -1,7 +1,6 @@
 """Cluster configs checked against the schemas of the tools that read them, and a real `ray job submit`."""
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -10,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, free_port
 from geodino.checkpoint import read_checkpoint
 from geodino.sagemaker_host import start_ray_node, stop_ray_node
 
@@ -74,12 +73,6 @@ def test_kuberay_rayjob_uses_only_rayjob_fields():
                for c in g["template"]["spec"]["containers"])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.timeout(600)
 def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -89,7 +82,7 @@ def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_pat
     env.pop("RAY_ADDRESS", None)
     # Its own agent port too: another Ray on this machine (the tests' own) already holds the default 52365,
     # and a head whose job agent cannot bind answers every submission with "No available agent".
-    gcs_port, dashboard_port, agent_port = _free_port(), _free_port(), _free_port()
+    gcs_port, dashboard_port, agent_port = free_port(), free_port(), free_port()
     ray_temp = tempfile.mkdtemp(prefix="ray-job-", dir="/tmp")  # not /tmp/ray: keep ray.init() elsewhere unaffected
     head = start_ray_node(["--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
                            str(dashboard_port), "--dashboard-agent-listen-port", str(agent_port), "--num-cpus", "2", "--temp-dir", ray_temp], env=env)

@@ -12,7 +12,7 @@ import tempfile
 import boto3
 import pytest
 
-from conftest import FAKE_SECRET, REPO, S3_BUCKET
+from conftest import FAKE_SECRET, REPO, S3_BUCKET, free_port
 from geodino.sagemaker_job import (CHECKPOINT_LOCAL_PATH, JobRequestError, SageMakerJobConfig, job_request,
                                    validate)
 
@@ -121,19 +121,11 @@ def test_submit_script_dry_run_prints_the_request(monkeypatch):
     assert typo.returncode == 2 and "--ecpochs" in typo.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.timeout(600)
 def test_entry_point_runs_a_two_host_job_on_one_machine(ben_v1_metadata, tmp_path):
     """Two processes with SageMaker's environment form a Ray cluster, pretrain 1 epoch with gloo, and exit 0."""
     hosts = ["127.0.0.1", "localhost"]  # two names for this machine, as algo-1 and algo-2 would be
-    port = _free_port()
+    port = free_port()
     # Not /tmp/ray: `ray start` records its cluster there, and the next local ray.init() would try to join it.
     ray_temp = tempfile.mkdtemp(prefix="ray-sm-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     hyperparameters = ["--task", "pretrain", "--backend", "gloo", "--arch", "vit_tiny", "--patch_size", "8",
