@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from geodino.pack import PackConfig, PackMismatchError, pack
 from geodino.prepare import PrepareConfig, prepare, summarise
 
 
@@ -20,16 +21,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
     parser.add_argument("--strict", action="store_true", help="exit non-zero when any patch is rejected")
     parser.add_argument("--stats_patches", type=int, default=1000, help="training patches sampled for band mean/std")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pack", metavar="DIR", help="also write the --bands of every patch into Parquet shards "
+                        "in DIR (local or s3://): training then opens no per-patch files. Rerun to continue")
+    parser.add_argument("--pack_only", action="store_true", help="pack the existing --out metadata, skip preparing")
+    parser.add_argument("--shard_size", type=int, default=2048, help="patches per pack shard")
+    args = vars(parser.parse_args(argv))
+    pack_dir, pack_only, shard_size = args.pop("pack"), args.pop("pack_only"), args.pop("shard_size")
+    if pack_only and not pack_dir:
+        parser.error("--pack_only needs --pack DIR")
     try:
-        result = prepare(PrepareConfig(**vars(args)))
-    except (FileNotFoundError, ValueError) as error:
+        if not pack_only:
+            result = prepare(PrepareConfig(**args))
+            print(summarise(result))
+            if args["strict"] and result.rejected:
+                print(f"prepare: --strict and {result.rejected} patches were rejected", file=sys.stderr)
+                return 1
+        if pack_dir:
+            packed = pack(PackConfig(metadata=args["out"], out_dir=pack_dir, bands=args["bands"], shard_size=shard_size,
+                                     workers=args["workers"]))
+            print(f"packed {packed.rows} patches into {packed.shards} shards in {packed.out_dir} ({packed.written} "
+                  f"written now, {packed.shards - packed.written} already there) in {packed.seconds:.1f} s")
+    except (FileNotFoundError, ValueError, PackMismatchError) as error:
         print(f"prepare: {error}", file=sys.stderr)
         return 2
-    print(summarise(result))
-    if args.strict and result.rejected:
-        print(f"prepare: --strict and {result.rejected} patches were rejected", file=sys.stderr)
-        return 1
     return 0
 
 

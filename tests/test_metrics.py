@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geodino.metrics import average_precision, classification_report, f1_at, top1_accuracy
-from geodino.probe import knn_scores, label_subset, validation_from_train
+from geodino.probe import LinearProbe, evaluate_probe, knn_scores, label_subset, validation_from_train
 
 
 def test_ap_by_hand():
@@ -60,3 +60,18 @@ def test_label_fractions_are_seeded_subsets():
         label_subset(10, 0.0, 0)
     train, validation = validation_from_train(100, 0.1, seed=0)
     assert len(validation) == 10 and not set(train) & set(validation) and len(train) + len(validation) == 100
+
+
+def test_single_label_ap_ranks_by_softmax_probability_not_logit():
+    # Patch A: logits (10, 9), truly class 1; patch B: logits (0, -5), truly class 0. By logit, class 0 ranks A
+    # (a negative) first: AP 0.5. By probability, B (0.993) ranks above A (0.731): AP 1. Class 1: AP 1 either way.
+    import torch
+
+    probe = LinearProbe(torch.zeros(2), torch.ones(2), 2)
+    with torch.no_grad():
+        probe.linear.weight.copy_(torch.eye(2))
+    features, targets = np.array([[10.0, 9.0], [0.0, -5.0]]), np.array([[0, 1], [1, 0]])
+    report = evaluate_probe(probe, features, targets, "single_label")
+    assert report["ap_per_class"] == [1.0, 1.0] and report["ap_macro"] == 1.0
+    assert report["top1"] == 0.5
+    assert average_precision(targets, features)["ap_per_class"] == [0.5, 1.0]  # what ranking by logits gave

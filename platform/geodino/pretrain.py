@@ -496,18 +496,18 @@ def check_gpus(cfg: PretrainConfig) -> None:
 
 
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
+    if cfg.launcher == "torchrun":  # no Ray needed (nor installed, on some GPU machines)
+        from geodino.torchrun import run_pretraining_torchrun
+
+        return run_pretraining_torchrun(cfg)
+    if cfg.launcher != "ray":
+        raise ValueError(f"--launcher must be ray or torchrun, not {cfg.launcher!r}")
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from geodino.data import DataConfig, build_dataset, dataset_size, load_card, resolve_bands
     from geodino.resources import init_ray, worker_cpus
 
-    if cfg.launcher == "torchrun":
-        from geodino.torchrun import run_pretraining_torchrun
-
-        return run_pretraining_torchrun(cfg)
-    if cfg.launcher != "ray":
-        raise ValueError(f"--launcher must be ray or torchrun, not {cfg.launcher!r}")
     if not cfg.metadata_dir:
         raise ValueError("--metadata_dir is required (experiments/pretrain.py fills it with the demo archive)")
     init_ray()

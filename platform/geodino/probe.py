@@ -103,7 +103,10 @@ def train_probe(features: np.ndarray, labels: np.ndarray, task: str, config: Pro
 def evaluate_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, task: str) -> dict:
     probe.eval()
     logits = probe(torch.tensor(features, dtype=torch.float32))  # a copy: arrays from the object store are read-only
-    return classification_report(labels, logits.numpy(), probabilities(logits, task).numpy(), task)
+    # Rank by probability, not logit: a softmax logit of one class is not comparable across patches (the other
+    # classes' logits shift it), so per-class AP over raw logits understates a single-label probe.
+    scores = probabilities(logits, task).numpy()
+    return classification_report(labels, scores, scores, task)
 
 
 @torch.no_grad()

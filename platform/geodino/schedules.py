@@ -7,6 +7,8 @@ import numpy as np
 
 def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
                     warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
+    if warmup_epochs > epochs:
+        raise ValueError(f"--warmup_epochs {warmup_epochs} is longer than the run's --epochs {epochs}: lower it")
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
     iters = np.arange(epochs * niter_per_ep - warmup_iters)

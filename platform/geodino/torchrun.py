@@ -17,34 +17,50 @@ import importlib
 import os
 import shutil
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from geodino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
-from geodino.data import DataConfig, load_card, metadata_rows, normalizer, read_pixels, resolve_bands
+from geodino.data import (
+    DataConfig,
+    load_card,
+    metadata_rows,
+    normalizer,
+    packed_images,
+    packed_manifest,
+    pixel_root,
+    read_pixels,
+    resolve_bands,
+)
 from geodino.pretrain import PretrainConfig, PretrainResult, dino_loop, steps_per_epoch_for
 
 CHECKPOINT_PREFIX = "checkpoint_epoch_"
 
 
 class PatchDataset(Dataset):
-    """Map-style dataset of one split: metadata rows in memory, pixels read per item."""
+    """Map-style dataset of one split: a pack held in memory, or metadata rows with pixels read per item."""
 
     def __init__(self, config: DataConfig):
         card = load_card(config.metadata)
-        self.rows = metadata_rows(config)
         self.bands = resolve_bands(card, config.bands)
         self.offset, self.scale = normalizer(card, self.bands, config.normalize)
-        self.data_root = config.data_dir or card["data_root"]
+        self.data_root = pixel_root(config, card)
         self.classes = list(card["classes"])
         self.clip = config.normalize == "max"
+        manifest = packed_manifest(config, self.data_root)
+        self.packed = packed_images(config, card, self.data_root, manifest) if manifest else None
+        self.rows = metadata_rows(config) if manifest is None else None
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.packed) if self.packed is not None else len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
+        if self.packed is not None:
+            pixels = (self.packed[index].astype(np.float32) - self.offset[:, None, None]) / self.scale[:, None, None]
+            return {"image": torch.from_numpy(np.clip(pixels, 0.0, 1.0) if self.clip else pixels)}
         row = self.rows.iloc[index]
         batch = {"format": [row["format"]], "path": [row["path"]], "name": [row["name"]], "labels": [row["labels"]]}
         pixels = read_pixels(batch, self.data_root, self.bands, self.classes, self.offset, self.scale, self.clip)
