@@ -82,6 +82,13 @@ def test_empty_split_after_filters_and_batch_larger_than_the_data():
         steps_per_epoch_for(3, PretrainConfig(batch_size_per_gpu=4))
 
 
+def test_warmup_longer_than_the_run_is_refused():
+    from geodino.pretrain import schedules
+
+    with pytest.raises(ValueError, match="--warmup_epochs 10 is longer than the run's --epochs 2: lower it"):
+        schedules(PretrainConfig(epochs=2, warmup_epochs=10), steps_per_epoch=3, world_size=1)
+
+
 def test_unknown_band_is_named():
     with pytest.raises(UnknownBandError, match="B13"):
         parse_bands("B04,B13")

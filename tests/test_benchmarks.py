@@ -12,3 +12,27 @@ def test_gpu_step_benchmark_runs_at_tiny_size_on_cpu():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| bf16 eager, fused AdamW, crops on CPU | 4 |" in out.stdout
     assert "120-px native BigEarthNet setting" in out.stdout
+
+
+def test_data_benchmark_runs_at_tiny_size(ray_session, tmp_path, capsys):
+    """Replicated real patches, prepare and pack in subprocesses, the four data paths through this session's Ray."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import data_throughput
+
+    assert data_throughput.main(["--patches", "24", "--small", "12", "--samples", "128", "--root",
+                                 str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for path in ("(a) seed", "(b) geodino Ray Data over GeoTIFFs", "(c) geodino Ray Data over packed shards",
+                 "(d) torchrun launcher"):
+        assert path in out
+    assert "| pack RGB | 24 |" in out and "Multi-crop" in out
+
+
+def test_sweep_benchmark_runs_at_tiny_size(ray_session, tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import sweep_cache
+
+    assert sweep_cache.main(["--tiny", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(a) features extracted once per backbone and split, cached | 4 |" in out
+    assert "(b) features extracted in every trial | 4 |" in out

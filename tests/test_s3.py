@@ -112,3 +112,23 @@ def test_a_short_s3_outage_is_ridden_out_by_retries(s3_endpoint):
     finally:
         restart.join()
     assert time.perf_counter() - started >= 1.4  # it waited for the endpoint instead of failing at once
+
+
+def test_pack_on_s3_is_read_by_ray_data_like_the_geotiffs(ray_session, s3_archive):
+    """prepare --pack from s3:// to s3://: shards written by parallel processes, streamed back by Ray Data."""
+    from geodino.pack import PackConfig, pack
+
+    metadata = f"s3://{S3_BUCKET}/packed/metadata.parquet"
+    prepare(PrepareConfig(archive=s3_archive, out=metadata, workers=1))
+    everything = dict(metadata=metadata, split=None, recommended_only=False)
+    from_files = build_dataset(DataConfig(**everything)).take_batch(6)
+    result = pack(PackConfig(metadata=metadata, out_dir=f"s3://{S3_BUCKET}/packed/rgb", shard_size=4, workers=2))
+    assert (result.shards, result.written) == (2, 2)
+    assert sorted(p.rsplit("/", 1)[1] for p in s3_files(f"s3://{S3_BUCKET}/packed/rgb")) == [
+        "pack.json", "shard-00000.parquet", "shard-00001.parquet"]
+    assert load_card(metadata)["packed"] == f"s3://{S3_BUCKET}/packed/rgb"
+    from_pack = build_dataset(DataConfig(**everything)).take_batch(6)
+    by_name = {name: image for name, image in zip(from_files["name"], from_files["image"])}
+    for name, image in zip(from_pack["name"], from_pack["image"]):
+        np.testing.assert_allclose(image, by_name[name], atol=1e-6)
+    assert pack(PackConfig(metadata=metadata, out_dir=f"s3://{S3_BUCKET}/packed/rgb", shard_size=4)).written == 0

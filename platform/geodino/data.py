@@ -143,16 +143,37 @@ def packed_channels(manifest: dict, bands: tuple[str, ...], data_root: str) -> l
     return [manifest["bands"].index(band) for band in bands]
 
 
-def decode_packed(batch: dict, shape: list[int], dtype: str, channels: list[int], classes: list[str],
+def binary_as_array(column, shape: list[int], dtype: str) -> np.ndarray:
+    """A binary Arrow column of equal-length values as one (N, *shape) array, without a Python object per row."""
+    import pyarrow as pa
+
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    parts = []
+    for array in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]):
+        if array.null_count:
+            raise ValueError("a packed shard has patches without pixels; pack again")
+        offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+        offsets = np.frombuffer(array.buffers()[1], offset_type)[array.offset : array.offset + len(array) + 1]
+        if len(array) and not (np.diff(offsets) == expected).all():
+            raise ValueError(f"a packed shard holds pixel blobs of other than {expected} bytes; pack again")
+        data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0] : offsets[-1]] if len(array) else np.empty(0, np.uint8)
+        parts.append(data.view(np.dtype(dtype).newbyteorder("<")).reshape(len(array), *shape))
+    return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+
+def decode_packed(table, shape: list[int], dtype: str, channels: list[int], classes: list[str],
                   offset: np.ndarray, scale: np.ndarray, clip: bool) -> dict:
-    """map_batches UDF over pack rows: raw bytes in, the same columns read_pixels gives out."""
-    raw = np.frombuffer(b"".join(batch["pixels"]), dtype=np.dtype(dtype).newbyteorder("<"))
-    images = raw.reshape(len(batch["pixels"]), *shape)[:, channels].astype(np.float32)
-    images = (images - offset[:, None, None]) / scale[:, None, None]
+    """map_batches UDF over pack rows (an Arrow table): the same columns read_pixels gives out."""
+    raw = binary_as_array(table.column("pixels"), shape, dtype)
+    images = (raw if channels == list(range(shape[0])) else raw[:, channels]).astype(np.float32)
+    images -= offset[:, None, None]  # in place: this runs for every sample of every epoch
+    images /= scale[:, None, None]
+    if clip:
+        np.clip(images, 0.0, 1.0, out=images)
     return {
-        "image": np.clip(images, 0.0, 1.0) if clip else images,
-        "labels": np.stack([multi_hot(labels, classes) for labels in batch["labels"]]),
-        "name": np.asarray(batch["name"]),
+        "image": images,
+        "labels": np.stack([multi_hot(labels, classes) for labels in table.column("labels").to_pylist()]),
+        "name": np.asarray(table.column("name").to_pylist()),
     }
 
 
@@ -167,10 +188,12 @@ def _filtered(dataset, config: DataConfig):
 
 
 PACKED_BATCH = 256  # decoding a pack is vectorised: bigger tasks, less per-task overhead
+METADATA_BLOCK_ROWS = 256  # patches per pixel-reading block of an archive of files: work for every core
 
 
 def build_dataset(config: DataConfig):
     """A lazily evaluated Ray Dataset of one split; nothing is read until it is iterated."""
+    import pyarrow.parquet as pq
     import ray
 
     card = load_card(config.metadata)
@@ -184,14 +207,17 @@ def build_dataset(config: DataConfig):
         dataset = ray.data.read_parquet(shards, filesystem=fs).select_columns(
             ["name", "labels", "original_split", "recommended", "pixels"])
         return _filtered(dataset, config).map_batches(
-            decode_packed, batch_size=PACKED_BATCH,
+            decode_packed, batch_size=PACKED_BATCH, batch_format="pyarrow",
             fn_kwargs={"shape": manifest["shape"], "dtype": manifest["dtype"],
                        "channels": packed_channels(manifest, bands, data_root), **common})
     parquet = metadata_file(config.metadata)
     check_metadata_columns(parquet)
     fs, inner = storage.filesystem(parquet)
     dataset = ray.data.read_parquet(inner, filesystem=fs).select_columns(METADATA_COLUMNS)
-    return _filtered(dataset, config).map_batches(
+    # The metadata is one small file, i.e. one block: without splitting it, one task would read every patch.
+    rows = pq.read_metadata(fs.open_input_file(inner)).num_rows
+    dataset = _filtered(dataset, config).repartition(max(1, -(-rows // METADATA_BLOCK_ROWS)))
+    return dataset.map_batches(
         read_pixels, batch_size=config.read_batch_size, fn_kwargs={"data_root": data_root, "bands": bands, **common})
 
 
@@ -215,9 +241,10 @@ def packed_images(config: DataConfig, card: dict, data_root: str, manifest: dict
     parts, count = [], 0
     scanner = pads.dataset(shards, filesystem=fs, format="parquet").scanner(columns=["pixels"], filter=condition)
     for batch in scanner.to_batches():  # decode batch by batch: peak memory stays near the split's packed size
-        blobs = batch.column("pixels").to_pylist()[: (config.limit - count) if config.limit else None]
-        parts.append(np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), *manifest["shape"])[:, channels])
-        count += len(blobs)
+        pixels = binary_as_array(batch.column("pixels"), manifest["shape"], manifest["dtype"])
+        pixels = pixels[: (config.limit - count) if config.limit else None, channels]
+        parts.append(pixels)
+        count += len(pixels)
         if config.limit and count >= config.limit:
             break
     return np.concatenate(parts) if parts else np.empty((0, len(channels), *manifest["shape"][1:]), dtype)

@@ -123,7 +123,11 @@ def write_shard(index: int, rows: list[dict], data_root: str, bands: list[str], 
     target = inner if storage.is_uri(final) else inner + ".partial"
     read_bands = bands if plan["format"] != FORMAT_IMAGE else ()
     try:
-        with fs.open_output_stream(target) as stream, pq.ParquetWriter(stream, SHARD_SCHEMA) as writer:
+        # Pixels stored plain: no dictionary (it would only pay off for duplicated patches) and no compression
+        # (reflectances barely compress, and decompressing costs the readers' CPU).
+        with fs.open_output_stream(target) as stream, pq.ParquetWriter(
+                stream, SHARD_SCHEMA, use_dictionary=CARRIED_COLUMNS,
+                compression={**{column: "snappy" for column in CARRIED_COLUMNS}, "pixels": "none"}) as writer:
             for start in range(0, len(rows), ROW_GROUP):
                 group = rows[start : start + ROW_GROUP]
                 blobs = [packed_pixels(row, data_root, read_bands, plan) for row in group]
