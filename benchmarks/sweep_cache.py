@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(1)
     torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), other)
     sources = {"random": "random:vit_tiny/16", "file": str(other)}
+    if args.tiny:
+        sources.pop("random")
     storage = tempfile.mkdtemp(prefix="sweeps-", dir=root)
 
     import ray

@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 import numpy as np
+import torch
 
 from geodino.demo import prepared_demo
 from geodino.pack import PackConfig, pack
@@ -56,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
                           saveckp_freq=args.epochs, metadata_dir=metadata, storage_path=storage)
     variants = {
         "(a) plain PyTorch, 1 process": dict(launcher="torchrun", run_name="plain"),
+        "(a1) plain PyTorch, 1 process, 1 compute thread (what a Ray worker gets here)":
+            dict(launcher="torchrun", run_name="plain1"),
         "(b) Ray Train, 1 worker": dict(launcher="ray", num_workers=1, run_name="ray1"),
         "(c) Ray Train, 2 gloo workers": dict(launcher="ray", num_workers=2, run_name="ray2"),
     }
     rows = []
+    threads = torch.get_num_threads()
     for label, change in variants.items():
+        # Ray sets a worker's torch threads to its CPUs (1 of the 2 here; Ray Data keeps the other).
+        torch.set_num_threads(1 if change["run_name"] == "plain1" else threads)
         result = run_pretraining(dataclasses.replace(base, **change))
         rows.append((label, images_per_s(result.metrics), result.metrics[-1]["data_wait_fraction"]))
     plain = rows[0][1]

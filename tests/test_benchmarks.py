@@ -34,5 +34,5 @@ def test_sweep_benchmark_runs_at_tiny_size(ray_session, tmp_path, capsys):
 
     assert sweep_cache.main(["--tiny", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "(a) features extracted once per backbone and split, cached | 4 |" in out
-    assert "(b) features extracted in every trial | 4 |" in out
+    assert "(a) features extracted once per backbone and split, cached | 2 |" in out
+    assert "(b) features extracted in every trial | 2 |" in out

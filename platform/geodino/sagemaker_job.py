@@ -206,6 +206,9 @@ DRY_RUN_ANSWERS = {
     "s3.UploadPart": {"ETag": '"dry-run"'},
     "s3.CompleteMultipartUpload": {"ETag": '"dry-run"'},
     "iam.SimulatePrincipalPolicy": {"EvaluationResults": [{"EvalDecision": "allowed"}], "IsTruncated": False},
+    # The SDK sometimes asks who the caller is (account lookups, telemetry); a dry run answers, never asks AWS.
+    "sts.GetCallerIdentity": {"Account": "000000000000", "Arn": "arn:aws:iam::000000000000:user/dry-run",
+                              "UserId": "dry-run"},
 }
 
 
