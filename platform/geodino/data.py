@@ -84,6 +84,16 @@ def normalizer(card: dict, bands: tuple[str, ...], mode: str) -> tuple[np.ndarra
     raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {mode!r}")
 
 
+def normalize_in_place(images: np.ndarray, offset: np.ndarray, scale: np.ndarray, clip: bool) -> np.ndarray:
+    """(raw - offset) / scale per band, clipped to [0, 1] for "max"; on a float32 (C, H, W) or (N, C, H, W) array
+    the caller owns, in place: every reader runs this on every sample of every epoch."""
+    images -= offset[:, None, None]
+    images /= scale[:, None, None]
+    if clip:
+        np.clip(images, 0.0, 1.0, out=images)
+    return images
+
+
 def read_pixels(
     batch: dict,
     data_root: str,
@@ -99,10 +109,9 @@ def read_pixels(
         pixels = read_patch(fmt, data_root, path, name, bands)
         if pixels.shape[0] != len(offset):
             raise ValueError(f"{name}: {pixels.shape[0]} bands read, {len(offset)} expected")
-        pixels = (pixels - offset[:, None, None]) / scale[:, None, None]
-        images.append(np.clip(pixels, 0.0, 1.0) if clip else pixels)
+        images.append(pixels.astype(np.float32))
     return {
-        "image": np.stack(images).astype(np.float32),
+        "image": normalize_in_place(np.stack(images), offset, scale, clip),
         "labels": np.stack([multi_hot(labels, classes) for labels in batch["labels"]]),
         "name": np.asarray(batch["name"]),
     }
@@ -166,12 +175,8 @@ def decode_packed(table, shape: list[int], dtype: str, channels: list[int], clas
     """map_batches UDF over pack rows (an Arrow table): the same columns read_pixels gives out."""
     raw = binary_as_array(table.column("pixels"), shape, dtype)
     images = (raw if channels == list(range(shape[0])) else raw[:, channels]).astype(np.float32)
-    images -= offset[:, None, None]  # in place: this runs for every sample of every epoch
-    images /= scale[:, None, None]
-    if clip:
-        np.clip(images, 0.0, 1.0, out=images)
     return {
-        "image": images,
+        "image": normalize_in_place(images, offset, scale, clip),
         "labels": np.stack([multi_hot(labels, classes) for labels in table.column("labels").to_pylist()]),
         "name": np.asarray(table.column("name").to_pylist()),
     }

@@ -28,6 +28,7 @@ from geodino.data import (
     DataConfig,
     load_card,
     metadata_rows,
+    normalize_in_place,
     normalizer,
     packed_images,
     packed_manifest,
@@ -59,8 +60,8 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         if self.packed is not None:
-            pixels = (self.packed[index].astype(np.float32) - self.offset[:, None, None]) / self.scale[:, None, None]
-            return {"image": torch.from_numpy(np.clip(pixels, 0.0, 1.0) if self.clip else pixels)}
+            pixels = normalize_in_place(self.packed[index].astype(np.float32), self.offset, self.scale, self.clip)
+            return {"image": torch.from_numpy(pixels)}
         row = self.rows.iloc[index]
         batch = {"format": [row["format"]], "path": [row["path"]], "name": [row["name"]], "labels": [row["labels"]]}
         pixels = read_pixels(batch, self.data_root, self.bands, self.classes, self.offset, self.scale, self.clip)
