@@ -124,8 +124,6 @@ def pixel_root(config: DataConfig, card: dict) -> str:
 
 def packed_manifest(config: DataConfig, data_root: str) -> dict | None:
     """The pack's manifest when data_root is a finished pack of this metadata; None for an archive of files."""
-    import pyarrow.parquet as pq
-
     from geodino.pack import MANIFEST
 
     path = storage.join(data_root, MANIFEST)
@@ -135,8 +133,7 @@ def packed_manifest(config: DataConfig, data_root: str) -> dict | None:
     if not manifest.get("complete"):
         raise ValueError(f"{data_root}: packing has not finished (pack.json says complete: false); rerun the same "
                          "prepare --pack command to continue it")
-    fs, inner = storage.filesystem(metadata_file(config.metadata))
-    rows = pq.read_metadata(fs.open_input_file(inner)).num_rows
+    rows = check_metadata_columns(metadata_file(config.metadata))
     if rows != manifest["rows"]:
         raise ValueError(f"{data_root} packs {manifest['rows']} patches but {config.metadata} lists {rows}: the pack "
                          "was made from other metadata; pack again (prepare --pack_only) after preparing")
@@ -198,7 +195,6 @@ METADATA_BLOCK_ROWS = 256  # patches per pixel-reading block of an archive of fi
 
 def build_dataset(config: DataConfig):
     """A lazily evaluated Ray Dataset of one split; nothing is read until it is iterated."""
-    import pyarrow.parquet as pq
     import ray
 
     card = load_card(config.metadata)
@@ -216,11 +212,10 @@ def build_dataset(config: DataConfig):
             fn_kwargs={"shape": manifest["shape"], "dtype": manifest["dtype"],
                        "channels": packed_channels(manifest, bands, data_root), **common})
     parquet = metadata_file(config.metadata)
-    check_metadata_columns(parquet)
+    rows = check_metadata_columns(parquet)
     fs, inner = storage.filesystem(parquet)
     dataset = ray.data.read_parquet(inner, filesystem=fs).select_columns(METADATA_COLUMNS)
     # The metadata is one small file, i.e. one block: without splitting it, one task would read every patch.
-    rows = pq.read_metadata(fs.open_input_file(inner)).num_rows
     dataset = _filtered(dataset, config).repartition(max(1, -(-rows // METADATA_BLOCK_ROWS)))
     return dataset.map_batches(
         read_pixels, batch_size=config.read_batch_size, fn_kwargs={"data_root": data_root, "bands": bands, **common})
@@ -261,16 +256,21 @@ def shard_paths(data_root: str, manifest: dict):
     return fs, [posixpath.join(inner, name) for name in manifest["shards"]]
 
 
-def check_metadata_columns(parquet: str) -> None:
-    """Fail with the file and the missing columns, not with a pyarrow error deep inside a Ray task."""
+def check_metadata_columns(parquet: str) -> int:
+    """Fail with the file and the missing columns, not with a pyarrow error deep inside a Ray task.
+
+    Returns the row count, read from the same footer (one request on S3).
+    """
     import pyarrow.parquet as pq
 
     fs, inner = storage.filesystem(parquet)
-    present = set(pq.read_schema(fs.open_input_file(inner)).names)
+    footer = pq.read_metadata(fs.open_input_file(inner))
+    present = set(footer.schema.to_arrow_schema().names)
     missing = [column for column in METADATA_COLUMNS if column not in present]
     if missing:
         raise ValueError(f"{parquet} lacks the columns {missing}; it was not written by experiments/prepare.py "
                          "(or by an older version): run prepare on the archive again")
+    return footer.num_rows
 
 
 def metadata_rows(config: DataConfig, columns: list[str] | None = None):

@@ -72,9 +72,14 @@ def storage_dtype(card: dict) -> str:
     return "uint8" if card["pixel_max"] <= 255 else "uint16"
 
 
+def packed_bands(config: PackConfig, card: dict) -> list[str]:
+    """Image archives keep all their channels; BigEarthNet packs the chosen bands."""
+    return list(card["bands"]) if card["format"] == FORMAT_IMAGE else list(parse_bands(config.bands))
+
+
 def plan_for(config: PackConfig, card: dict, names: list[str], shape: tuple[int, ...]) -> dict:
     """Everything a rerun must agree on before it may continue an existing pack."""
-    bands = list(card["bands"]) if card["format"] == FORMAT_IMAGE else list(parse_bands(config.bands))
+    bands = packed_bands(config, card)
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
     return {
         "bands": bands,
@@ -116,12 +121,12 @@ SHARD_SCHEMA = pa.schema([("name", pa.string()), ("labels", pa.list_(pa.string()
                           ("original_split", pa.string()), ("recommended", pa.bool_()), ("pixels", pa.binary())])
 
 
-def write_shard(index: int, rows: list[dict], data_root: str, bands: list[str], plan: dict, out_dir: str) -> str:
+def write_shard(index: int, rows: list[dict], data_root: str, read_bands: list[str] | tuple, plan: dict,
+                out_dir: str) -> str:
     """Read the pixels of one shard's rows and write the shard; runs in a worker process."""
     final = storage.join(out_dir, shard_name(index))
     fs, inner = storage.filesystem(final)
     target = inner if storage.is_uri(final) else inner + ".partial"
-    read_bands = bands if plan["format"] != FORMAT_IMAGE else ()
     try:
         # Pixels stored plain: no dictionary (it would only pay off for duplicated patches) and no compression
         # (reflectances barely compress, and decompressing costs the readers' CPU).
@@ -165,10 +170,9 @@ def pack(config: PackConfig) -> PackResult:
     names = [record["name"] for record in records]
     if not names:
         raise ValueError(f"{config.metadata}: no rows to pack")
-    bands = list(card["bands"]) if card["format"] == FORMAT_IMAGE else list(parse_bands(config.bands))
+    read_bands = () if card["format"] == FORMAT_IMAGE else packed_bands(config, card)  # images: every channel
     first = records[0]
-    shape = read_patch(first["format"], card["data_root"], first["path"], first["name"],
-                       bands if card["format"] != FORMAT_IMAGE else ()).shape
+    shape = read_patch(first["format"], card["data_root"], first["path"], first["name"], read_bands).shape
     plan = plan_for(config, card, names, shape)
     existing = read_manifest(config.out_dir)
     if existing is not None:
@@ -177,7 +181,7 @@ def pack(config: PackConfig) -> PackResult:
                                json.dumps({**plan, "complete": False}, indent=1).encode())
 
     todo = [i for i, name in enumerate(plan["shards"]) if not storage.exists(storage.join(config.out_dir, name))]
-    tasks = [(i, records[i * config.shard_size : (i + 1) * config.shard_size], card["data_root"], bands, plan,
+    tasks = [(i, records[i * config.shard_size : (i + 1) * config.shard_size], card["data_root"], read_bands, plan,
               config.out_dir) for i in todo]
     workers = min(config.workers or os.cpu_count() or 1, max(1, len(tasks)))
     if workers == 1:
