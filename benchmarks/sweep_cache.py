@@ -45,13 +45,15 @@ def split_arrays(metadata: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Normalised images and labels of one split, read from the pack with pyarrow (no Ray inside a trial)."""
     import pyarrow.dataset as pads
 
-    from geodino.data import DataConfig, decode_packed, load_card, normalizer, packed_manifest, pixel_root
+    from geodino.data import (DataConfig, decode_packed, load_card, normalizer, packed_manifest, pixel_root,
+                              shard_paths)
 
     config = DataConfig(metadata=metadata, split=split)
     card = load_card(metadata)
-    manifest = packed_manifest(config, pixel_root(config, card))
-    table = pads.dataset([os.path.join(card["packed"], name) for name in manifest["shards"]]).to_table(
-        filter=pads.field("original_split") == split)
+    data_root = pixel_root(config, card)
+    manifest = packed_manifest(config, data_root)
+    fs, shards = shard_paths(data_root, manifest)
+    table = pads.dataset(shards, filesystem=fs).to_table(filter=pads.field("original_split") == split)
     offset, scale = normalizer(card, tuple(card["bands"]), "max")
     decoded = decode_packed(table, manifest["shape"], manifest["dtype"], [0, 1, 2], card["classes"], offset, scale,
                             True)
