@@ -109,7 +109,7 @@ def prepare_and_pack(root: Path, patches: int, workers: int) -> tuple[Path, Path
 
 def multicrop_per_core(images: int = 256) -> float:
     """Images/s of DINO's 2x224 + 10x96 multi-crop on 120-px RGB patches with one thread."""
-    from geodino.augment import MultiCrop, MultiCropConfig
+    from geodino.dino.augment import MultiCrop, MultiCropConfig
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from geodino.data import DataConfig, build_dataset, load_card
-    from geodino.torchrun import PatchDataset
+    from geodino.archive.card import load_card
+    from geodino.data.config import DataConfig
+    from geodino.data.indexed import PatchDataset
+    from geodino.data.ray_data import build_dataset
 
     names = sorted(os.listdir(archive))
     order = np.random.default_rng(0).permutation(len(names))  # both loaders read in a shuffled order

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "platform"))
 
-from geodino.augment import MultiCrop, MultiCropConfig  # noqa: E402
-from geodino.loss import DINOLoss  # noqa: E402
-from geodino.models import build_student_teacher  # noqa: E402
+from geodino.dino.augment import MultiCrop, MultiCropConfig  # noqa: E402
+from geodino.dino.loss import DINOLoss  # noqa: E402
+from geodino.dino.models import build_student_teacher  # noqa: E402
 
 # Dense bf16 tensor-core peaks (vendor data sheets), for MFU.
 PEAK_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0}

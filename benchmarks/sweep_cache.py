@@ -25,14 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 EUROSAT = REPO.parent / "shared" / "data" / "eurosat-rgb-subset"
 sys.path.insert(0, str(REPO / "platform"))
 
-from geodino.sweep import METRIC, SweepConfig, run_sweep  # noqa: E402
+from geodino.transfer.sweep import METRIC, SweepConfig, run_sweep  # noqa: E402
 
 GRID = dict(lrs=[0.01, 0.1, 1.0], weight_decays=[0.0, 0.0001], label_fractions=[0.1, 1.0])
 
 
 def packed_eurosat(root: Path) -> str:
-    from geodino.pack import PackConfig, pack
-    from geodino.prepare import PrepareConfig, prepare
+    from geodino.archive.pack import PackConfig, pack
+    from geodino.archive.prepare import PrepareConfig, prepare
 
     metadata = root / "eurosat" / "metadata.parquet"
     if not (root / "eurosat" / "pack" / "pack.json").exists():
@@ -45,13 +45,15 @@ def split_arrays(metadata: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Normalised images and labels of one split, read from the pack with pyarrow (no Ray inside a trial)."""
     import pyarrow.dataset as pads
 
-    from geodino.data import (DataConfig, decode_packed, load_card, normalizer, packed_manifest, pixel_root,
-                              shard_paths)
+    from geodino.archive.card import load_card
+    from geodino.archive.packed import packed_manifest, shard_paths
+    from geodino.data.config import DataConfig, normalizer, pixel_root
+    from geodino.data.decode import decode_packed
 
     config = DataConfig(metadata=metadata, split=split)
     card = load_card(metadata)
     data_root = pixel_root(config, card)
-    manifest = packed_manifest(config, data_root)
+    manifest = packed_manifest(config.metadata, data_root)
     fs, shards = shard_paths(data_root, manifest)
     table = pads.dataset(shards, filesystem=fs).to_table(filter=pads.field("original_split") == split)
     offset, scale = normalizer(card, tuple(card["bands"]), "max")
@@ -64,9 +66,9 @@ def extracting_trial(config: dict, sources: dict, metadata: str) -> None:
     """What a sweep without a feature cache does: run the backbone on the data, then fit the probe."""
     from ray import tune
 
-    from geodino.backbones import load_backbone
-    from geodino.features import backbone_features
-    from geodino.probe import ProbeConfig, evaluate_probe, train_probe, validation_from_train
+    from geodino.transfer.backbones import load_backbone
+    from geodino.transfer.features import backbone_features
+    from geodino.transfer.probe import ProbeConfig, evaluate_probe, train_probe, validation_from_train
 
     torch.set_num_threads(1)
     model = load_backbone(sources[config["backbone"]]).model.eval()
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     metadata = packed_eurosat(root)
-    from geodino.models import create_backbone
+    from geodino.dino.models import create_backbone
 
     other = root / "vit_tiny_seed1.pth"  # a second backbone, as a plain state-dict file
     torch.manual_seed(1)

@@ -18,9 +18,10 @@ import tempfile
 import numpy as np
 import torch
 
-from geodino.demo import prepared_demo
-from geodino.pack import PackConfig, pack
-from geodino.pretrain import PretrainConfig, run_pretraining
+from geodino.archive.demo import prepared_demo
+from geodino.archive.pack import PackConfig, pack
+from geodino.dino.config import PretrainConfig
+from geodino.launch import run_pretraining
 
 
 def packed_copy(metadata: str, folder: str) -> str:

@@ -8,7 +8,7 @@ import math
 import sys
 
 from geodino.cli import add_dataclass_arguments, dataclass_from_args
-from geodino.transfer import LinearProbeConfig, run_linear_probe
+from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe
 
 
 def fmt(value: float) -> str:

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from geodino.cli import add_dataclass_arguments, dataclass_from_args
-from geodino.predict import PredictConfig, run_predict
+from geodino.transfer.predict import PredictConfig, run_predict
 
 
 def main(argv: list[str] | None = None) -> int:

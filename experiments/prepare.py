@@ -3,8 +3,8 @@
 import argparse
 import sys
 
-from geodino.pack import PackConfig, PackMismatchError, pack
-from geodino.prepare import PrepareConfig, prepare, summarise
+from geodino.archive.pack import PackConfig, PackMismatchError, pack
+from geodino.archive.prepare import PrepareConfig, prepare, summarise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,10 @@ import dataclasses
 import os
 import sys
 
+from geodino.archive.demo import prepared_demo
 from geodino.cli import add_dataclass_arguments, dataclass_from_args
-from geodino.demo import prepared_demo
-from geodino.pretrain import PretrainConfig, backbone_file, run_pretraining
+from geodino.dino.config import PretrainConfig
+from geodino.launch import run_pretraining
 
 # Settings for the embedded demo: small crops and head so 2 CPU cores finish in minutes.
 DEMO_SETTINGS = dict(arch="vit_tiny", patch_size=16, out_dim=4096, epochs=20, batch_size_per_gpu=32, warmup_epochs=2,
@@ -40,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
           f"teacher entropy {last['teacher_entropy']:.2f} of max {last['max_entropy']:.2f}, "
           f"{last['images_per_s']:.1f} images/s")
     print(f"checkpoint (DINO format): {result.checkpoint_dir}/checkpoint.pth  (stored at {result.storage_checkpoint})")
-    print(f"teacher backbone (timm keys): {backbone_file(result)}")
+    print(f"teacher backbone (timm keys): {result.backbone_file}")
     print(f"TensorBoard: tensorboard --logdir {os.path.dirname(result.checkpoint_dir)} --host 127.0.0.1")
-    print(f"next: python experiments/linear_probe.py --pretrained_weights {backbone_file(result)} "
+    print(f"next: python experiments/linear_probe.py --pretrained_weights {result.backbone_file} "
           f"--arch {config.arch} --patch_size {config.patch_size} --metadata_dir {config.metadata_dir}")
     return 0
 

@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "platform"))
 
-from geodino.sagemaker_host import main  # noqa: E402
+from geodino.launch.sagemaker_host import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

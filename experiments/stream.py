@@ -9,11 +9,10 @@ import time
 
 import numpy as np
 
-from geodino.data import DataConfig, build_dataset
-from geodino.demo import prepared_demo
-from geodino.resources import init_ray
-
-
+from geodino.archive.demo import prepared_demo
+from geodino.data.config import DataConfig
+from geodino.data.ray_data import build_dataset
+from geodino.ray_cluster import init_ray
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,15 +12,14 @@ written into the request.
 import argparse
 import sys
 
-from geodino.cli import add_dataclass_arguments, dataclass_from_args
-from geodino.sagemaker_host import parse_config
-from geodino.sagemaker_job import JobRequestError, SageMakerJobConfig, job_request, submit, to_json
+from geodino.cli import add_dataclass_arguments, dataclass_from_args, parse_config
+from geodino.launch.sagemaker_job import JobRequestError, SageMakerJobConfig, job_request, submit, to_json
 
 
 def task_hyperparameters(task: str, argv: list[str]) -> dict[str, str]:
     """--name value pairs of the task's flags, checked against the task's own parser so typos fail here."""
-    from geodino.pretrain import PretrainConfig
-    from geodino.transfer import LinearProbeConfig
+    from geodino.dino.config import PretrainConfig
+    from geodino.transfer.linear_probe import LinearProbeConfig
 
     parse_config(PretrainConfig if task == "pretrain" else LinearProbeConfig, argv)
     pairs, name = {}, None

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from geodino.cli import add_dataclass_arguments, dataclass_from_args
-from geodino.sweep import SweepConfig, markdown, run_sweep
+from geodino.transfer.sweep import SweepConfig, markdown, run_sweep
 
 
 def main(argv: list[str] | None = None) -> int:

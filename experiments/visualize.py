@@ -27,14 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.run:
-        from geodino.visualize import plot_curves
+        from geodino.transfer.visualize import plot_curves
 
         print(plot_curves(args.run, os.path.join(args.output_dir, "pretraining_curves.png")))
     if args.pretrained_weights:
-        from geodino.backbones import load_backbone
-        from geodino.data import DataConfig, build_dataset, load_card, resolve_bands
-        from geodino.resources import init_ray
-        from geodino.visualize import plot_attention
+        from geodino.archive.card import load_card
+        from geodino.data.config import DataConfig, resolve_bands
+        from geodino.data.ray_data import build_dataset
+        from geodino.ray_cluster import init_ray
+        from geodino.transfer.backbones import load_backbone
+        from geodino.transfer.visualize import plot_attention
 
         init_ray()
         in_chans = len(resolve_bands(load_card(args.metadata_dir), args.bands))

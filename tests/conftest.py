@@ -105,7 +105,7 @@ def ben_v1_copy(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def ben_v1_metadata(tmp_path_factory) -> Path:
     """The 6 real patches prepared with the official split and exclusion lists."""
-    from geodino.prepare import PrepareConfig, prepare
+    from geodino.archive.prepare import PrepareConfig, prepare
 
     out = tmp_path_factory.mktemp("ben-v1") / "metadata.parquet"
     prepare(PrepareConfig(archive=str(BEN_V1_EXAMPLE), out=str(out), splits_dir=str(BEN_V1_LISTS),
@@ -118,7 +118,7 @@ def eurosat_metadata(tmp_path_factory) -> str:
     """80 real EuroSAT training images, all 10 classes, prepared: the pretraining tests' small archive."""
     import pandas as pd
 
-    from geodino.prepare import PrepareConfig, prepare
+    from geodino.archive.prepare import PrepareConfig, prepare
 
     folder = tmp_path_factory.mktemp("eurosat")
     table = pd.read_csv(EUROSAT / "labels.csv")
@@ -127,3 +127,26 @@ def eurosat_metadata(tmp_path_factory) -> str:
     result = prepare(PrepareConfig(archive=str(folder / "train.csv"), out=str(folder / "metadata.parquet"),
                                    data_dir=str(EUROSAT), workers=1))
     return result.metadata_path
+
+
+class BatchRuntime:
+    """A geodino.dino.Runtime over given batches: one process, CPU, no checkpoints (drives the loop in tests)."""
+
+    def __init__(self, batches, device: str = "cpu"):
+        import torch
+
+        self.rank, self.world_size, self.device = 0, 1, torch.device(device)
+        self.batches = batches
+        self.reports = []
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def epoch_batches(self, epoch):
+        return self.batches
+
+    def latest_state(self):
+        return None
+
+    def report(self, metrics, state, teacher_backbone):
+        self.reports.append((metrics, state))

@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-from geodino.backbones import BackboneMismatchError, load_backbone, parse_named
-from geodino.models import build_student_teacher, create_backbone
+from geodino.dino.models import build_student_teacher, create_backbone
+from geodino.transfer.backbones import BackboneMismatchError, load_backbone, parse_named
 
 
 @pytest.fixture(scope="module")

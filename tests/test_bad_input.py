@@ -8,12 +8,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-
 from conftest import EUROSAT
-from geodino.bands import UnknownBandError, parse_bands
-from geodino.data import DataConfig, build_dataset
-from geodino.prepare import PrepareConfig, prepare
-from geodino.pretrain import PretrainConfig, check_gpus, steps_per_epoch_for
+
+from geodino.archive.bands import UnknownBandError, parse_bands
+from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.data.config import DataConfig
+from geodino.data.ray_data import build_dataset
+from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.launch.ray_train import check_gpus
 
 
 def _band(archive, name, band):
@@ -83,7 +85,7 @@ def test_empty_split_after_filters_and_batch_larger_than_the_data():
 
 
 def test_warmup_longer_than_the_run_is_refused():
-    from geodino.pretrain import schedules
+    from geodino.dino.schedules import schedules
 
     with pytest.raises(ValueError, match="--warmup_epochs 10 is longer than the run's --epochs 2: lower it"):
         schedules(PretrainConfig(epochs=2, warmup_epochs=10), steps_per_epoch=3, world_size=1)

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 
 from geodino.cli import add_dataclass_arguments, bool_flag, dataclass_from_args
-from geodino.pretrain import PretrainConfig
-from geodino.transfer import LinearProbeConfig
+from geodino.dino.config import PretrainConfig
+from geodino.transfer.linear_probe import LinearProbeConfig
 
 
 def parse(cls, argv):

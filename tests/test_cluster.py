@@ -8,10 +8,10 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO, free_port
-from geodino.checkpoint import read_checkpoint
-from geodino.sagemaker_host import start_ray_node, stop_ray_node
+
+from geodino.dino.checkpoint import read_checkpoint
+from geodino.launch.sagemaker_host import start_ray_node, stop_ray_node
 
 CLUSTER = REPO / "cluster"
 

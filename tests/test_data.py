@@ -6,12 +6,13 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
-
 from conftest import BEN_V1_EXAMPLE, BEN_V2, EUROSAT
-from geodino.bands import S2_BANDS
-from geodino.data import DataConfig, build_dataset, dataset_size, tensor_columns
-from geodino.labels import BEN19_CLASSES
-from geodino.prepare import PrepareConfig, prepare
+
+from geodino.archive.bands import S2_BANDS
+from geodino.archive.labels import BEN19_CLASSES
+from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.data.config import DataConfig, dataset_size
+from geodino.data.ray_data import build_dataset, tensor_columns
 
 
 def rows_by_name(dataset):
@@ -63,7 +64,7 @@ def test_twelve_bands_on_the_10m_grid(ray_session, ben_v1_metadata):
 def test_reben_lmdb_stream_matches_safetensors(ray_session, tmp_path):
     from safetensors.numpy import load
 
-    from geodino.pixels import open_lmdb
+    from geodino.archive.pixels import open_lmdb
 
     result = prepare(PrepareConfig(archive=str(BEN_V2), out=str(tmp_path / "v2.parquet"), workers=1))
     rows = rows_by_name(build_dataset(DataConfig(metadata=result.metadata_path, split="validation", bands="B08,B04")))
@@ -94,7 +95,7 @@ def test_two_training_workers_on_two_cpus_do_not_starve_ray_data(ray_session, be
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from geodino.resources import worker_cpus
+    from geodino.ray_cluster import worker_cpus
 
     counts = ben_v1_metadata.parent / "counts"
     counts.mkdir(exist_ok=True)
@@ -120,7 +121,7 @@ def test_two_training_workers_on_two_cpus_do_not_starve_ray_data(ray_session, be
 
 
 def test_worker_cpus_derive_from_the_cluster():
-    from geodino.resources import worker_cpus
+    from geodino.ray_cluster import worker_cpus
 
     assert worker_cpus(1, cluster_cpus=2) == 1.0
     assert worker_cpus(4, cluster_cpus=2) == 0.25

@@ -9,11 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from geodino.augment import MultiCrop, MultiCropConfig, gaussian_blur, resized_crop, solarize
-from geodino.loss import DINOLoss, teacher_entropy
-from geodino.models import DINOHead, build_student_teacher, create_backbone
-from geodino.pretrain import clip_gradients, param_groups, update_teacher
-from geodino.schedules import cosine_schedule
+from geodino.dino.augment import MultiCrop, MultiCropConfig, gaussian_blur, resized_crop, solarize
+from geodino.dino.loop import clip_gradients, update_teacher
+from geodino.dino.loss import DINOLoss, teacher_entropy
+from geodino.dino.models import DINOHead, build_student_teacher, create_backbone
+from geodino.dino.schedules import cosine_schedule
+from geodino.dino.state import param_groups
 
 
 def numpy_softmax(x, axis=-1):

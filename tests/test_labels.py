@@ -1,11 +1,11 @@
 import json
 
 import pytest
+from conftest import BEN_V1_NPZ
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import BEN_V1_NPZ
-from geodino.labels import BEN19_CLASSES, BEN43_CLASSES, BEN43_TO_19, UnknownLabelError, multi_hot, to_ben19
+from geodino.archive.labels import BEN19_CLASSES, BEN43_CLASSES, BEN43_TO_19, UnknownLabelError, multi_hot, to_ben19
 
 
 def test_mapping_matches_the_19_class_labels_shipped_with_real_patches():
@@ -67,7 +67,8 @@ label_files = st.one_of(
 @settings(max_examples=60, deadline=None)
 def test_any_label_file_either_parses_or_is_rejected_with_a_reason(tmp_path_factory, content):
     """parse_ben_v1_patch on arbitrary JSON: a row with BEN-19 labels, or a RejectedPatch naming the file."""
-    from geodino.prepare import RejectedPatch, parse_ben_v1_patch
+    from geodino.archive.ben_v1 import parse_ben_v1_patch
+    from geodino.errors import RejectedPatch
 
     archive = tmp_path_factory.mktemp("labels")
     name = "S2A_MSIL2A_20170613T101031_1_1"

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from geodino.metrics import average_precision, classification_report, f1_at, top1_accuracy
-from geodino.probe import LinearProbe, evaluate_probe, knn_scores, label_subset, validation_from_train
+from geodino.metrics import average_precision, classification_report, f1_at, knn_scores, top1_accuracy
+from geodino.transfer.probe import LinearProbe, evaluate_probe, label_subset, validation_from_train
 
 
 def test_ap_by_hand():

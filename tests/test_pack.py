@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import BEN_V1_LISTS, EUROSAT
-from geodino.data import DataConfig, build_dataset, load_card
-from geodino.pack import MANIFEST, PackConfig, PackMismatchError, pack
-from geodino.pixels import PatchReadError, read_patch
-from geodino.prepare import PrepareConfig, prepare
-from geodino.torchrun import PatchDataset
+
+from geodino.archive.card import load_card
+from geodino.archive.pack import PackConfig, PackMismatchError, pack
+from geodino.archive.packed import MANIFEST
+from geodino.archive.pixels import PatchReadError, read_patch
+from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.data.config import DataConfig
+from geodino.data.indexed import PatchDataset
+from geodino.data.ray_data import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

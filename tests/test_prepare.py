@@ -4,10 +4,10 @@ import sys
 
 import numpy as np
 import pandas as pd
-
 from conftest import BEN_V1_EXAMPLE, BEN_V2, EUROSAT, REPO
-from geodino.prepare import PrepareConfig, prepare
-from geodino.splits import SPLITS, hash_split
+
+from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.archive.splits import SPLITS, hash_split
 
 KNOWN = {
     "S2A_MSIL2A_20170613T101031_87_48": (
@@ -138,7 +138,7 @@ def test_user_image_table_with_bad_rows(tmp_path):
 
 
 def test_demo_archive_is_deterministic_and_learnable_shaped(tmp_path):
-    from geodino.demo import make_demo_archive
+    from geodino.archive.demo import make_demo_archive
 
     a = make_demo_archive(str(tmp_path / "a"), patches=6, seed=3)
     make_demo_archive(str(tmp_path / "b"), patches=6, seed=3)

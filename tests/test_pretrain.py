@@ -7,8 +7,9 @@ import pytest
 import timm
 import torch
 
-from geodino.checkpoint import read_checkpoint, strip_prefixes
-from geodino.pretrain import PretrainConfig, run_pretraining, steps_per_epoch_for
+from geodino.dino.checkpoint import read_checkpoint, strip_prefixes
+from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.launch import run_pretraining
 
 TINY = dict(arch="vit_tiny", patch_size=8, out_dim=256, global_crops_size=32, local_crops_size=16,
             local_crops_number=2, drop_path_rate=0.0, warmup_epochs=0, lr=0.002, saveckp_freq=1,
@@ -67,23 +68,20 @@ def test_non_finite_loss_stops_naming_epoch_and_step(ray_session):
     """A poisoned batch (NaN pixels) through the real loop body, fed by a real Ray Dataset."""
     import numpy as np
     import ray
+    from conftest import BatchRuntime
 
-    from geodino.augment import MultiCrop
-    from geodino.loss import DINOLoss
-    from geodino.models import build_student_teacher
-    from geodino.pretrain import NonFiniteLossError, param_groups, schedules, train_one_epoch
+    from geodino.dino.augment import MultiCrop
+    from geodino.dino.loop import NonFiniteLossError, train_one_epoch
+    from geodino.dino.state import DinoState
 
     cfg = PretrainConfig(**TINY, batch_size_per_gpu=2, epochs=1)
     images = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
     images[2:] = np.nan  # the second batch is poisoned
-    batches = ray.data.from_numpy(images).rename_columns({"data": "image"}).iter_torch_batches(batch_size=2)
-    student, teacher = build_student_teacher("vit_tiny", 8, 3, 256, True, 0.0)
+    runtime = BatchRuntime(ray.data.from_numpy(images).rename_columns({"data": "image"}).iter_torch_batches(batch_size=2))
     multicrop = MultiCrop(cfg.multicrop())
-    loss = DINOLoss(256, multicrop.ncrops, 0.04, 0.04, 0, 1)
-    optimizer = torch.optim.AdamW(param_groups(student))
+    state = DinoState.create(cfg, in_chans=3, ncrops=multicrop.ncrops, runtime=runtime, steps_per_epoch=2)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, step [01] .*lower --lr"):
-        train_one_epoch(student, teacher, student, loss, batches, multicrop, optimizer, None, None,
-                        schedules(cfg, 2, 1), 0, 2, cfg, torch.device("cpu"), 1)
+        train_one_epoch(state, runtime, cfg, multicrop, epoch=0)
 
 
 @pytest.mark.timeout(600)

@@ -12,11 +12,13 @@ import numpy as np
 import psutil
 import pytest
 import torch
-
 from conftest import REPO
-from geodino.checkpoint import read_checkpoint
-from geodino.pretrain import PretrainConfig, collapse_state, run_pretraining
 from test_pretrain import TINY
+
+from geodino.dino.checkpoint import read_checkpoint
+from geodino.dino.config import PretrainConfig
+from geodino.dino.monitors import collapse_state
+from geodino.launch import run_pretraining
 
 
 def log_epochs(path) -> list[int]:
@@ -135,21 +137,18 @@ def test_collapse_is_flagged_after_three_epochs_either_way():
 
 def test_poisoned_batch_can_be_skipped_instead(ray_session):
     import ray
+    from conftest import BatchRuntime
 
-    from geodino.augment import MultiCrop
-    from geodino.loss import DINOLoss
-    from geodino.models import build_student_teacher
-    from geodino.pretrain import param_groups, schedules, train_one_epoch
+    from geodino.dino.augment import MultiCrop
+    from geodino.dino.loop import train_one_epoch
+    from geodino.dino.state import DinoState
 
     cfg = PretrainConfig(**TINY, batch_size_per_gpu=2, epochs=1, nonfinite_loss="skip")
     images = np.random.default_rng(0).random((6, 3, 32, 32), dtype=np.float32)
     images[2:4] = np.nan
-    batches = ray.data.from_numpy(images).rename_columns({"data": "image"}).iter_torch_batches(batch_size=2)
-    student, teacher = build_student_teacher("vit_tiny", 8, 3, 256, True, 0.0)
+    runtime = BatchRuntime(ray.data.from_numpy(images).rename_columns({"data": "image"}).iter_torch_batches(batch_size=2))
     multicrop = MultiCrop(cfg.multicrop())
-    loss = DINOLoss(256, multicrop.ncrops, 0.04, 0.04, 0, 1)
-    optimizer = torch.optim.AdamW(param_groups(student))
-    metrics = train_one_epoch(student, teacher, student, loss, batches, multicrop, optimizer, None, None,
-                              schedules(cfg, 3, 1), 0, 3, cfg, torch.device("cpu"), 1)
+    state = DinoState.create(cfg, in_chans=3, ncrops=multicrop.ncrops, runtime=runtime, steps_per_epoch=3)
+    metrics = train_one_epoch(state, runtime, cfg, multicrop, epoch=0)
     assert metrics["skipped_steps"] == 1 and np.isfinite(metrics["loss"])
-    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert all(torch.isfinite(p).all() for p in state.student.parameters())

@@ -9,13 +9,16 @@ import boto3
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
-
 from conftest import BEN_V1_EXAMPLE, BEN_V1_LISTS, FAKE_SECRET, S3_BUCKET, upload_folder
+
 from geodino import storage
-from geodino.checkpoint import read_checkpoint
-from geodino.data import DataConfig, build_dataset, load_card
-from geodino.prepare import PrepareConfig, prepare
-from geodino.pretrain import PretrainConfig, run_pretraining
+from geodino.archive.card import load_card
+from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.data.config import DataConfig
+from geodino.data.ray_data import build_dataset
+from geodino.dino.checkpoint import read_checkpoint
+from geodino.dino.config import PretrainConfig
+from geodino.launch import run_pretraining
 
 TINY = dict(arch="vit_tiny", patch_size=8, out_dim=64, global_crops_size=32, local_crops_size=16,
             local_crops_number=2, warmup_epochs=0, saveckp_freq=1, freeze_last_layer=0)
@@ -35,7 +38,7 @@ def s3_files(prefix: str) -> list[str]:
 
 
 def test_raster_reads_follow_the_endpoint(s3_archive):
-    from geodino.pixels import read_ben_v1
+    from geodino.archive.pixels import read_ben_v1
 
     name = "S2A_MSIL2A_20170613T101031_87_48"
     remote = read_ben_v1(s3_archive, name, name, ("B04", "B11"))
@@ -116,7 +119,7 @@ def test_a_short_s3_outage_is_ridden_out_by_retries(s3_endpoint):
 
 def test_pack_on_s3_is_read_by_ray_data_like_the_geotiffs(ray_session, s3_archive):
     """prepare --pack from s3:// to s3://: shards written by parallel processes, streamed back by Ray Data."""
-    from geodino.pack import PackConfig, pack
+    from geodino.archive.pack import PackConfig, pack
 
     metadata = f"s3://{S3_BUCKET}/packed/metadata.parquet"
     prepare(PrepareConfig(archive=s3_archive, out=metadata, workers=1))

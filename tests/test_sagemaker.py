@@ -11,10 +11,15 @@ import tempfile
 
 import boto3
 import pytest
-
 from conftest import FAKE_SECRET, REPO, S3_BUCKET, free_port
-from geodino.sagemaker_job import (CHECKPOINT_LOCAL_PATH, JobRequestError, SageMakerJobConfig, job_request,
-                                   validate)
+
+from geodino.launch.sagemaker_job import (
+    CHECKPOINT_LOCAL_PATH,
+    JobRequestError,
+    SageMakerJobConfig,
+    job_request,
+    validate,
+)
 
 ROLE = "arn:aws:iam::123456789012:role/geodino-training"
 PRETRAIN = dict(role=ROLE, metadata=f"s3://{S3_BUCKET}/prepared", train=f"s3://{S3_BUCKET}/BigEarthNet-v1.0",

@@ -6,12 +6,12 @@ import os
 import pandas as pd
 import pytest
 import torch
+from conftest import EUROSAT, FAKE_SECRET
 
-from conftest import FAKE_SECRET, EUROSAT
-from geodino.models import create_backbone
-from geodino.prepare import PrepareConfig, prepare
-from geodino.sweep import SweepConfig, run_sweep
-from geodino.transfer import LinearProbeConfig, run_linear_probe, split_features
+from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.dino.models import create_backbone
+from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe, split_features
+from geodino.transfer.sweep import SweepConfig, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def test_cached_features_are_reused_and_keyed_by_the_weights(ray_session, eurosa
 
 @pytest.mark.timeout(900)
 def test_end_to_end_prepare_pretrain_probe_on_real_images(ray_session, eurosat_small, tmp_path):
-    from geodino.pretrain import PretrainConfig, run_pretraining
+    from geodino.dino.config import PretrainConfig
+    from geodino.launch import run_pretraining
 
     _, metadata = eurosat_small
     pretrained = run_pretraining(PretrainConfig(
@@ -98,7 +99,7 @@ def test_predict_resumes_a_partly_written_output(ray_session, eurosat_small, tmp
     import numpy as np
     import pyarrow.parquet as pq
 
-    from geodino.predict import PredictConfig, run_predict
+    from geodino.transfer.predict import PredictConfig, run_predict
 
     _, metadata = eurosat_small
     run_linear_probe(LinearProbeConfig(pretrained_weights="random:vit_tiny/16", epochs=3, metadata_dir=metadata,
@@ -126,8 +127,8 @@ def test_attention_maps_and_curves_render(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from geodino.models import create_backbone
-    from geodino.visualize import last_block_attention, plot_attention, plot_curves
+    from geodino.dino.models import create_backbone
+    from geodino.transfer.visualize import last_block_attention, plot_attention, plot_curves
 
     model = create_backbone("vit_tiny", 8, 3).eval()
     images = torch.rand(2, 3, 32, 32)

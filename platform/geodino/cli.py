@@ -39,3 +39,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_texts: di
 def dataclass_from_args(cls, namespace: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(namespace).items() if k in names})
+
+
+def parse_config(cls, argv: list[str], prog: str | None = None):
+    """A config dataclass from command-line style arguments (SageMaker hyperparameters, flags after `--`)."""
+    parser = argparse.ArgumentParser(prog=prog or cls.__name__)
+    add_dataclass_arguments(parser, cls)
+    return dataclass_from_args(cls, parser.parse_args(argv))

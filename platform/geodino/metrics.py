@@ -1,4 +1,7 @@
-"""Transfer metrics, computed over the whole evaluation set at once (never averaged per batch).
+"""Scores of frozen features: average precision, F1, top-1, and DINO's weighted k-NN.
+
+Computed over the whole evaluation set at once (never averaged per batch). Imports neither Ray nor
+the rest of geodino: the probes (geodino.transfer) and the pretraining loop's k-NN monitor share it.
 
 Average precision comes from scikit-learn. Macro AP is the mean over classes that have at
 least one positive in the evaluated set; a class with no positive has no defined AP, is
@@ -9,6 +12,8 @@ Micro AP pools every (patch, class) decision into one ranking.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, f1_score
 
 
@@ -47,3 +52,25 @@ def classification_report(targets: np.ndarray, scores: np.ndarray, probabilities
     if task == "single_label":
         report["top1"] = top1_accuracy(targets, scores)
     return report
+
+
+@torch.no_grad()
+def knn_scores(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray, k: int = 20,
+               temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
+    """DINO's weighted k-NN: cosine neighbours vote with weight exp(similarity / T); scores per class in [0, 1]."""
+    bank = F.normalize(torch.from_numpy(train_features).float(), dim=1)
+    bank_labels = torch.from_numpy(train_labels).float()
+    k = min(k, len(bank))
+    scores = []
+    for start in range(0, len(features), chunk):
+        query = F.normalize(torch.from_numpy(features[start:start + chunk]).float(), dim=1)
+        similarity, neighbours = (query @ bank.T).topk(k, dim=1)
+        weights = (similarity / temperature).exp()
+        votes = (weights[..., None] * bank_labels[neighbours]).sum(1)
+        scores.append(votes / weights.sum(1, keepdim=True))
+    return torch.cat(scores).numpy()
+
+
+def knn_report(train_features, train_labels, features, labels, task: str, k: int = 20, temperature: float = 0.07) -> dict:
+    scores = knn_scores(train_features, train_labels, features, k, temperature)
+    return classification_report(labels, scores, scores, task)

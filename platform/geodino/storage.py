@@ -21,6 +21,16 @@ def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (workers may run in another folder); a URI as it is."""
+    return str(path) if is_uri(path) else os.path.abspath(path)
+
+
+def default_home() -> str:
+    """Where geodino keeps what it generates for the user (the demo archive, cached features)."""
+    return os.environ.get("GEODINO_HOME", os.path.join(os.path.expanduser("~"), ".cache", "geodino"))
+
+
 def join(root: str, *parts: str) -> str:
     """Join path parts under a local root or a URI without touching the filesystem."""
     if is_uri(root):

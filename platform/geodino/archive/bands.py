@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from geodino.errors import GeodinoError
+
 # BigEarthNet's 12 L2A bands (B10, cirrus, is not distributed), in the order
 # BigEarthNet tools use, with ground sampling distance in metres.
 S2_BAND_RESOLUTION: dict[str, int] = {
@@ -32,7 +34,7 @@ OPTICAL_MAX = 2750.0
 _ALIASES = {"rgb": RGB_BANDS, "all": S2_BANDS, "s2": S2_BANDS}
 
 
-class UnknownBandError(ValueError):
+class UnknownBandError(GeodinoError, ValueError):
     """A requested band that the source does not have."""
 
 

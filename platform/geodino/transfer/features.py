@@ -18,8 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geodino.backbones import load_backbone
-from geodino.data import DataConfig, build_dataset, load_card, resolve_bands
+from geodino.archive.card import load_card
+from geodino.data.config import DataConfig, resolve_bands
+from geodino.data.ray_data import build_dataset
+from geodino.ray_cluster import cluster_gpus
+from geodino.transfer.backbones import load_backbone
 
 
 @dataclass
@@ -86,8 +89,6 @@ def cache_key(source: str, arch, patch_size, data: DataConfig, features: Feature
 def extract_features(source: str, data: DataConfig, features: FeatureConfig, cache_dir: str,
                      arch: str | None = None, patch_size: int | None = None) -> tuple[dict, bool]:
     """{"features", "labels", "names"} for one split, and whether it came from the cache."""
-    from geodino.resources import cluster_gpus
-
     path = os.path.join(cache_dir, cache_key(source, arch, patch_size, data, features) + ".npz")
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as stored:

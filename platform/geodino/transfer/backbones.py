@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from geodino.checkpoint import BACKBONE_FILE, strip_prefixes
-from geodino.models import create_backbone
+from geodino.dino.checkpoint import BACKBONE_FILE, strip_prefixes
+from geodino.dino.models import create_backbone
+from geodino.errors import GeodinoError
 
 EMBED_DIM_TO_ARCH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
 
 
-class BackboneMismatchError(ValueError):
+class BackboneMismatchError(GeodinoError, ValueError):
     """Weights that do not fit the requested architecture or the data's band count."""
 
 

@@ -1,6 +1,6 @@
-"""Ray set-up shared by every entry point, and worker resources derived from the cluster.
+"""The Ray cluster this process uses: join it or start one, its GPUs, and CPUs for training workers.
 
-Why derived: Ray Train workers and Ray Data's reading tasks draw on the same CPUs.
+Why worker CPUs are derived: Ray Train workers and Ray Data's reading tasks draw on the same CPUs.
 On a 2-core machine two training workers at 1 CPU each leave Ray Data nothing, and
 the pipeline waits forever for a CPU that never frees up. So training workers get
 what is left after Ray Data's share, fractional if need be.

@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from geodino import storage
-from geodino.bands import NATIVE_SIZE
+from geodino.archive.bands import NATIVE_SIZE
+from geodino.errors import GeodinoError
 
 FORMAT_BEN_V1 = "ben_v1"  # one folder per patch, one GeoTIFF per band
 FORMAT_BEN_V2 = "ben_v2"  # reBEN LMDB of safetensors blobs
 FORMAT_IMAGE = "image"  # a user's multi-band GeoTIFF or 8-bit JPEG/PNG
 
 
-class PatchReadError(RuntimeError):
+class PatchReadError(GeodinoError, RuntimeError):
     """A patch whose pixels cannot be read; the message names the file and the problem."""
 
 

@@ -16,3 +16,15 @@ def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_pe
     schedule = np.concatenate((warmup, cosine))
     assert len(schedule) == epochs * niter_per_ep
     return schedule
+
+
+def schedules(cfg, steps_per_epoch: int, world_size: int) -> dict[str, np.ndarray]:
+    """DINO's three per-iteration schedules for a PretrainConfig: lr (scaled by the global batch), weight decay,
+    teacher momentum."""
+    global_batch = cfg.batch_size_per_gpu * world_size
+    return {
+        "lr": cosine_schedule(cfg.lr * global_batch / 256.0, cfg.min_lr, cfg.epochs, steps_per_epoch,
+                              warmup_epochs=cfg.warmup_epochs),
+        "wd": cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps_per_epoch),
+        "momentum": cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps_per_epoch),
+    }

@@ -33,10 +33,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geodino import storage
-from geodino.bands import parse_bands
-from geodino.pixels import FORMAT_IMAGE, PatchReadError, read_patch
+from geodino.archive.bands import parse_bands
+from geodino.archive.card import load_card, metadata_file, write_card
+from geodino.archive.packed import MANIFEST, read_manifest
+from geodino.archive.pixels import FORMAT_IMAGE, PatchReadError, read_patch
+from geodino.errors import GeodinoError
 
-MANIFEST = "pack.json"
 ROW_GROUP = 256  # patches per Parquet row group: what one reader holds in memory at a time
 CARRIED_COLUMNS = ["name", "labels", "original_split", "recommended"]  # enough to filter and label without a join
 
@@ -59,7 +61,7 @@ class PackResult:
     seconds: float
 
 
-class PackMismatchError(ValueError):
+class PackMismatchError(GeodinoError, ValueError):
     """DIR already holds a pack made with other settings; continuing would mix them."""
 
 
@@ -91,11 +93,6 @@ def plan_for(config: PackConfig, card: dict, names: list[str], shape: tuple[int,
         "shards": [shard_name(i) for i in range(-(-len(names) // config.shard_size))],
         "format": card["format"],
     }
-
-
-def read_manifest(out_dir: str) -> dict | None:
-    path = storage.join(out_dir, MANIFEST)
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
 
 
 def check_same_plan(out_dir: str, existing: dict, plan: dict) -> None:
@@ -161,8 +158,6 @@ def _shard_task(args: tuple) -> str:
 
 def pack(config: PackConfig) -> PackResult:
     """Write every missing shard of the pack, in parallel; see the module docstring."""
-    from geodino.data import card_file, load_card, metadata_file
-
     started = time.perf_counter()
     card = load_card(config.metadata)
     fs, inner = storage.filesystem(metadata_file(config.metadata))
@@ -197,7 +192,6 @@ def pack(config: PackConfig) -> PackResult:
     storage.write_bytes_atomic(storage.join(config.out_dir, MANIFEST),
                                json.dumps({**plan, "complete": True, "pack_config": asdict(config)}, indent=1).encode())
     # Record the pack in the card, so training reads it without being told (--data_dir still overrides).
-    packed = config.out_dir if storage.is_uri(config.out_dir) else os.path.abspath(config.out_dir)
-    storage.write_bytes_atomic(card_file(config.metadata), json.dumps({**card, "packed": packed}, indent=2).encode())
+    write_card(config.metadata, {**card, "packed": storage.absolute(config.out_dir)})
     return PackResult(out_dir=config.out_dir, shards=len(plan["shards"]), written=len(todo), rows=len(names),
                       seconds=time.perf_counter() - started)

@@ -107,25 +107,3 @@ def evaluate_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray,
     # classes' logits shift it), so per-class AP over raw logits understates a single-label probe.
     scores = probabilities(logits, task).numpy()
     return classification_report(labels, scores, scores, task)
-
-
-@torch.no_grad()
-def knn_scores(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray, k: int = 20,
-               temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
-    """DINO's weighted k-NN: cosine neighbours vote with weight exp(similarity / T); scores per class in [0, 1]."""
-    bank = F.normalize(torch.from_numpy(train_features).float(), dim=1)
-    bank_labels = torch.from_numpy(train_labels).float()
-    k = min(k, len(bank))
-    scores = []
-    for start in range(0, len(features), chunk):
-        query = F.normalize(torch.from_numpy(features[start:start + chunk]).float(), dim=1)
-        similarity, neighbours = (query @ bank.T).topk(k, dim=1)
-        weights = (similarity / temperature).exp()
-        votes = (weights[..., None] * bank_labels[neighbours]).sum(1)
-        scores.append(votes / weights.sum(1, keepdim=True))
-    return torch.cat(scores).numpy()
-
-
-def knn_report(train_features, train_labels, features, labels, task: str, k: int = 20, temperature: float = 0.07) -> dict:
-    scores = knn_scores(train_features, train_labels, features, k, temperature)
-    return classification_report(labels, scores, scores, task)

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 ENTRY_SCRIPT = "experiments/sagemaker_entry.py"
 REQUIREMENTS = "cluster/sagemaker/requirements.txt"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker syncs it with checkpoint_s3_uri, both ways
@@ -138,8 +138,13 @@ def build_model_trainer(cfg: SageMakerJobConfig, session=None):
     """A ModelTrainer for the job; nothing is sent until its train() runs."""
     from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
-    from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
-    from sagemaker.core.training.configs import StoppingCondition
+    from sagemaker.core.training.configs import (
+        CheckpointConfig,
+        Compute,
+        OutputDataConfig,
+        SourceCode,
+        StoppingCondition,
+    )
     from sagemaker.train import model_trainer
     from sagemaker.train.distributed import MPI
 

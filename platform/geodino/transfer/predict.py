@@ -16,9 +16,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from geodino.data import DataConfig, build_dataset, dataset_size, load_card, resolve_bands
-from geodino.features import FeatureConfig, FeatureExtractor
-from geodino.probe import LinearProbe, probabilities
+from geodino.archive.card import load_card
+from geodino.data.config import DataConfig, dataset_size, resolve_bands
+from geodino.data.ray_data import build_dataset
+from geodino.ray_cluster import cluster_gpus, init_ray
+from geodino.transfer.features import FeatureConfig, FeatureExtractor
+from geodino.transfer.probe import LinearProbe, probabilities
 
 
 @dataclass
@@ -85,8 +88,6 @@ def finished_names(out: str) -> set[str]:
 
 
 def run_predict(config: PredictConfig) -> dict:
-    from geodino.resources import cluster_gpus, init_ray
-
     if not config.embeddings and not config.probe:
         raise ValueError("give --probe PROBE.pth (from linear_probe.py), or --embeddings for features only")
     init_ray()

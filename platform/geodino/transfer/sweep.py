@@ -15,11 +15,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
-from geodino.backbones import parse_named
-from geodino.data import load_card
-from geodino.probe import ProbeConfig, evaluate_probe, knn_report, train_probe
-from geodino.transfer import LinearProbeConfig, check_num_labels, split_features
+from geodino import storage
+from geodino.archive.card import load_card
+from geodino.metrics import knn_report
+from geodino.ray_cluster import cluster_gpus, init_ray
+from geodino.transfer.backbones import parse_named
+from geodino.transfer.linear_probe import LinearProbeConfig, check_num_labels, split_features
+from geodino.transfer.probe import ProbeConfig, evaluate_probe, train_probe
 
 METRIC = "val_ap_macro"
 
@@ -55,15 +61,11 @@ class SweepConfig:
                                  image_size=self.image_size, cache_dir=self.cache_dir, seed=self.seed)
 
     def resolved_output_dir(self) -> str:
-        storage = self.storage_path if "://" in self.storage_path else os.path.abspath(self.storage_path)
-        return self.output_dir or os.path.join(storage, self.name)
+        return self.output_dir or os.path.join(storage.absolute(self.storage_path), self.name)
 
 
 def probe_trial(config: dict, features: dict, task: str) -> None:
     """One Tune trial: fit a probe on cached features, reporting validation AP every epoch."""
-    import torch
-    from ray import tune
-
     torch.set_num_threads(1)  # trials run side by side; one core each
     split = features[config["backbone"]]
     train, validation = split["train"], split["validation"]
@@ -80,17 +82,10 @@ def probe_trial(config: dict, features: dict, task: str) -> None:
 
 def trial_resources() -> dict:
     """A CPU per trial; on a GPU cluster probes on cached features share a GPU four ways."""
-    from geodino.resources import cluster_gpus
-
     return {"cpu": 1, "gpu": 0.25} if cluster_gpus() else {"cpu": 1}
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from geodino.resources import init_ray
-
     init_ray()
     if not cfg.backbones:
         raise ValueError("give at least one --backbone NAME=SOURCE")
@@ -114,14 +109,13 @@ def run_sweep(cfg: SweepConfig) -> dict:
         "label_fraction": tune.grid_search(list(cfg.label_fractions)),
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "seed": cfg.seed,
     }
-    storage = cfg.storage_path if "://" in cfg.storage_path else os.path.abspath(cfg.storage_path)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
             scheduler=ASHAScheduler(metric=METRIC, mode="max", max_t=cfg.epochs, grace_period=max(1, cfg.epochs // 5)),
         ),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=storage, verbose=0),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=storage.absolute(cfg.storage_path), verbose=0),
     )
     grid = tuner.fit()
     trials = grid.get_dataframe(filter_metric=METRIC, filter_mode="max")

@@ -13,8 +13,11 @@ import os
 
 import numpy as np
 
-from geodino.bands import NATIVE_SIZE, S2_BANDS
-from geodino.pixels import to_grid
+from geodino.archive.bands import NATIVE_SIZE, S2_BANDS
+from geodino.archive.card import card_file
+from geodino.archive.pixels import to_grid
+from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.storage import default_home
 
 DEMO_VERSION = 1
 SIZE = 120
@@ -91,8 +94,8 @@ def downsample(band: np.ndarray, factor: int) -> np.ndarray:
 
 def write_patch(root: str, name: str, image: np.ndarray, labels: list[str], ulx: float, uly: float) -> None:
     import rasterio
-    from rasterio.crs import CRS
     from affine import Affine
+    from rasterio.crs import CRS
 
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
@@ -137,18 +140,11 @@ def make_demo_archive(root: str, patches: int = 200, seed: int = 0) -> str:
     return root
 
 
-def default_home() -> str:
-    return os.environ.get("GEODINO_HOME", os.path.join(os.path.expanduser("~"), ".cache", "geodino"))
-
-
 def prepared_demo(patches: int = 400) -> str:
     """Generate (once) and prepare the demo archive under GEODINO_HOME; returns its metadata parquet."""
-    from geodino.prepare import PrepareConfig, prepare
-
     home = default_home()
     archive = make_demo_archive(os.path.join(home, "demo-archive"), patches=patches)
     out = os.path.join(home, "demo-metadata", "metadata.parquet")
-    card = out[: -len(".parquet")] + ".json"
-    if not os.path.exists(out) or json.load(open(card)).get("rows") != patches:
+    if not os.path.exists(out) or json.load(open(card_file(out))).get("rows") != patches:
         prepare(PrepareConfig(archive=archive, out=out))
     return out

@@ -17,55 +17,20 @@ import importlib
 import os
 import shutil
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from geodino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
-from geodino.data import (
-    DataConfig,
-    load_card,
-    metadata_rows,
-    normalize_in_place,
-    normalizer,
-    packed_images,
-    packed_manifest,
-    pixel_root,
-    read_pixels,
-    resolve_bands,
-)
-from geodino.pretrain import PretrainConfig, PretrainResult, dino_loop, steps_per_epoch_for
+from geodino import storage
+from geodino.data.config import DataConfig
+from geodino.data.indexed import PatchDataset
+from geodino.dino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.dino.loop import dino_loop
+from geodino.launch.result import PretrainResult
 
 CHECKPOINT_PREFIX = "checkpoint_epoch_"
-
-
-class PatchDataset(Dataset):
-    """Map-style dataset of one split: a pack held in memory, or metadata rows with pixels read per item."""
-
-    def __init__(self, config: DataConfig):
-        card = load_card(config.metadata)
-        self.bands = resolve_bands(card, config.bands)
-        self.offset, self.scale = normalizer(card, self.bands, config.normalize)
-        self.data_root = pixel_root(config, card)
-        self.classes = list(card["classes"])
-        self.clip = config.normalize == "max"
-        manifest = packed_manifest(config, self.data_root)
-        self.packed = packed_images(config, card, self.data_root, manifest) if manifest else None
-        self.rows = metadata_rows(config) if manifest is None else None
-
-    def __len__(self) -> int:
-        return len(self.packed) if self.packed is not None else len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        if self.packed is not None:
-            pixels = normalize_in_place(self.packed[index].astype(np.float32), self.offset, self.scale, self.clip)
-            return {"image": torch.from_numpy(pixels)}
-        row = self.rows.iloc[index]
-        batch = {"format": [row["format"]], "path": [row["path"]], "name": [row["name"]], "labels": [row["labels"]]}
-        pixels = read_pixels(batch, self.data_root, self.bands, self.classes, self.offset, self.scale, self.clip)
-        return {"image": torch.from_numpy(pixels["image"][0])}
 
 
 def init_distributed(backend: str) -> tuple[int, int, int]:
@@ -132,9 +97,9 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return os.path.join(run_dir, names[-1]) if names else None
 
 
-def run_pretraining_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> PretrainResult | None:
+def run_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> PretrainResult | None:
     """Run this process's share of the job; rank 0 returns the result, the others None."""
-    if "://" in cfg.resolved_storage():
+    if storage.is_uri(cfg.resolved_storage()):
         raise ValueError("the torchrun/mpirun launcher checkpoints to a local folder (SageMaker syncs it to S3); "
                          "give --checkpoint_dir or a local --storage_path")
     if not cfg.metadata_dir:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import json
-import math
 import multiprocessing
 import os
 import time
@@ -32,22 +31,15 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geodino import storage
-from geodino.bands import NATIVE_SIZE, OPTICAL_MAX, parse_bands
-from geodino.labels import BEN19_CLASSES, UnknownLabelError, check_labels, to_ben19
-from geodino.pixels import (
-    FORMAT_BEN_V1,
-    FORMAT_BEN_V2,
-    FORMAT_IMAGE,
-    PatchReadError,
-    ben_v1_band_path,
-    read_ben_v2,
-    read_geotiff,
-    read_image,
-    read_patch,
-)
-from geodino.splits import hash_split, read_exclusion_lists, read_split_lists
+from geodino.archive.bands import OPTICAL_MAX, parse_bands
+from geodino.archive.ben_v1 import list_patch_dirs, parse_ben_v1_chunk
+from geodino.archive.card import card_file, metadata_file, rejects_file
+from geodino.archive.image_table import parse_image_chunk, read_image_table, reject_mixed_channels
+from geodino.archive.labels import BEN19_CLASSES
+from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, read_patch
+from geodino.archive.reben import find_lmdb, parse_ben_v2_chunk, read_ben_v2_table
+from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
 
-LABELS_SUFFIX = "_labels_metadata.json"
 COLUMNS = (
     "name",
     "path",
@@ -108,16 +100,6 @@ class PrepareResult:
         return (self.rows + self.rejected) / max(self.seconds, 1e-9)
 
 
-class RejectedPatch(Exception):
-    """Raised by a per-patch parser; the message is the reason written to the rejects file."""
-
-
-def sidecar_paths(out: str) -> tuple[str, str]:
-    """(card JSON, rejects CSV) written next to the metadata parquet."""
-    stem = out[: -len(".parquet")] if out.endswith(".parquet") else out
-    return stem + ".json", stem + ".rejects.csv"
-
-
 # --------------------------------------------------------------------------- detection
 
 
@@ -128,199 +110,6 @@ def detect_format(archive: str) -> str:
         return FORMAT_BEN_V2
     return FORMAT_BEN_V1
 
-
-# --------------------------------------------------------------------------- BigEarthNet v1
-
-
-def list_patch_dirs(archive: str) -> list[str]:
-    """Names of the sub-folders of the archive (one per patch), sorted for determinism."""
-    import pyarrow.fs as pafs
-
-    fs, inner = storage.filesystem(archive)
-    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
-    return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
-
-
-def _check_band(path: str, band: str, verify: str) -> None:
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    if not storage.exists(path):
-        raise RejectedPatch(f"missing band file {os.path.basename(path)}")
-    expected = NATIVE_SIZE[band]
-    if verify == "pixels":
-        try:
-            array = read_geotiff(path)
-        except PatchReadError as error:
-            raise RejectedPatch(f"corrupt or truncated band file {os.path.basename(path)}: {error}") from error
-        shape, dtype = array.shape[1:], array.dtype
-    else:
-        try:
-            with storage.raster_env(path), rasterio.open(path) as src:
-                shape, dtype = (src.height, src.width), np.dtype(src.dtypes[0])
-        except (RasterioError, OSError) as error:
-            raise RejectedPatch(f"corrupt band file {os.path.basename(path)}: {error}") from error
-    if shape != (expected, expected):
-        raise RejectedPatch(
-            f"band {band} in {os.path.basename(path)} is {shape[0]}x{shape[1]}, expected {expected}x{expected}"
-        )
-    if dtype != np.uint16:
-        raise RejectedPatch(f"band {band} in {os.path.basename(path)} has dtype {dtype}, expected uint16")
-    if verify == "pixels" and not array.any():
-        raise RejectedPatch(f"band {band} in {os.path.basename(path)} is all zero (no data)")
-
-
-def parse_ben_v1_patch(archive: str, name: str, bands: tuple[str, ...], verify: str) -> dict:
-    json_path = storage.join(archive, name, name + LABELS_SUFFIX)
-    if not storage.exists(json_path):
-        raise RejectedPatch(f"label file {name + LABELS_SUFFIX} missing")
-    try:
-        info = json.loads(storage.read_bytes(json_path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RejectedPatch(f"label file {name + LABELS_SUFFIX} is not valid JSON: {error}") from error
-    labels_43 = info.get("labels") if isinstance(info, dict) else None
-    if not isinstance(labels_43, list) or not labels_43:
-        raise RejectedPatch(f"label file {name + LABELS_SUFFIX} has no 'labels' list")
-    try:
-        labels_19 = to_ben19(labels_43)
-    except UnknownLabelError as error:
-        raise RejectedPatch(f"label file {name + LABELS_SUFFIX}: {error}") from error
-    for band in bands:
-        _check_band(ben_v1_band_path(archive, name, name, band), band, verify)
-    return {
-        "name": name,
-        "path": name,
-        "format": FORMAT_BEN_V1,
-        "labels": labels_19,
-        "labels_43": list(labels_43),
-        "acquisition_date": info.get("acquisition_date"),
-    }
-
-
-def parse_ben_v1_chunk(archive: str, names: list[str], bands: tuple[str, ...], verify: str):
-    rows, rejects = [], []
-    # No directory listing per open: GDAL would otherwise list the patch folder on every band.
-    with storage.raster_env(archive, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-        for name in names:
-            try:
-                rows.append(parse_ben_v1_patch(archive, name, bands, verify))
-            except RejectedPatch as reason:
-                rejects.append({"name": name, "path": name, "reason": str(reason)})
-    return rows, rejects
-
-
-# --------------------------------------------------------------------------- BigEarthNet v2 (reBEN)
-
-
-def find_lmdb(archive: str) -> str:
-    for dirpath, _, filenames in os.walk(archive):
-        if "data.mdb" in filenames:
-            return dirpath
-    raise FileNotFoundError(f"{archive}: no LMDB (a folder with data.mdb) found next to metadata.parquet")
-
-
-def read_ben_v2_table(archive: str) -> pd.DataFrame:
-    frames = [pd.read_parquet(storage.join(archive, "metadata.parquet"))]
-    noisy = storage.join(archive, "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
-    if storage.exists(noisy):
-        frames.append(pd.read_parquet(noisy))
-    table = pd.concat(frames, ignore_index=True)
-    missing = {"patch_id", "labels", "split"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{archive}/metadata.parquet lacks columns {sorted(missing)}")
-    return table
-
-
-def parse_ben_v2_chunk(lmdb_path: str, records: list[dict], bands: tuple[str, ...], verify: str):
-    rows, rejects = [], []
-    for record in records:
-        name = record["patch_id"]
-        try:
-            labels = check_labels(list(record["labels"]), BEN19_CLASSES)
-            if verify == "pixels":
-                read_ben_v2(lmdb_path, name, bands)
-            rows.append(
-                {
-                    "name": name,
-                    "path": name,
-                    "format": FORMAT_BEN_V2,
-                    "labels": labels,
-                    "labels_43": [],
-                    "original_split": record.get("split"),
-                    "country": record.get("country"),
-                    "snow": bool(record.get("contains_seasonal_snow", False)),
-                    "cloud_or_shadow": bool(record.get("contains_cloud_or_shadow", False)),
-                }
-            )
-        except (UnknownLabelError, PatchReadError) as reason:
-            rejects.append({"name": name, "path": name, "reason": str(reason)})
-    return rows, rejects
-
-
-# --------------------------------------------------------------------------- a user's image table
-
-
-def read_image_table(table_path: str) -> pd.DataFrame:
-    if table_path.lower().endswith(".parquet"):
-        table = pd.read_parquet(table_path)
-    else:
-        table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
-    if "path" not in table.columns or not ({"labels", "label"} & set(table.columns)):
-        raise ValueError(
-            f"{table_path}: needs a 'path' column and a 'labels' (';'-separated or list) or 'label' column; "
-            f"has {list(table.columns)}"
-        )
-    return table
-
-
-def _labels_of(record: dict) -> list[str]:
-    value = record.get("labels", record.get("label"))
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(";") if part.strip()]
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    return [str(part) for part in value]
-
-
-def parse_image_chunk(data_root: str, records: list[dict], verify: str):
-    rows, rejects = [], []
-    for number, record in records:
-        path = str(record["path"])
-        try:
-            if ".." in path.replace("\\", "/").split("/") or os.path.isabs(path):
-                raise RejectedPatch(f"row {number}: path {path!r} leaves the data folder")
-            labels = _labels_of(record)
-            if not labels:
-                raise RejectedPatch(f"row {number}: no label")
-            channels = None
-            if verify == "pixels":
-                pixels = read_image(storage.join(data_root, path))
-                if not np.isfinite(pixels).all():
-                    raise RejectedPatch(f"row {number}: image {path} has NaN or infinite pixels")
-                if not pixels.any():
-                    raise RejectedPatch(f"row {number}: image {path} is all zero (no data)")
-                channels = pixels.shape[0]
-            elif not storage.exists(storage.join(data_root, path)):
-                raise RejectedPatch(f"row {number}: image file {path} missing")
-            split = str(record.get("split") or "") or None
-            if split == "val":
-                split = "validation"
-            rows.append(
-                {
-                    "name": os.path.splitext(path)[0].replace("/", "_"),
-                    "path": path,
-                    "format": FORMAT_IMAGE,
-                    "labels": labels,
-                    "labels_43": [],
-                    "original_split": split,
-                    "_channels": channels,
-                }
-            )
-        except PatchReadError as error:
-            rejects.append({"name": path, "path": path, "reason": f"row {number}: {error}"})
-        except RejectedPatch as reason:
-            rejects.append({"name": path, "path": path, "reason": str(reason)})
-    return rows, rejects
 
 
 # --------------------------------------------------------------------------- parallel driver
@@ -423,11 +212,11 @@ def band_stats(frame: pd.DataFrame, data_root: str, bands: tuple[str, ...], limi
 
 
 def write_outputs(frame: pd.DataFrame, rejects: list[dict], card: dict, config: PrepareConfig) -> tuple[str, str]:
-    card_path, rejects_path = sidecar_paths(config.out)
+    card_path, rejects_path = card_file(config.out), rejects_file(config.out)
     table = pa.Table.from_pandas(frame[list(COLUMNS)], schema=SCHEMA, preserve_index=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=65536)
-    storage.write_bytes_atomic(config.out, sink.getvalue().to_pybytes())
+    storage.write_bytes_atomic(metadata_file(config.out), sink.getvalue().to_pybytes())
     storage.write_bytes_atomic(card_path, json.dumps(card, indent=2).encode())
     reject_frame = pd.DataFrame(rejects, columns=["name", "path", "reason"])
     storage.write_bytes_atomic(rejects_path, reject_frame.to_csv(index=False).encode())
@@ -447,7 +236,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     available_bands: list[str] = list(bands)
 
     if fmt == FORMAT_BEN_V1:
-        data_root = config.archive if storage.is_uri(config.archive) else os.path.abspath(config.archive)
+        data_root = storage.absolute(config.archive)
         names = list_patch_dirs(config.archive)
         task = partial(parse_ben_v1_chunk, config.archive, bands=bands, verify=config.verify)
         rows, rejects = run_parallel(task, names, workers, "prepare")
@@ -462,7 +251,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         records = list(enumerate(table.to_dict("records"), start=2))  # CSV line numbers: header is line 1
         task = partial(parse_image_chunk, data_root, verify=config.verify)
         rows, rejects = run_parallel(task, records, workers, "prepare")
-        rows, rejects, channels = _reject_mixed_channels(rows, rejects)
+        rows, rejects, channels = reject_mixed_channels(rows, rejects)
         classes = sorted({label for row in rows for label in row["labels"]})
         task_type = "single_label" if "label" in table.columns and "labels" not in table.columns else "multi_label"
         pixel_max = 255.0
@@ -497,7 +286,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     }
     card_path, rejects_path = write_outputs(frame, rejects, card, config)
     return PrepareResult(
-        metadata_path=config.out,
+        metadata_path=metadata_file(config.out),
         card_path=card_path,
         rejects_path=rejects_path,
         rows=len(frame),
@@ -506,26 +295,6 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         warnings=warnings,
     )
 
-
-def _reject_mixed_channels(rows: list[dict], rejects: list[dict]):
-    """Images must share one band count; the most common count wins, the others are rejected."""
-    counts = Counter(row["_channels"] for row in rows if row["_channels"] is not None)
-    if not counts:
-        return rows, rejects, None
-    channels = counts.most_common(1)[0][0]
-    kept = []
-    for row in rows:
-        if row["_channels"] not in (None, channels):
-            rejects.append(
-                {
-                    "name": row["name"],
-                    "path": row["path"],
-                    "reason": f"image has {row['_channels']} bands; the others have {channels}",
-                }
-            )
-        else:
-            kept.append(row)
-    return kept, rejects, channels
 
 
 def summarise(result: PrepareResult, frame: pd.DataFrame | None = None) -> str:

@@ -21,6 +21,13 @@ import sys
 import time
 from dataclasses import dataclass
 
+import ray
+
+from geodino.cli import parse_config
+from geodino.dino.config import PretrainConfig
+from geodino.launch.run import run_pretraining
+from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe
+
 RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
 DEFAULT_RAY_PORT = 6379
 JOIN_TIMEOUT_S = 600.0  # hosts of one job start within minutes of each other
@@ -119,8 +126,6 @@ def stop_ray_node(process: subprocess.Popen, grace_s: float = 20.0) -> None:
 
 
 def wait_for_nodes(count: int, timeout_s: float) -> None:
-    import ray
-
     deadline = time.monotonic() + timeout_s
     while True:
         alive = sum(1 for node in ray.nodes() if node["Alive"])
@@ -149,8 +154,6 @@ def run_worker_host(env: SageMakerEnv, timeout_s: float = JOIN_TIMEOUT_S) -> int
 
 
 def run_head_host(env: SageMakerEnv, task: str, task_argv: list[str], timeout_s: float = JOIN_TIMEOUT_S) -> int:
-    import ray
-
     address = socket.gethostbyname(env.head)
     temp_dir = os.environ.get("GEODINO_RAY_TEMP_DIR")  # several "hosts" on one machine keep apart
     node = start_ray_node(["--head", "--port", str(env.ray_port), "--node-ip-address", address,
@@ -177,9 +180,7 @@ def run_head_host(env: SageMakerEnv, task: str, task_argv: list[str], timeout_s:
 def run_task(task: str, argv: list[str], env: SageMakerEnv) -> None:
     """Parse the task's own flags (SageMaker passes hyperparameters as --name value) and fill in the channels."""
     if task == "pretrain":
-        from geodino.pretrain import PretrainConfig, run_pretraining
-
-        config = parse_config(PretrainConfig, argv)
+        config = parse_config(PretrainConfig, argv, prog="sagemaker_entry (PretrainConfig)")
         gpus = env.num_gpus * len(env.hosts)
         config = dataclasses.replace(
             config,
@@ -194,9 +195,7 @@ def run_task(task: str, argv: list[str], env: SageMakerEnv) -> None:
             print(f"pretraining finished: {len(result.metrics)} epochs, checkpoint in {result.checkpoint_dir}",
                   flush=True)
     elif task == "probe":
-        from geodino.transfer import LinearProbeConfig, run_linear_probe
-
-        config = parse_config(LinearProbeConfig, argv)
+        config = parse_config(LinearProbeConfig, argv, prog="sagemaker_entry (LinearProbeConfig)")
         weights = env.channels.get("dino_checkpoint")
         config = dataclasses.replace(
             config,
@@ -210,14 +209,6 @@ def run_task(task: str, argv: list[str], env: SageMakerEnv) -> None:
         print(json.dumps({"linear_test": report["linear"]["test"]}), flush=True)
     else:
         raise ValueError(f"unknown task {task!r}")
-
-
-def parse_config(cls, argv: list[str]):
-    from geodino.cli import add_dataclass_arguments, dataclass_from_args
-
-    parser = argparse.ArgumentParser(prog=f"sagemaker_entry ({cls.__name__})")
-    add_dataclass_arguments(parser, cls)
-    return dataclass_from_args(cls, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

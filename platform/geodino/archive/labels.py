@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from geodino.errors import GeodinoError
+
 BEN43_CLASSES: tuple[str, ...] = (
     "Continuous urban fabric",
     "Discontinuous urban fabric",
@@ -115,7 +117,7 @@ for _name19, _sources in _MERGED_FROM.items():
         BEN43_TO_19[_name43] = _name19
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(GeodinoError, ValueError):
     """A label name that is not part of the nomenclature being read."""
 
 

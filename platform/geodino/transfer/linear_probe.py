@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from geodino.data import DataConfig, dataset_size, load_card
-from geodino.demo import default_home
-from geodino.features import FeatureConfig, extract_features
-from geodino.probe import ProbeConfig, evaluate_probe, knn_report, train_probe, validation_from_train
+from geodino.archive.card import load_card
+from geodino.data.config import DataConfig, dataset_size
+from geodino.metrics import knn_report
+from geodino.ray_cluster import init_ray
+from geodino.storage import default_home
+from geodino.transfer.features import FeatureConfig, extract_features
+from geodino.transfer.probe import ProbeConfig, evaluate_probe, train_probe, validation_from_train
 
 SPLITS = ("train", "validation", "test")
 
@@ -85,8 +88,6 @@ def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
 
 def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     """Train the probe on train, report validation and test, plus k-NN; writes probe.pth and metrics.json."""
-    from geodino.resources import init_ray
-
     init_ray()
     card = load_card(cfg.metadata_dir)
     check_num_labels(cfg, card["classes"])

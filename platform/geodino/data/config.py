@@ -1,0 +1,92 @@
+"""Which patches a pipeline yields and how their pixels are scaled: the data selection shared by every reader.
+
+``DataConfig`` names the metadata, the split, the bands and the normalisation; the functions here turn
+it into what readers need (the band list, the per-band offset and scale, the rows of the split) from
+the metadata and its card alone, without reading pixels and without Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from geodino import storage
+from geodino.archive.bands import parse_bands
+from geodino.archive.card import METADATA_COLUMNS, check_metadata_columns, metadata_file
+from geodino.archive.pixels import FORMAT_IMAGE
+
+NORMALIZATIONS = ("max", "stats")
+
+
+@dataclass
+class DataConfig:
+    metadata: str  # the parquet written by prepare, or the folder holding metadata.parquet
+    data_dir: str | None = None  # where pixels live (a pack or the archive); default: what prepare recorded
+    split: str | None = "train"  # train / validation / test, or None for every row
+    bands: str = "rgb"
+    normalize: str = "max"  # "max": clip(x / pixel_max, 0, 1); "stats": per-band (x - mean) / std
+    recommended_only: bool = True  # leave out snow, cloud/shadow and unlabelled patches
+    limit: int | None = None
+    read_batch_size: int = 16  # patches per pixel-reading task
+
+
+def resolve_bands(card: dict, bands: str) -> tuple[str, ...]:
+    """Band selection for this archive; a user's images always use all their channels."""
+    if card["format"] == FORMAT_IMAGE:
+        return tuple(card["bands"])
+    return parse_bands(bands)
+
+
+def pixel_root(config: DataConfig, card: dict) -> str:
+    """Where the pixels are read from: --data_dir, else the pack prepare made, else the archive itself."""
+    return config.data_dir or card.get("packed") or card["data_root"]
+
+
+def normalizer(card: dict, bands: tuple[str, ...], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, scale) per band so that normalised = (raw - offset) / scale."""
+    if mode == "max":
+        count = len(bands)
+        return np.zeros(count, np.float32), np.full(count, card["pixel_max"], np.float32)
+    if mode == "stats":
+        stats = card.get("band_stats") or {}
+        if not stats:
+            raise ValueError("normalize='stats' needs band statistics, and prepare recorded none for this archive")
+        index = {band: i for i, band in enumerate(stats["bands"])}
+        missing = [band for band in bands if band not in index]
+        if missing:
+            raise ValueError(f"no statistics for bands {missing}; prepare computed them for {stats['bands']}")
+        mean = np.array([stats["mean"][index[b]] for b in bands], np.float32)
+        std = np.array([stats["std"][index[b]] for b in bands], np.float32)
+        return mean, std
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {mode!r}")
+
+
+def normalize_in_place(images: np.ndarray, offset: np.ndarray, scale: np.ndarray, clip: bool) -> np.ndarray:
+    """(raw - offset) / scale per band, clipped to [0, 1] for "max"; on a float32 (C, H, W) or (N, C, H, W) array
+    the caller owns, in place: every reader runs this on every sample of every epoch."""
+    images -= offset[:, None, None]
+    images /= scale[:, None, None]
+    if clip:
+        np.clip(images, 0.0, 1.0, out=images)
+    return images
+
+
+def metadata_rows(config: DataConfig, columns: list[str] | None = None):
+    """The rows a pipeline over `config` yields, as a pandas frame of metadata (no pixels read)."""
+    import pyarrow.parquet as pq
+
+    parquet = metadata_file(config.metadata)
+    check_metadata_columns(parquet)
+    fs, inner = storage.filesystem(parquet)
+    frame = pq.read_table(inner, filesystem=fs, columns=columns or METADATA_COLUMNS).to_pandas()
+    if config.split:
+        frame = frame[frame["original_split"] == config.split]
+    if config.recommended_only:
+        frame = frame[frame["recommended"]]
+    return frame.head(config.limit).reset_index(drop=True) if config.limit else frame.reset_index(drop=True)
+
+
+def dataset_size(config: DataConfig) -> int:
+    """Number of rows a pipeline over `config` yields, from the metadata alone (no pixels read)."""
+    return len(metadata_rows(config, columns=["original_split", "recommended"]))

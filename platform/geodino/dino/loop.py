@@ -1,0 +1,216 @@
+"""The DINO training loop; it reads top to bottom like facebookresearch/dino's ``main_dino.py``.
+
+What launched it appears only through a ``Runtime`` (geodino.dino.runtime): rank and device, DDP
+wrapping, the batches of an epoch, the latest checkpoint, and reporting. Ray Train's runtime and the
+torchrun launcher's live in geodino.launch; this module imports neither Ray nor torch.distributed's
+launch machinery.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from geodino.dino.augment import MultiCrop
+from geodino.dino.checkpoint import plain_values
+from geodino.dino.config import PretrainConfig
+from geodino.dino.loss import teacher_entropy
+from geodino.dino.monitors import COLLAPSE_EPOCHS, CollapseWarning, collapse_state
+from geodino.dino.run_log import RunLog
+from geodino.dino.runtime import Runtime
+from geodino.dino.state import DinoState
+from geodino.errors import GeodinoError
+
+
+class NonFiniteLossError(GeodinoError, RuntimeError):
+    """The loss became NaN or infinite; training stops, the last good checkpoint stays."""
+
+
+# ============================================================================ the training loop
+
+
+def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, in_chans: int) -> None:
+    """DINO from start (or the latest checkpoint) to the last epoch, on whatever runtime launched it."""
+    torch.manual_seed(cfg.seed + runtime.rank)
+    np.random.seed(cfg.seed + runtime.rank)
+    multicrop = MultiCrop(cfg.multicrop())
+
+    # ============ student, teacher, loss, optimizer, schedules ============
+    state = DinoState.create(cfg, in_chans, multicrop.ncrops, runtime, steps_per_epoch)
+
+    # ============ resume from the latest checkpoint of this run, if any ============
+    start_epoch, history = 0, []
+    checkpoint = runtime.latest_state()
+    if checkpoint:
+        state.load_state_dict(checkpoint)
+        start_epoch, history = checkpoint["epoch"], list(checkpoint.get("metrics", []))
+
+    log = RunLog(cfg) if runtime.rank == 0 else None
+    for epoch in range(start_epoch, cfg.epochs):
+        # ============ one epoch of DINO ============
+        metrics = train_one_epoch(state, runtime, cfg, multicrop, epoch)
+        history.append(metrics)
+        collapse = collapse_state(history)
+        metrics["collapsed"] = float(collapse is not None)
+        if collapse and runtime.rank == 0:
+            warnings.warn(
+                f"epoch {epoch}: the teacher's output has been collapsed ({collapse}, entropy "
+                f"{metrics['teacher_entropy']:.3f} of max {metrics['max_entropy']:.3f}) for {COLLAPSE_EPOCHS} epochs; "
+                "check --teacher_temp, --momentum_teacher and --lr, or the augmentations", CollapseWarning, stacklevel=1)
+            print(f"WARNING: teacher output collapsed ({collapse}) at epoch {epoch}", file=sys.stderr, flush=True)
+        if log is not None:
+            log.epoch(metrics)
+
+        # ============ checkpoint (rank 0 writes it) and report ============
+        last = epoch + 1 == cfg.epochs
+        save = last or (cfg.saveckp_freq and (epoch + 1) % cfg.saveckp_freq == 0)
+        saved = backbone = None
+        if save and runtime.rank == 0:
+            saved = state.state_dict() | {
+                "epoch": epoch + 1,
+                "args": plain_values(asdict(cfg) | {"in_chans": in_chans}),
+                "metrics": plain_values(history),
+            }
+            backbone = state.teacher.backbone.state_dict()
+        runtime.report(metrics, saved, backbone)
+    if log is not None:
+        log.close()
+
+
+def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, multicrop: MultiCrop,
+                    epoch: int) -> dict:
+    """One pass over this process's batches: multi-crop, teacher on the globals, student on all, step, EMA."""
+    steps_per_epoch, plan, device = state.steps_per_epoch, state.plan, runtime.device
+    started = time.perf_counter()
+    losses, entropies, waited, skipped = [], [], 0.0, 0
+    fetch_started = time.perf_counter()
+    for step, batch in enumerate(runtime.epoch_batches(epoch)):
+        if step >= steps_per_epoch:
+            break
+        waited += time.perf_counter() - fetch_started
+        it = epoch * steps_per_epoch + step  # global iteration, indexes the schedules
+        for i, group in enumerate(state.optimizer.param_groups):
+            group["lr"] = float(plan["lr"][it])
+            if i == 0:  # only the first group is regularised
+                group["weight_decay"] = float(plan["wd"][it])
+
+        crops = crops_of(batch, multicrop, device)
+        center_before = state.dino_loss.center.clone()  # the loss updates its centre; a skipped step must not
+        with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
+            teacher_output = state.teacher(crops[:2])  # only the 2 global views pass through the teacher
+            student_output = state.student(crops)
+            loss = state.dino_loss(student_output, teacher_output, epoch)
+        if not all_finite(loss, runtime.world_size):
+            if cfg.nonfinite_loss != "skip":
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch}, step {step} (lr {plan['lr'][it]:.2e}); the last good "
+                    "checkpoint is kept. Try a lower --lr, a smaller --clip_grad, --precision bf16/fp32 instead of "
+                    "fp16, or --nonfinite_loss skip to drop such steps."
+                )
+            state.dino_loss.center.copy_(center_before)
+            skipped += 1  # every worker skips together, so DDP's all-reduce stays in step
+            fetch_started = time.perf_counter()
+            continue
+
+        optimizer_step(state, loss, cfg, epoch)
+        update_teacher(state.student_plain, state.teacher, float(plan["momentum"][it]))
+        losses.append(loss.item())
+        entropies.append(teacher_entropy(teacher_output.float(), state.dino_loss.center,
+                                         state.dino_loss.teacher_temp_schedule[epoch]))
+        fetch_started = time.perf_counter()
+
+    if not losses:
+        raise NonFiniteLossError(f"epoch {epoch}: every one of its {skipped} steps had a non-finite loss")
+    if len(losses) + skipped < steps_per_epoch:
+        raise RuntimeError(f"epoch {epoch}: the data shard gave {len(losses) + skipped} batches, "
+                           f"{steps_per_epoch} expected")
+    seconds = time.perf_counter() - started
+    last_it = (epoch + 1) * steps_per_epoch - 1
+    metrics = {
+        "epoch": epoch,
+        "loss": float(np.mean(losses)),
+        "lr": float(plan["lr"][last_it]),
+        "wd": float(plan["wd"][last_it]),
+        "momentum_teacher": float(plan["momentum"][last_it]),
+        "teacher_entropy": float(np.mean(entropies)),
+        "max_entropy": math.log(cfg.out_dim),
+        "images_per_s": steps_per_epoch * cfg.batch_size_per_gpu * runtime.world_size / seconds,
+        "data_wait_fraction": waited / seconds,
+        "epoch_seconds": seconds,
+        "skipped_steps": skipped,
+    }
+    if device.type == "cuda":
+        metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return metrics
+
+
+# ============================================================================ the parts of a step
+
+
+def crops_of(batch: dict, multicrop: MultiCrop, device: torch.device) -> list[torch.Tensor]:
+    """Multi-crop on the device, or the crops Ray Data already made (--crops_on data)."""
+    if "image" in batch:
+        return multicrop(batch["image"].to(device, non_blocking=True))
+    return [batch[f"crop{i}"].to(device, non_blocking=True) for i in range(multicrop.ncrops)]
+
+
+def all_finite(loss: torch.Tensor, world_size: int) -> bool:
+    """True when the loss is finite on every worker (one small all-reduce under DDP)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def optimizer_step(state: DinoState, loss: torch.Tensor, cfg: PretrainConfig, epoch: int) -> None:
+    """Backward, per-parameter clipping, the frozen last layer, the AdamW step (through the fp16 scaler if any)."""
+    state.optimizer.zero_grad(set_to_none=True)
+    student, scaler = state.student_plain, state.scaler
+    if scaler is None:
+        loss.backward()
+        if cfg.clip_grad:
+            clip_gradients(student, cfg.clip_grad)
+        cancel_last_layer_gradients(epoch, student, cfg.freeze_last_layer)
+        state.optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            scaler.unscale_(state.optimizer)
+            clip_gradients(student, cfg.clip_grad)
+        cancel_last_layer_gradients(epoch, student, cfg.freeze_last_layer)
+        scaler.step(state.optimizer)
+        scaler.update()
+
+
+def clip_gradients(model: nn.Module, clip: float) -> None:
+    """DINO clips each parameter's gradient norm separately."""
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            norm = parameter.grad.data.norm(2)
+            factor = clip / (norm + 1e-6)
+            if factor < 1:
+                parameter.grad.data.mul_(factor)
+
+
+def cancel_last_layer_gradients(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
+    """Keep the projection fixed in the first epoch(s): training is unstable otherwise."""
+    if epoch >= freeze_last_layer:
+        return
+    for name, parameter in model.named_parameters():
+        if "last_layer" in name:
+            parameter.grad = None
+
+
+@torch.no_grad()
+def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
+    """The teacher is an exponential moving average of the student."""
+    for p_student, p_teacher in zip(student.parameters(), teacher.parameters()):
+        p_teacher.mul_(momentum).add_((1 - momentum) * p_student.detach())
+

@@ -1,0 +1,17 @@
+"""The errors geodino raises for things a user can fix, and the one base class they share.
+
+Why a base class: an entry script catches ``GeodinoError`` and prints its message as one line
+(the message names the file, flag or row and says what to do), while an unexpected failure keeps
+its traceback. Each subclass also keeps the builtin base it had before (``ValueError``, ...), so
+code that caught those still works.
+"""
+
+from __future__ import annotations
+
+
+class GeodinoError(Exception):
+    """A problem with the user's input or environment; the message says what to change."""
+
+
+class RejectedPatch(GeodinoError):
+    """Raised by prepare's per-patch checks; the message is the reason written to the rejects file."""

@@ -1,0 +1,148 @@
+"""Pretraining on Ray Train: a TorchTrainer whose workers run dino_loop, fed by the Ray Data pipeline.
+
+``run_ray_train`` is the driver (data, resources, trainer); ``train_dino`` is the per-worker function;
+``RayTrainRuntime`` is what the loop sees of Ray Train (rank, device, DDP, this worker's data shard,
+checkpoints reported to Ray, which copies them to the run's storage, local or S3).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict
+
+import pyarrow.fs as pafs
+import ray.train
+import ray.train.torch
+from ray.data import DataContext
+from ray.train.torch import TorchConfig, TorchTrainer
+from torch import nn
+
+from geodino.archive.card import load_card
+from geodino.data.config import DataConfig, dataset_size, resolve_bands
+from geodino.data.ray_data import build_dataset
+from geodino.dino.augment import crop_columns
+from geodino.dino.checkpoint import read_checkpoint, write_checkpoint
+from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.dino.loop import dino_loop
+from geodino.launch.result import PretrainResult
+from geodino.ray_cluster import cluster_gpus, init_ray, worker_cpus
+
+
+class RayTrainRuntime:
+    """What the loop needs from Ray Train: rank, device, DDP, this worker's data shard, checkpoints."""
+
+    def __init__(self, cfg: PretrainConfig):
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.shard = ray.train.get_dataset_shard("train")
+        self.cfg = cfg
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return ray.train.torch.prepare_model(model)  # DDP when world_size > 1; moves to the device
+
+    def epoch_batches(self, epoch: int):
+        cfg = self.cfg
+        return self.shard.iter_torch_batches(batch_size=cfg.batch_size_per_gpu, drop_last=True, prefetch_batches=2,
+                                             local_shuffle_buffer_size=cfg.batch_size_per_gpu * 4,
+                                             local_shuffle_seed=cfg.seed + epoch)
+
+    def latest_state(self) -> dict | None:
+        """The newest checkpoint of this run that loads; a damaged one is reported and skipped."""
+        checkpoint = ray.train.get_checkpoint()
+        if not checkpoint:
+            return None
+        for candidate in [checkpoint, *earlier_checkpoints(checkpoint)]:
+            try:
+                with candidate.as_directory() as folder:
+                    return read_checkpoint(folder, map_location=self.device)
+            except RuntimeError as error:
+                warnings.warn(f"{error}; using the previous one", stacklevel=1)
+        raise RuntimeError(f"no checkpoint of this run loads (newest: {checkpoint.path}); move the run folder away "
+                           "to start over")
+
+    def report(self, metrics: dict, state: dict | None, teacher_backbone: dict | None) -> None:
+        """Every rank reports; rank 0 passes the checkpoint, which Ray copies to the run's storage."""
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if state is not None:
+                write_checkpoint(folder, state, teacher_backbone)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def earlier_checkpoints(checkpoint: ray.train.Checkpoint) -> list[ray.train.Checkpoint]:
+    """The run's other checkpoints in its storage, newest first (Ray names them checkpoint_<timestamp>)."""
+    parent, name = posixpath.split(checkpoint.path.rstrip("/"))
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    names = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    return [ray.train.Checkpoint(posixpath.join(parent, n), filesystem=checkpoint.filesystem) for n in names]
+
+
+def train_dino(loop_config: dict) -> None:
+    """Ray Train's per-worker function."""
+    cfg = PretrainConfig(**loop_config["pretrain"])
+    dino_loop(cfg, RayTrainRuntime(cfg), loop_config["steps_per_epoch"], loop_config["in_chans"])
+
+
+def check_gpus(cfg: PretrainConfig) -> None:
+    """Ray would wait forever for GPUs a fixed cluster does not have; say so before starting."""
+    if not cfg.use_gpu or cfg.wait_for_gpus:
+        return
+    available = cluster_gpus()
+    if available < cfg.num_workers:
+        raise ValueError(f"--use_gpu with --num_workers {cfg.num_workers} needs {cfg.num_workers} GPUs; the Ray cluster "
+                         f"has {available}. Lower --num_workers, drop --use_gpu, or pass --wait_for_gpus true on an "
+                         "autoscaling cluster whose GPU nodes start on demand")
+
+
+def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
+    """Build the dataset and the TorchTrainer, train, and copy the final checkpoint next to the run's logs."""
+    if not cfg.metadata_dir:
+        raise ValueError("--metadata_dir is required (experiments/pretrain.py fills it with the demo archive)")
+    init_ray()
+    if not sys.stderr.isatty():  # per-epoch dataset progress bars flood non-interactive logs
+        DataContext.get_current().enable_progress_bars = False
+    data_config = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
+                             normalize=cfg.normalize, limit=cfg.limit)
+    in_chans = len(resolve_bands(load_card(cfg.metadata_dir), cfg.bands))
+    steps = steps_per_epoch_for(dataset_size(data_config), cfg)
+    dataset = build_dataset(data_config).select_columns(["image"]).randomize_block_order(seed=cfg.seed)
+    if cfg.crops_on == "data":
+        dataset = dataset.map_batches(crop_columns, batch_size=cfg.batch_size_per_gpu,
+                                      fn_kwargs={"config": cfg.multicrop()})
+
+    check_gpus(cfg)
+    resources = {"CPU": worker_cpus(cfg.num_workers, use_gpu=cfg.use_gpu)}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
+    if backend == "smddp":
+        raise ValueError("SMDDP's AllReduce needs SageMaker's mpirun launcher, not Ray's workers: submit with "
+                         "experiments/submit_sagemaker.py --backend smddp (it runs --launcher torchrun under MPI), "
+                         "or use --backend nccl on a Ray cluster")
+    trainer = TorchTrainer(
+        train_dino,
+        train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "in_chans": in_chans},
+        datasets={"train": dataset},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=resources),
+        torch_config=TorchConfig(backend=backend),
+        run_config=ray.train.RunConfig(
+            name=cfg.resolved_run_name(),
+            storage_path=cfg.resolved_storage(),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    final = os.path.join(cfg.resolved_output_dir(), "final")
+    result.checkpoint.to_directory(final)
+    state = read_checkpoint(final)
+    return PretrainResult(checkpoint_dir=final, storage_checkpoint=result.checkpoint.path, metrics=state["metrics"])

@@ -1,0 +1,25 @@
+"""One entry to pretraining: pick the launcher the config names and run it.
+
+The choice of launcher is also the choice of whether Ray is needed at all, so Ray Train's module is
+imported only when ``--launcher ray`` is chosen: a bare GPU machine without Ray runs ``--launcher
+torchrun`` through this same function.
+"""
+
+from __future__ import annotations
+
+from geodino.dino.config import PretrainConfig
+from geodino.launch.result import PretrainResult
+from geodino.launch.torchrun import run_torchrun
+
+LAUNCHERS = ("ray", "torchrun")
+
+
+def run_pretraining(cfg: PretrainConfig) -> PretrainResult | None:
+    """Train; returns the result (None on a torchrun/mpirun rank other than 0)."""
+    if cfg.launcher == "torchrun":
+        return run_torchrun(cfg)
+    if cfg.launcher == "ray":
+        from geodino.launch.ray_train import run_ray_train  # the one place that decides Ray is needed
+
+        return run_ray_train(cfg)
+    raise ValueError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {cfg.launcher!r}")
