@@ -13,38 +13,45 @@ import os
 import sys
 
 from geodino.archive.demo import prepared_demo
-from geodino.cli import add_dataclass_arguments, dataclass_from_args
+from geodino.cli import add_dataclass_arguments, given_flags
 from geodino.dino.config import PretrainConfig
+from geodino.dino.presets import preset_config
 from geodino.launch import run_pretraining
 
-# Settings for the embedded demo: small crops and head so 2 CPU cores finish in minutes.
-DEMO_SETTINGS = dict(arch="vit_tiny", patch_size=16, out_dim=4096, epochs=20, batch_size_per_gpu=32, warmup_epochs=2,
-                     global_crops_size=64, local_crops_size=32, local_crops_number=4, drop_path_rate=0.0,
-                     saveckp_freq=5, run_name="demo")
 
-
-def main(argv: list[str] | None = None) -> int:
+def config_from_argv(argv: list[str] | None) -> PretrainConfig:
+    """Defaults, then --preset (the demo preset when no --metadata_dir is given), then every flag typed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, PretrainConfig)
     args = parser.parse_args(argv)
-    config = dataclass_from_args(PretrainConfig, args)
+    typed = {name: value for name, value in vars(args).items() if name in given_flags(parser, argv)}
+    return preset_config(args.preset or (None if args.metadata_dir else "demo"), typed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = config_from_argv(argv)
     if not config.metadata_dir:
-        defaults = PretrainConfig()
-        changes = {k: v for k, v in DEMO_SETTINGS.items() if getattr(config, k) == getattr(defaults, k)}
-        config = dataclasses.replace(config, metadata_dir=prepared_demo(), **changes)
-        print(f"no --metadata_dir: pretraining on the embedded demo archive with {changes}", file=sys.stderr)
+        config = dataclasses.replace(config, metadata_dir=prepared_demo())
+        print(f"no --metadata_dir: pretraining on the embedded demo archive (preset {config.preset})", file=sys.stderr)
     result = run_pretraining(config)
     if result is None:  # a rank other than 0 under torchrun / mpirun
         return 0
-    last = result.metrics[-1]
-    print(f"\nfinished {len(result.metrics)} epochs: loss {result.metrics[0]['loss']:.4f} -> {last['loss']:.4f}, "
-          f"teacher entropy {last['teacher_entropy']:.2f} of max {last['max_entropy']:.2f}, "
-          f"{last['images_per_s']:.1f} images/s")
+    first, last = result.metrics[0], result.metrics[-1]
+    print(f"\nfinished {len(result.metrics)} epochs: loss {first['loss']:.4f} -> {last['loss']:.4f}, teacher entropy "
+          f"{first['teacher_entropy']:.2f} -> {last['teacher_entropy']:.2f} of max {last['max_entropy']:.2f} "
+          f"(batch-mean {last['teacher_batch_entropy']:.2f}), {last['images_per_s']:.1f} images/s")
+    if "knn_ap" in last:
+        verdict = "ahead of" if last["knn_ap"] > last["knn_random_ap"] else "NOT ahead of"
+        top1 = f", top-1 {last['knn_top1']:.3f} vs {last['knn_random_top1']:.3f}" if "knn_top1" in last else ""
+        print(f"k-NN on held-out labelled images: AP {last['knn_ap']:.3f} vs {last['knn_random_ap']:.3f} for the same "
+              f"network at random init{top1}: DINO is {verdict} random init")
     print(f"checkpoint (DINO format): {result.checkpoint_dir}/checkpoint.pth  (stored at {result.storage_checkpoint})")
     print(f"teacher backbone (timm keys): {result.backbone_file}")
     print(f"TensorBoard: tensorboard --logdir {os.path.dirname(result.checkpoint_dir)} --host 127.0.0.1")
+    # The probe looks at whole images at the size the teacher saw its global crops (as the k-NN monitor does).
     print(f"next: python experiments/linear_probe.py --pretrained_weights {result.backbone_file} "
-          f"--arch {config.arch} --patch_size {config.patch_size} --metadata_dir {config.metadata_dir}")
+          f"--arch {config.arch} --patch_size {config.patch_size} --image_size {config.global_crops_size} "
+          f"--metadata_dir {config.metadata_dir}")
     return 0
 
 

@@ -48,3 +48,33 @@ def test_names_follow_main_dino():
             "global_crops_scale", "local_crops_number", "local_crops_scale", "saveckp_freq", "output_dir", "seed",
             "drop_path_rate", "metadata_dir", "data_dir", "checkpoint_dir"}
     assert dino <= names
+
+
+def pretrain_script():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("pretrain_script", REPO / "experiments" / "pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_typed_flags_win_over_presets_even_when_they_equal_the_default():
+    from geodino.dino.presets import PRESETS
+
+    script = pretrain_script()
+    demo = script.config_from_argv([])  # no --metadata_dir: the demo preset
+    assert demo.preset == "demo" and demo.epochs == PRESETS["demo"]["epochs"] != PretrainConfig().epochs
+    typed = script.config_from_argv(["--epochs", "100", "--arch", "vit_small"])  # 100 is also the default
+    assert typed.epochs == 100 and typed.arch == "vit_small" and typed.out_dim == PRESETS["demo"]["out_dim"]
+    small = script.config_from_argv(["--preset", "small_cpu", "--metadata_dir", "m.parquet", "--lr", "0.0005"])
+    assert small.lr == 0.0005 and small.patch_size == PRESETS["small_cpu"]["patch_size"]
+    plain = script.config_from_argv(["--metadata_dir", "m.parquet"])  # no preset: DINO's defaults
+    assert plain == PretrainConfig(metadata_dir="m.parquet")
+
+
+def test_an_unknown_preset_is_named():
+    with pytest.raises(ValueError, match="--preset must be one of bigearthnet120, demo, seed, small_cpu, not 'fast'"):
+        pretrain_script().config_from_argv(["--preset", "fast"])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import BEN_V1_EXAMPLE, BEN_V2, EUROSAT
 
 from geodino.archive.bands import S2_BANDS
+from geodino.archive.card import load_card
 from geodino.archive.labels import BEN19_CLASSES
 from geodino.archive.prepare import PrepareConfig, prepare
 from geodino.data.config import DataConfig, dataset_size
@@ -82,6 +83,7 @@ def test_user_jpegs_stream_as_rgb(ray_session, tmp_path):
     table.to_csv(tmp_path / "t.csv", index=False)
     result = prepare(PrepareConfig(archive=str(tmp_path / "t.csv"), out=str(tmp_path / "m.parquet"),
                                    data_dir=str(EUROSAT), workers=1))
+    assert load_card(result.metadata_path)["rgb"] is True  # JPEGs are read as RGB: colour augmentations may run
     rows = rows_by_name(build_dataset(DataConfig(metadata=result.metadata_path, split=None)))
     assert len(rows) == 20
     for row in rows.values():

@@ -1,6 +1,5 @@
 """DINO's pieces checked against independent re-derivations (NumPy, hand formulas, torch.rot90)."""
 
-import math
 import socket
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch.multiprocessing as mp
 
 from geodino.dino.augment import MultiCrop, MultiCropConfig, gaussian_blur, resized_crop, solarize
 from geodino.dino.loop import clip_gradients, update_teacher
-from geodino.dino.loss import DINOLoss, teacher_entropy
+from geodino.dino.loss import DINOLoss
 from geodino.dino.models import DINOHead, build_student_teacher, create_backbone
 from geodino.dino.schedules import cosine_schedule
 from geodino.dino.state import param_groups
@@ -116,7 +115,7 @@ def test_backbone_takes_any_band_count_and_size():
         assert backbone(torch.randn(2, 12, size, size)).shape == (2, 192)
 
 
-def test_dino_checkpoint_keys_and_entropy_bounds():
+def test_dino_checkpoint_keys():
     student, teacher = build_student_teacher("vit_tiny", 16, 3, out_dim=64, norm_last_layer=True, drop_path_rate=0.1)
     keys = set(teacher.state_dict())
     for key in ("backbone.cls_token", "backbone.pos_embed", "backbone.patch_embed.proj.weight",
@@ -124,11 +123,6 @@ def test_dino_checkpoint_keys_and_entropy_bounds():
                 "head.last_layer.weight_g", "head.last_layer.weight_v"):
         assert key in keys
     assert not any(p.requires_grad for p in teacher.parameters())
-    uniform = torch.zeros(4, 64)
-    assert teacher_entropy(uniform, torch.zeros(1, 64), 0.04) == pytest.approx(math.log(64), rel=1e-5)
-    peaked = torch.zeros(4, 64)
-    peaked[:, 0] = 100
-    assert teacher_entropy(peaked, torch.zeros(1, 64), 0.04) < 1e-3
 
 
 def test_full_size_crop_is_a_rotation_or_flip_of_the_image():

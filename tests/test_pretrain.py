@@ -53,6 +53,11 @@ def test_twelve_band_bigearthnet_run(ray_session, ben_v1_metadata, tmp_path):
     result = run_pretraining(config)
     state = read_checkpoint(result.checkpoint_dir)
     assert state["args"]["in_chans"] == 12
+    assert state["args"]["inputs"]["rgb"] is False and len(state["args"]["inputs"]["zero_level"]) == 12
+    epoch = result.metrics[0]  # the same monitors as an RGB run: entropies, KL, k-NN against random init
+    assert epoch["kl"] == pytest.approx(epoch["loss"] - epoch["teacher_entropy"])
+    assert 0 < epoch["teacher_batch_entropy"] <= epoch["max_entropy"]
+    assert 0 <= epoch["knn_ap"] <= 1 and 0 <= epoch["knn_random_ap"] <= 1
     assert state["teacher"]["backbone.patch_embed.proj.weight"].shape[1] == 12
     assert torch.isfinite(torch.tensor(result.metrics[0]["loss"]))
 

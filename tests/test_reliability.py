@@ -17,7 +17,6 @@ from test_pretrain import TINY
 
 from geodino.dino.checkpoint import read_checkpoint
 from geodino.dino.config import PretrainConfig
-from geodino.dino.monitors import collapse_state
 from geodino.launch import run_pretraining
 
 
@@ -122,17 +121,6 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(ray_session,
     assert resumed.metrics[1] != first.metrics[1]  # epoch 1 was trained again: its checkpoint was damaged
     assert read_checkpoint(resumed.checkpoint_dir)["epoch"] == 3
     assert log_epochs(tmp_path / "runs" / "damaged" / "log.txt") == [0, 1, 1, 2]
-
-
-def test_collapse_is_flagged_after_three_epochs_either_way():
-    def history(entropies, max_entropy=np.log(256)):
-        return [{"teacher_entropy": e, "max_entropy": max_entropy} for e in entropies]
-
-    assert collapse_state(history([0.01, 0.02])) is None  # not yet several epochs
-    assert collapse_state(history([3.0, 0.05, 0.02, 0.01])) == "one_prototype"
-    assert collapse_state(history([5.5, 5.5, 5.5])) == "uniform"
-    assert collapse_state(history([5.5, 3.1, 5.5])) is None
-    assert collapse_state(history([4.0, 3.5, 3.2])) is None
 
 
 def test_poisoned_batch_can_be_skipped_instead(ray_session):

@@ -36,6 +36,23 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_texts: di
         parser.add_argument(f"--{item.name}", **kwargs)
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags typed on this command line, whatever their value.
+
+    Why not compare with the defaults: `--epochs 100` typed by a user must win over a preset's 30 even
+    though 100 is also the default. Parsed a second time with every default suppressed, the namespace
+    holds exactly what was typed.
+    """
+    saved = {id(action): action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action in parser._actions:
+            action.default = saved[id(action)]
+
+
 def dataclass_from_args(cls, namespace: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(namespace).items() if k in names})

@@ -1,9 +1,11 @@
 """The embedded default dataset: a small BigEarthNet-v1-layout archive generated on the spot.
 
-Scenes are mosaics of a few land-cover textures (fields, pasture, two kinds of
-forest, water, urban grid), each with a plausible Sentinel-2 L2A spectrum, so the
-labels can be learned from pixels. Everything is seeded: the same call writes the
-same bytes, and no download or credential is involved.
+Scenes are mosaics of a few land covers, each with a plausible Sentinel-2 L2A spectrum and the spatial
+structure it has from above: field strips, smooth pasture, small dense conifer crowns, large
+broad-leaved crowns, open water, a street grid. As in real imagery, a cover's spectrum varies from
+place to place (per-band factors and brightness), so colour alone separates the covers only in part
+and the structure carries the rest of the label. Everything is seeded: the same call writes the same
+bytes, and no download or credential is involved.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from geodino.archive.pixels import to_grid
 from geodino.archive.prepare import PrepareConfig, prepare
 from geodino.storage import default_home
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 SIZE = 120
 PATCH_METRES = 1200
 
@@ -41,27 +43,45 @@ def smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
     return to_grid(coarse, SIZE)
 
 
+def crowns(rng: np.random.Generator, radius: tuple[float, float], cover: float) -> np.ndarray:
+    """Tree crowns seen from above: bright domes on shadow, `cover` of the area, radii in pixels."""
+    canopy = np.full((SIZE, SIZE), 0.55, np.float32)  # shadow and understorey between crowns
+    count = int(cover * SIZE * SIZE / (np.pi * np.mean(radius) ** 2))
+    for cy, cx, r in zip(rng.uniform(0, SIZE, count), rng.uniform(0, SIZE, count), rng.uniform(*radius, count)):
+        y0, y1 = max(0, int(cy - r)), min(SIZE, int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(SIZE, int(cx + r) + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        distance = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / r
+        dome = np.where(distance < 1, 1.15 - 0.35 * distance**2, 0).astype(np.float32)
+        canopy[y0:y1, x0:x1] = np.maximum(canopy[y0:y1, x0:x1], dome)
+    return canopy
+
+
 def texture(cover: str, rng: np.random.Generator) -> np.ndarray:
     """Relative brightness modulation of one land cover, (SIZE, SIZE), around 1."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    if cover == "Non-irrigated arable land":
+    if cover == "Non-irrigated arable land":  # field strips of alternating crops, one orientation per scene
         angle = rng.uniform(0, np.pi)
-        period = rng.uniform(8, 20)
+        period = rng.uniform(10, 22)
         stripes = np.sign(np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period))
         return 1 + 0.25 * stripes + 0.05 * smooth_noise(rng, 30)
     if cover == "Pastures":
         return 1 + 0.08 * smooth_noise(rng, 6)
-    if cover == "Coniferous forest":
-        return 1 + 0.18 * rng.uniform(-1, 1, size=(SIZE, SIZE)).astype(np.float32) + 0.05 * smooth_noise(rng, 8)
-    if cover == "Broad-leaved forest":
-        return 1 + 0.12 * smooth_noise(rng, 24)
+    if cover == "Coniferous forest":  # small, dense crowns
+        return crowns(rng, radius=(1.8, 3.0), cover=1.1)
+    if cover == "Broad-leaved forest":  # large crowns
+        return crowns(rng, radius=(5.0, 8.0), cover=0.9)
     if cover == "Water bodies":
         return 1 + 0.03 * smooth_noise(rng, 4)
-    period = int(rng.integers(10, 16))
+    period = int(rng.integers(10, 16))  # a street grid between blocks of roofs
     roads = ((xx % period) < 2) | ((yy % period) < 2)
     blocks = rng.uniform(0.7, 1.4, size=(SIZE // period + 1, SIZE // period + 1)).astype(np.float32)
     buildings = blocks[(yy // period).astype(int), (xx // period).astype(int)]
     return np.where(roads, 1.35, buildings)
+
+
+SPECTRAL_SPREAD = 0.15  # per-band factor of a cover's spectrum from place to place: uniform in 1 +- this
+BRIGHTNESS_SPREAD = 0.3  # and its overall brightness
 
 
 def scene(rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
@@ -80,8 +100,9 @@ def scene(rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         if not mask.any():
             continue
         present.append(cover)
-        spectrum = np.asarray(SPECTRA[cover], np.float32)[:, None, None]
-        image += spectrum * texture(cover, rng)[None] * mask[None]
+        spectrum = np.asarray(SPECTRA[cover], np.float32) * rng.uniform(1 - SPECTRAL_SPREAD, 1 + SPECTRAL_SPREAD, 12)
+        spectrum *= rng.uniform(1 - BRIGHTNESS_SPREAD, 1 + BRIGHTNESS_SPREAD)
+        image += spectrum[:, None, None].astype(np.float32) * texture(cover, rng)[None] * mask[None]
     image *= rng.uniform(0.9, 1.1)  # illumination differs between acquisitions
     image += rng.normal(0, 20, size=image.shape).astype(np.float32)  # sensor noise
     return np.clip(image, 1, 20000), [c for c in COVERS if c in present]

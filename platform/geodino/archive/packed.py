@@ -99,3 +99,23 @@ def packed_images(data_root: str, manifest: dict, channels: list[int], split: st
         if limit and count >= limit:
             break
     return np.concatenate(parts) if parts else np.empty((0, len(channels), *manifest["shape"][1:]), dtype)
+
+
+def packed_rows(data_root: str, manifest: dict, channels: list[int], names: list[str]) -> np.ndarray:
+    """The raw pixels of the named patches, (N, C, H, W) in the order of `names`; streams the shards, so memory
+    holds only the chosen patches."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    fs, shards = shard_paths(data_root, manifest)
+    wanted = pads.field("name").isin(pa.array(list(names), pa.string()))
+    found: dict[str, np.ndarray] = {}
+    scanner = pads.dataset(shards, filesystem=fs, format="parquet").scanner(columns=["name", "pixels"], filter=wanted)
+    for batch in scanner.to_batches():
+        pixels = binary_as_array(batch.column("pixels"), manifest["shape"], manifest["dtype"])[:, channels]
+        for name, image in zip(batch.column("name").to_pylist(), pixels):
+            found[name] = image
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ValueError(f"{data_root} holds no pixels for {missing[:3]} ({len(missing)} patches): pack again")
+    return np.stack([found[name] for name in names])

@@ -68,6 +68,7 @@ SCHEMA = pa.schema(
         ("recommended", pa.bool_()),
     ]
 )
+RGB_SUFFIXES = (".jpg", ".jpeg", ".png")  # read through PIL as RGB
 CHUNK = 128  # patches per parallel task: large enough to hide process overhead
 
 
@@ -234,6 +235,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     task_type = "multi_label"
     pixel_max = OPTICAL_MAX
     available_bands: list[str] = list(bands)
+    is_rgb = False  # BigEarthNet: whether the chosen bands are R, G, B is decided by the reader's band choice
 
     if fmt == FORMAT_BEN_V1:
         data_root = storage.absolute(config.archive)
@@ -256,6 +258,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         task_type = "single_label" if "label" in table.columns and "labels" not in table.columns else "multi_label"
         pixel_max = 255.0
         available_bands = [f"band{i + 1}" for i in range(channels or 3)]
+        is_rgb = all(str(row["path"]).lower().endswith(RGB_SUFFIXES) for row in rows)
         bands = ()
         for row in rows:
             row.pop("_channels", None)
@@ -276,6 +279,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         "classes": classes,
         "task": task_type,
         "bands": available_bands,
+        "rgb": is_rgb,  # images read as RGB (JPEG/PNG): colour augmentations may treat them as such
         "pixel_max": pixel_max,
         "band_stats": stats,
         "split_source": split_source,

@@ -1,19 +1,62 @@
 """DINO's multi-crop augmentation for overhead imagery with any number of bands.
 
-A satellite image has no "up": views are flipped and rotated by multiples of 90
-degrees instead of being kept upright. Colour jitter is done per band (brightness
-and contrast), since saturation and hue mean nothing for 12 bands. Everything is
-batched tensor code (one affine_grid/grid_sample per view for the whole batch), so
-it runs on the GPU inside the training loop or on CPUs in Ray Data, unchanged.
+Two recipes (``--augment``):
+
+* ``overhead`` (default): in overhead imagery the spectrum is the signal, so photometric changes keep
+  it. Brightness is one gain for all bands of a view (band ratios kept), contrast one stretch for all
+  bands around each band's own mean (the view's mean spectrum kept); saturation, hue and grayscale
+  never run (they would change the spectrum); no independent per-band jitter unless asked for
+  (``band_jitter``, a small calibration-like spread). Gaussian blur's sigma is DINO's 0.1-2 px on a
+  224-px global / 96-px local crop, scaled to the crop's actual size.
+* ``dino``: facebookresearch/dino's ImageNet recipe for comparison: ColorJitter(0.4, 0.4, 0.2, 0.1)
+  with p=0.8 and grayscale with p=0.2 (the colour parts only where the bands are R, G, B), blur of
+  0.1-2 px whatever the crop size.
+
+Both keep DINO's asymmetry: the first global view is always blurred, the second rarely and may be
+solarised, local views are blurred half the time; each view draws its own parameters per image.
+Geometry suits overhead imagery: random resized crops, flips and 90-degree rotations (no "up"), in one
+``grid_sample`` per view for the whole batch. Everything is batched tensor code, so it runs on the GPU
+inside the training loop or on CPUs in Ray Data, unchanged, for any band count.
+
+Photometric changes happen in signal space: ``zero_level`` is where zero signal lies after the data's
+normalisation (0 for ``max`` scaling, -mean/std per band for ``stats``), so a gain multiplies the signal,
+not the normalised number.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+AUGMENTATIONS = ("overhead", "dino")
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """Strengths of the photometric augmentations of one recipe."""
+
+    jitter_probability: float  # share of views that get brightness/contrast (and, for RGB, colour) jitter
+    brightness: float  # one gain for all bands, uniform in [1 - b, 1 + b]
+    contrast: float  # one stretch for all bands around each band's mean, uniform in [1 - c, 1 + c]
+    saturation: float  # RGB only: blend with the grey image, factor uniform in [1 - s, 1 + s]
+    hue: float  # RGB only: rotation of the colour wheel, uniform in [-h, h] turns
+    grayscale_probability: float  # RGB only
+    band_jitter: float  # independent gain per band, uniform in [1 - j, 1 + j] (0: off)
+    blur_scaled: bool  # blur sigma scaled from DINO's crop sizes (224 global, 96 local) to the crop's
+
+
+RECIPES = {
+    "overhead": Photometric(jitter_probability=0.8, brightness=0.2, contrast=0.2, saturation=0.0, hue=0.0,
+                            grayscale_probability=0.0, band_jitter=0.0, blur_scaled=True),
+    "dino": Photometric(jitter_probability=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+                        grayscale_probability=0.2, band_jitter=0.0, blur_scaled=False),
+}
+DINO_SIGMA = (0.1, 2.0)  # pixels, on DINO's crops
+DINO_GLOBAL_SIZE, DINO_LOCAL_SIZE = 224, 96
 
 
 @dataclass
@@ -23,10 +66,25 @@ class MultiCropConfig:
     local_crops_number: int = 8
     global_crops_scale: tuple[float, float] = (0.4, 1.0)
     local_crops_scale: tuple[float, float] = (0.05, 0.4)
-    jitter_probability: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
+    augment: str = "overhead"  # overhead | dino (see the module docstring)
+    rgb: bool = False  # the bands are red, green, blue in that order: colour jitter and grayscale may run
+    zero_level: tuple[float, ...] | None = None  # per band, the normalised value of zero signal (None: 0)
     solarize_threshold: float = 0.5  # 0.5 for data scaled to [0, 1]; 0.0 for standardised data
+    jitter: float | None = None  # overrides the recipe's brightness and contrast spread (0: off)
+    band_jitter: float | None = None  # overrides the recipe's per-band gain spread
+
+    def photometric(self) -> Photometric:
+        if self.augment not in RECIPES:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {self.augment!r}")
+        changes = {}
+        if self.jitter is not None:
+            changes |= {"brightness": self.jitter, "contrast": self.jitter}
+        if self.band_jitter is not None:
+            changes["band_jitter"] = self.band_jitter
+        return dataclasses.replace(RECIPES[self.augment], **changes)
+
+
+# ============================================================================ geometry
 
 
 def crop_boxes(batch: int, scale: tuple[float, float], device, ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
@@ -62,20 +120,91 @@ def resized_crop(images: torch.Tensor, size: int, scale: tuple[float, float],
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def jitter(images: torch.Tensor, probability: float, brightness: float, contrast: float) -> torch.Tensor:
-    """Per-band brightness and contrast, applied to a random subset of the batch."""
-    batch, bands = images.shape[:2]
-    shape = (batch, bands, 1, 1)
-    gain = torch.empty(shape, device=images.device).uniform_(1 - brightness, 1 + brightness)
-    stretch = torch.empty(shape, device=images.device).uniform_(1 - contrast, 1 + contrast)
+# ============================================================================ photometric
+
+
+def _uniform(shape, spread: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(shape, device=like.device, dtype=like.dtype).uniform_(1 - spread, 1 + spread)
+
+
+def _chosen(batch: int, probability: float, like: torch.Tensor) -> torch.Tensor:
+    return (torch.rand(batch, 1, 1, 1, device=like.device) < probability).to(like.dtype)
+
+
+def shared_gain(images: torch.Tensor, zero: torch.Tensor, spread: float) -> torch.Tensor:
+    """Multiply the signal of every band of a view by one gain: band ratios stay exactly as they were."""
+    gain = _uniform((images.shape[0], 1, 1, 1), spread, images)
+    return zero + (images - zero) * gain
+
+
+def shared_contrast(images: torch.Tensor, spread: float) -> torch.Tensor:
+    """Stretch every band of a view around its own mean by one factor: the view's mean spectrum stays."""
     mean = images.mean(dim=(2, 3), keepdim=True)
-    jittered = (images - mean) * stretch + mean * gain
-    chosen = (torch.rand(batch, 1, 1, 1, device=images.device) < probability).to(images.dtype)
-    return chosen * jittered + (1 - chosen) * images
+    return mean + (images - mean) * _uniform((images.shape[0], 1, 1, 1), spread, images)
 
 
-def gaussian_blur(images: torch.Tensor, probability: float, sigma_range=(0.1, 2.0)) -> torch.Tensor:
-    """Blur with a per-sample sigma in pixels of the crop, as DINO does for both crop sizes."""
+def band_gains(images: torch.Tensor, zero: torch.Tensor, spread: float) -> torch.Tensor:
+    """An independent gain per band (changes band ratios: keep small, or off)."""
+    return zero + (images - zero) * _uniform((images.shape[0], images.shape[1], 1, 1), spread, images)
+
+
+def grey(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of an RGB batch, (B, 1, H, W)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
+def saturation(images: torch.Tensor, spread: float) -> torch.Tensor:
+    """RGB only: blend each image with its grey version (torchvision's adjust_saturation, per sample)."""
+    factor = _uniform((images.shape[0], 1, 1, 1), spread, images)
+    luma = grey(images)
+    return luma + (images - luma) * factor
+
+
+def hue(images: torch.Tensor, spread: float) -> torch.Tensor:
+    """RGB only: rotate the colour wheel by up to `spread` turns (a rotation about the grey axis, per sample).
+
+    The rotation about the (1, 1, 1) axis in RGB space keeps luma-like grey levels and is what the YIQ hue
+    rotation approximates; written out because it is one batched matrix product.
+    """
+    angle = torch.empty(images.shape[0], device=images.device, dtype=images.dtype).uniform_(-spread, spread)
+    angle = angle * 2 * math.pi
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    axis = torch.full((3,), 1 / math.sqrt(3), device=images.device, dtype=images.dtype)
+    outer = torch.outer(axis, axis)[None]
+    cross = torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], device=images.device, dtype=images.dtype)[None]
+    cross = cross / math.sqrt(3)
+    eye = torch.eye(3, device=images.device, dtype=images.dtype)[None]
+    rotation = cos * eye + sin * cross + (1 - cos) * outer  # Rodrigues' formula, (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", rotation, images)
+
+
+def photometric(images: torch.Tensor, recipe: Photometric, rgb: bool, zero: torch.Tensor) -> torch.Tensor:
+    """The recipe's colour changes on a random subset (jitter_probability) of the views, then grayscale.
+
+    Saturation, hue and grayscale run only on 3-band RGB input: on any other band set they have no meaning.
+    """
+    batch = images.shape[0]
+    rgb = rgb and images.shape[1] == 3
+    changed = shared_gain(images, zero, recipe.brightness) if recipe.brightness else images
+    if recipe.contrast:
+        changed = shared_contrast(changed, recipe.contrast)
+    if recipe.band_jitter:
+        changed = band_gains(changed, zero, recipe.band_jitter)
+    if rgb and recipe.saturation:
+        changed = saturation(changed, recipe.saturation)
+    if rgb and recipe.hue:
+        changed = hue(changed, recipe.hue)
+    chosen = _chosen(batch, recipe.jitter_probability, images)
+    images = chosen * changed + (1 - chosen) * images
+    if rgb and recipe.grayscale_probability:
+        chosen = _chosen(batch, recipe.grayscale_probability, images)
+        images = chosen * grey(images).expand_as(images) + (1 - chosen) * images
+    return images
+
+
+def gaussian_blur(images: torch.Tensor, probability: float, sigma_range=DINO_SIGMA) -> torch.Tensor:
+    """Blur with a per-sample sigma (pixels of this crop), separable, any band count."""
     if probability <= 0:
         return images
     batch, bands, size, _ = images.shape
@@ -93,6 +222,14 @@ def gaussian_blur(images: torch.Tensor, probability: float, sigma_range=(0.1, 2.
     return flat.reshape(batch, bands, size, size)
 
 
+def blur_sigma(size: int, reference: int, scaled: bool) -> tuple[float, float]:
+    """DINO's 0.1-2 px, or the same blur relative to the crop: 0.1-2 px of a `reference`-px crop."""
+    if not scaled:
+        return DINO_SIGMA
+    factor = size / reference
+    return DINO_SIGMA[0] * factor, DINO_SIGMA[1] * factor
+
+
 def solarize(images: torch.Tensor, probability: float, threshold: float) -> torch.Tensor:
     """Reflect values above the threshold (1 - x on [0, 1] data, -x on standardised data)."""
     if probability <= 0:
@@ -101,28 +238,41 @@ def solarize(images: torch.Tensor, probability: float, threshold: float) -> torc
     return torch.where(chosen & (images >= threshold), 2 * threshold - images, images)
 
 
+# ============================================================================ the views
+
+
 class MultiCrop:
     """images (B, C, H, W) -> [global, global, local x N], each (B, C, size, size)."""
 
     def __init__(self, config: MultiCropConfig):
         self.config = config
+        self.recipe = config.photometric()
 
-    def view(self, images: torch.Tensor, size: int, scale, blur_p: float, solarize_p: float) -> torch.Tensor:
+    def zero(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.zero_level is None:
+            return torch.zeros((), device=images.device, dtype=images.dtype)
+        zero = torch.as_tensor(self.config.zero_level, device=images.device, dtype=images.dtype)
+        if zero.numel() != images.shape[1]:
+            raise ValueError(f"zero_level has {zero.numel()} bands, the images {images.shape[1]}")
+        return zero.view(1, -1, 1, 1)
+
+    def view(self, images: torch.Tensor, size: int, scale, reference: int, blur_p: float,
+             solarize_p: float) -> torch.Tensor:
         c = self.config
         crops = resized_crop(images, size, scale)
-        crops = jitter(crops, c.jitter_probability, c.brightness, c.contrast)
-        crops = gaussian_blur(crops, blur_p)
+        crops = photometric(crops, self.recipe, c.rgb, self.zero(crops))
+        crops = gaussian_blur(crops, blur_p, blur_sigma(size, reference, self.recipe.blur_scaled))
         return solarize(crops, solarize_p, c.solarize_threshold)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         c = self.config
         crops = [
-            self.view(images, c.global_crops_size, c.global_crops_scale, blur_p=1.0, solarize_p=0.0),
-            self.view(images, c.global_crops_size, c.global_crops_scale, blur_p=0.1, solarize_p=0.2),
+            self.view(images, c.global_crops_size, c.global_crops_scale, DINO_GLOBAL_SIZE, blur_p=1.0, solarize_p=0.0),
+            self.view(images, c.global_crops_size, c.global_crops_scale, DINO_GLOBAL_SIZE, blur_p=0.1, solarize_p=0.2),
         ]
         crops += [
-            self.view(images, c.local_crops_size, c.local_crops_scale, blur_p=0.5, solarize_p=0.0)
+            self.view(images, c.local_crops_size, c.local_crops_scale, DINO_LOCAL_SIZE, blur_p=0.5, solarize_p=0.0)
             for _ in range(c.local_crops_number)
         ]
         return crops

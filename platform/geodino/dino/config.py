@@ -14,6 +14,20 @@ from geodino.dino.augment import MultiCropConfig
 
 
 @dataclass
+class InputSpec:
+    """The network's input channels, read off the prepared data by the launcher and recorded in checkpoints."""
+
+    bands: tuple[str, ...]
+    rgb: bool = False  # red, green, blue in that order (colour jitter and grayscale are allowed)
+    zero_level: tuple[float, ...] | None = None  # per band, the normalised value of zero signal
+    normalize: str = "max"
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.bands)
+
+
+@dataclass
 class PretrainConfig:
     # --- facebookresearch/dino's names
     arch: str = "vit_small"
@@ -61,6 +75,12 @@ class PretrainConfig:
     nonfinite_loss: str = "stop"  # stop: raise, keeping the last checkpoint; skip: drop the step (counted)
     crops_on: str = "device"  # device: in the training loop; data: in Ray Data CPU tasks
     limit: int | None = None  # use only the first N training patches (smoke runs)
+    augment: str = "overhead"  # overhead: keeps the spectrum (shared gain, scaled blur); dino: ImageNet's recipe
+    jitter: float | None = None  # brightness and contrast spread instead of the recipe's (0.2 overhead, 0.4 dino)
+    koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's CLS features (0: DINO as published)
+    knn_every: int = 1  # k-NN monitor every N epochs on labelled data (0: off)
+    knn_samples: int = 1000  # training images in the k-NN monitor's bank (queries: half as many)
+    preset: str | None = None  # named recipe the other fields started from (geodino.dino.presets)
 
     def resolved_run_name(self) -> str:
         return self.run_name or f"dino_{self.arch}_p{self.patch_size}"
@@ -75,13 +95,17 @@ class PretrainConfig:
         local = store if not storage.is_uri(store) else os.path.abspath("runs")
         return os.path.join(local, self.resolved_run_name())
 
-    def multicrop(self) -> MultiCropConfig:
+    def multicrop(self, inputs: InputSpec | None = None) -> MultiCropConfig:
         return MultiCropConfig(
             global_crops_size=self.global_crops_size,
             local_crops_size=self.local_crops_size,
             local_crops_number=self.local_crops_number,
             global_crops_scale=tuple(self.global_crops_scale),
             local_crops_scale=tuple(self.local_crops_scale),
+            augment=self.augment,
+            jitter=self.jitter,
+            rgb=inputs.rgb if inputs else False,
+            zero_level=inputs.zero_level if inputs else None,
             solarize_threshold=0.5 if self.normalize == "max" else 0.0,
         )
 

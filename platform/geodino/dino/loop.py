@@ -20,9 +20,9 @@ from torch import nn
 
 from geodino.dino.augment import MultiCrop
 from geodino.dino.checkpoint import plain_values
-from geodino.dino.config import PretrainConfig
-from geodino.dino.loss import teacher_entropy
-from geodino.dino.monitors import COLLAPSE_EPOCHS, CollapseWarning, collapse_state
+from geodino.dino.config import InputSpec, PretrainConfig
+from geodino.dino.loss import koleo_loss
+from geodino.dino.monitors import COLLAPSE_EPOCHS, CollapseWarning, KnnMonitor, collapse_state, teacher_entropies
 from geodino.dino.run_log import RunLog
 from geodino.dino.runtime import Runtime
 from geodino.dino.state import DinoState
@@ -36,14 +36,20 @@ class NonFiniteLossError(GeodinoError, RuntimeError):
 # ============================================================================ the training loop
 
 
-def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, in_chans: int) -> None:
-    """DINO from start (or the latest checkpoint) to the last epoch, on whatever runtime launched it."""
+def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, inputs: InputSpec,
+              knn: KnnMonitor | None = None) -> None:
+    """DINO from start (or the latest checkpoint) to the last epoch, on whatever runtime launched it.
+
+    `knn` (rank 0's, when the data has labels) scores the teacher's features every --knn_every epochs
+    against the same network at random init, measured once here at the start.
+    """
     torch.manual_seed(cfg.seed + runtime.rank)
     np.random.seed(cfg.seed + runtime.rank)
-    multicrop = MultiCrop(cfg.multicrop())
+    multicrop = MultiCrop(cfg.multicrop(inputs))
+    knn_bar = knn.random_init_score(cfg.arch, cfg.patch_size, inputs.in_chans, cfg.seed, runtime.device) if knn else None
 
     # ============ student, teacher, loss, optimizer, schedules ============
-    state = DinoState.create(cfg, in_chans, multicrop.ncrops, runtime, steps_per_epoch)
+    state = DinoState.create(cfg, inputs.in_chans, multicrop.ncrops, runtime, steps_per_epoch)
 
     # ============ resume from the latest checkpoint of this run, if any ============
     start_epoch, history = 0, []
@@ -56,13 +62,16 @@ def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, in_ch
     for epoch in range(start_epoch, cfg.epochs):
         # ============ one epoch of DINO ============
         metrics = train_one_epoch(state, runtime, cfg, multicrop, epoch)
+        if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            metrics |= knn.epoch_metrics(state.teacher.backbone, knn_bar, runtime.device)
         history.append(metrics)
         collapse = collapse_state(history)
         metrics["collapsed"] = float(collapse is not None)
         if collapse and runtime.rank == 0:
             warnings.warn(
-                f"epoch {epoch}: the teacher's output has been collapsed ({collapse}, entropy "
-                f"{metrics['teacher_entropy']:.3f} of max {metrics['max_entropy']:.3f}) for {COLLAPSE_EPOCHS} epochs; "
+                f"epoch {epoch}: the teacher's output has been collapsed ({collapse}; per-sample entropy "
+                f"{metrics['teacher_entropy']:.3f} of max {metrics['max_entropy']:.3f}, batch-mean entropy "
+                f"{metrics['teacher_batch_entropy']:.3f}) for {COLLAPSE_EPOCHS} epochs; "
                 "check --teacher_temp, --momentum_teacher and --lr, or the augmentations", CollapseWarning, stacklevel=1)
             print(f"WARNING: teacher output collapsed ({collapse}) at epoch {epoch}", file=sys.stderr, flush=True)
         if log is not None:
@@ -75,7 +84,7 @@ def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, in_ch
         if save and runtime.rank == 0:
             saved = state.state_dict() | {
                 "epoch": epoch + 1,
-                "args": plain_values(asdict(cfg) | {"in_chans": in_chans}),
+                "args": plain_values(asdict(cfg) | {"in_chans": inputs.in_chans, "inputs": asdict(inputs)}),
                 "metrics": plain_values(history),
             }
             backbone = state.teacher.backbone.state_dict()
@@ -89,7 +98,7 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
     """One pass over this process's batches: multi-crop, teacher on the globals, student on all, step, EMA."""
     steps_per_epoch, plan, device = state.steps_per_epoch, state.plan, runtime.device
     started = time.perf_counter()
-    losses, entropies, waited, skipped = [], [], 0.0, 0
+    losses, koleos, entropies, batch_entropies, waited, skipped = [], [], [], [], 0.0, 0
     fetch_started = time.perf_counter()
     for step, batch in enumerate(runtime.epoch_batches(epoch)):
         if step >= steps_per_epoch:
@@ -105,8 +114,13 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
         center_before = state.dino_loss.center.clone()  # the loss updates its centre; a skipped step must not
         with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
             teacher_output = state.teacher(crops[:2])  # only the 2 global views pass through the teacher
-            student_output = state.student(crops)
-            loss = state.dino_loss(student_output, teacher_output, epoch)
+            student_output, student_features = state.student(crops, with_features=True)
+            dino = state.dino_loss(student_output, teacher_output, epoch)
+            koleo = torch.zeros((), device=device)
+            if cfg.koleo_weight:  # per global view, as DINOv2 does
+                batch = crops[0].shape[0]
+                koleo = sum(koleo_loss(student_features[i * batch:(i + 1) * batch]) for i in range(2))
+            loss = dino + cfg.koleo_weight * koleo
         if not all_finite(loss, runtime.world_size):
             if cfg.nonfinite_loss != "skip":
                 raise NonFiniteLossError(
@@ -121,9 +135,12 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
 
         optimizer_step(state, loss, cfg, epoch)
         update_teacher(state.student_plain, state.teacher, float(plan["momentum"][it]))
-        losses.append(loss.item())
-        entropies.append(teacher_entropy(teacher_output.float(), state.dino_loss.center,
-                                         state.dino_loss.teacher_temp_schedule[epoch]))
+        losses.append(dino.item())
+        koleos.append(koleo.item())
+        per_sample, batch_mean = teacher_entropies(teacher_output, state.dino_loss.center,
+                                                   state.dino_loss.teacher_temp_schedule[epoch])
+        entropies.append(per_sample)
+        batch_entropies.append(batch_mean)
         fetch_started = time.perf_counter()
 
     if not losses:
@@ -135,11 +152,14 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
     last_it = (epoch + 1) * steps_per_epoch - 1
     metrics = {
         "epoch": epoch,
-        "loss": float(np.mean(losses)),
+        "loss": float(np.mean(losses)),  # the DINO loss (without --koleo_weight's term)
+        "koleo": float(np.mean(koleos)),
         "lr": float(plan["lr"][last_it]),
         "wd": float(plan["wd"][last_it]),
         "momentum_teacher": float(plan["momentum"][last_it]),
-        "teacher_entropy": float(np.mean(entropies)),
+        "teacher_entropy": float(np.mean(entropies)),  # per sample: near log(out_dim) is uniform collapse
+        "teacher_batch_entropy": float(np.mean(batch_entropies)),  # of the batch mean: near 0 is one prototype
+        "kl": float(np.mean(losses) - np.mean(entropies)),  # loss = H(teacher) + KL(teacher || student)
         "max_entropy": math.log(cfg.out_dim),
         "images_per_s": steps_per_epoch * cfg.batch_size_per_gpu * runtime.world_size / seconds,
         "data_wait_fraction": waited / seconds,

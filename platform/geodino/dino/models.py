@@ -82,7 +82,8 @@ class MultiCropWrapper(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, crops: list[torch.Tensor], with_features: bool = False):
+        """Head outputs of every crop, in order; with_features also returns the backbone's (CLS) features."""
         features, start = [], 0
         while start < len(crops):
             end = start
@@ -90,7 +91,9 @@ class MultiCropWrapper(nn.Module):
                 end += 1
             features.append(self.backbone(torch.cat(crops[start:end])))
             start = end
-        return self.head(torch.cat(features))
+        features = torch.cat(features)
+        output = self.head(features)
+        return (output, features) if with_features else output
 
 
 def build_student_teacher(arch: str, patch_size: int, in_chans: int, out_dim: int, norm_last_layer: bool,

@@ -25,13 +25,17 @@ class RunLog:
         self.writer.flush()
         with open(os.path.join(self.folder, "log.txt"), "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
-        print(
-            f"epoch {metrics['epoch']:>3}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
-            f"entropy {metrics['teacher_entropy']:.2f}/{metrics['max_entropy']:.2f}  "
-            f"{metrics['images_per_s']:.1f} img/s",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(epoch_line(metrics), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.writer.close()
+
+
+def epoch_line(metrics: dict) -> str:
+    """One console line per epoch: loss, lr, the teacher's entropies, the k-NN score when measured, speed."""
+    line = (f"epoch {metrics['epoch']:>3}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+            f"entropy {metrics['teacher_entropy']:.2f}/{metrics['max_entropy']:.2f} "
+            f"(batch {metrics.get('teacher_batch_entropy', float('nan')):.2f})")
+    if "knn_ap" in metrics:
+        line += f"  kNN AP {metrics['knn_ap']:.3f} (random init {metrics['knn_random_ap']:.3f})"
+    return line + f"  {metrics['images_per_s']:.1f} img/s"

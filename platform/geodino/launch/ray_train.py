@@ -21,13 +21,13 @@ from ray.data import DataContext
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
-from geodino.archive.card import load_card
-from geodino.data.config import DataConfig, dataset_size, resolve_bands
+from geodino.data.config import DataConfig, dataset_size
 from geodino.data.ray_data import build_dataset
 from geodino.dino.augment import crop_columns
 from geodino.dino.checkpoint import read_checkpoint, write_checkpoint
-from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.dino.config import InputSpec, PretrainConfig, steps_per_epoch_for
 from geodino.dino.loop import dino_loop
+from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
 from geodino.ray_cluster import cluster_gpus, init_ray, worker_cpus
 
@@ -87,7 +87,9 @@ def earlier_checkpoints(checkpoint: ray.train.Checkpoint) -> list[ray.train.Chec
 def train_dino(loop_config: dict) -> None:
     """Ray Train's per-worker function."""
     cfg = PretrainConfig(**loop_config["pretrain"])
-    dino_loop(cfg, RayTrainRuntime(cfg), loop_config["steps_per_epoch"], loop_config["in_chans"])
+    runtime = RayTrainRuntime(cfg)
+    knn = knn_monitor(cfg) if runtime.rank == 0 else None
+    dino_loop(cfg, runtime, loop_config["steps_per_epoch"], InputSpec(**loop_config["inputs"]), knn)
 
 
 def check_gpus(cfg: PretrainConfig) -> None:
@@ -110,12 +112,12 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
         DataContext.get_current().enable_progress_bars = False
     data_config = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
                              normalize=cfg.normalize, limit=cfg.limit)
-    in_chans = len(resolve_bands(load_card(cfg.metadata_dir), cfg.bands))
+    inputs = input_spec(cfg)
     steps = steps_per_epoch_for(dataset_size(data_config), cfg)
     dataset = build_dataset(data_config).select_columns(["image"]).randomize_block_order(seed=cfg.seed)
     if cfg.crops_on == "data":
         dataset = dataset.map_batches(crop_columns, batch_size=cfg.batch_size_per_gpu,
-                                      fn_kwargs={"config": cfg.multicrop()})
+                                      fn_kwargs={"config": cfg.multicrop(inputs)})
 
     check_gpus(cfg)
     resources = {"CPU": worker_cpus(cfg.num_workers, use_gpu=cfg.use_gpu)}
@@ -128,7 +130,7 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
                          "or use --backend nccl on a Ray cluster")
     trainer = TorchTrainer(
         train_dino,
-        train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "in_chans": in_chans},
+        train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "inputs": asdict(inputs)},
         datasets={"train": dataset},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),

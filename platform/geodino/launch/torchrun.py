@@ -28,6 +28,7 @@ from geodino.data.indexed import PatchDataset
 from geodino.dino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
 from geodino.dino.loop import dino_loop
+from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
 
 CHECKPOINT_PREFIX = "checkpoint_epoch_"
@@ -114,7 +115,8 @@ def run_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> Pret
     cfg = dataclasses.replace(cfg, num_workers=runtime.world_size, crops_on="device")
     steps = steps_per_epoch_for(len(dataset), cfg)
     try:
-        dino_loop(cfg, runtime, steps, len(dataset.bands))
+        knn = knn_monitor(cfg) if runtime.rank == 0 else None
+        dino_loop(cfg, runtime, steps, input_spec(cfg), knn)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

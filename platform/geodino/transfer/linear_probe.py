@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -11,9 +13,11 @@ import torch
 
 from geodino.archive.card import load_card
 from geodino.data.config import DataConfig, dataset_size
+from geodino.data.indexed import labelled_images
 from geodino.metrics import knn_report
 from geodino.ray_cluster import init_ray
 from geodino.storage import default_home
+from geodino.transfer.backbones import load_backbone
 from geodino.transfer.features import FeatureConfig, extract_features
 from geodino.transfer.probe import ProbeConfig, evaluate_probe, train_probe, validation_from_train
 
@@ -65,12 +69,13 @@ def split_features(source: str, cfg: LinearProbeConfig) -> tuple[dict[str, dict]
     A dataset without a validation split (EuroSAT's subset has none) gets a seeded 10 % of train.
     """
     extracted, result = 0, {}
+    features = cfg.features()
     for split in SPLITS:
         data = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split=split, bands=cfg.bands,
                           normalize=cfg.normalize)
         if split == "validation" and dataset_size(data) == 0:
             continue
-        result[split], cached = extract_features(source, data, cfg.features(), cfg.resolved_cache_dir(),
+        result[split], cached = extract_features(source, data, features, cfg.resolved_cache_dir(),
                                                  arch=cfg.arch, patch_size=cfg.patch_size)
         extracted += not cached
     if "validation" not in result:
@@ -79,6 +84,29 @@ def split_features(source: str, cfg: LinearProbeConfig) -> tuple[dict[str, dict]
         result["validation"] = {key: value[held_out] for key, value in train.items()}
         result["train"] = {key: value[keep] for key, value in train.items()}
     return result, extracted
+
+
+def with_image_size(source: str, cfg: LinearProbeConfig) -> LinearProbeConfig:
+    """`cfg` with the image size its features will be computed at (see probe_image_size)."""
+    return dataclasses.replace(cfg, image_size=probe_image_size(source, cfg))
+
+
+def probe_image_size(source: str, cfg: LinearProbeConfig) -> int | None:
+    """--image_size, or the data's own size made a multiple of the backbone's patch size (a ViT needs whole
+    patches), said on stderr when it had to change. None: the data's size as it is."""
+    data = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
+                      normalize=cfg.normalize)
+    images, _ = labelled_images(data, count=1)
+    in_chans = images.shape[1]
+    patch = load_backbone(source, cfg.arch, cfg.patch_size, in_chans).patch_size
+    size = cfg.image_size or images.shape[-1]
+    if size % patch == 0:
+        return cfg.image_size
+    fitted = max(patch, patch * round(size / patch))
+    where = "--image_size" if cfg.image_size else "the images"
+    print(f"{where}: {size} px is not a multiple of the backbone's patch size {patch}; features are computed on "
+          f"images resized to {fitted} px (pass --image_size to choose another multiple)", file=sys.stderr)
+    return fitted
 
 
 def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
@@ -91,6 +119,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     init_ray()
     card = load_card(cfg.metadata_dir)
     check_num_labels(cfg, card["classes"])
+    cfg = with_image_size(cfg.pretrained_weights, cfg)
     features, _ = split_features(cfg.pretrained_weights, cfg)
     task = card["task"]
     train = features["train"]

@@ -24,7 +24,7 @@ from geodino.archive.card import load_card
 from geodino.metrics import knn_report
 from geodino.ray_cluster import cluster_gpus, init_ray
 from geodino.transfer.backbones import parse_named
-from geodino.transfer.linear_probe import LinearProbeConfig, check_num_labels, split_features
+from geodino.transfer.linear_probe import LinearProbeConfig, check_num_labels, split_features, with_image_size
 from geodino.transfer.probe import ProbeConfig, evaluate_probe, train_probe
 
 METRIC = "val_ap_macro"
@@ -97,7 +97,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         raise ValueError(f"backbone names must be unique: {[name for name, _ in named]}")
     features, extractions = {}, 0
     for name, source in named:
-        features[name], extracted = split_features(source, base)
+        features[name], extracted = split_features(source, with_image_size(source, base))
         extractions += extracted
 
     trainable = tune.with_resources(tune.with_parameters(probe_trial, features=features, task=card["task"]),
