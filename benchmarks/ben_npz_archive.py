@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("GEODINO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 NPZ = SHARED / "bigearthnet-v1-configilm-mock"
 EXAMPLE = SHARED / "bigearthnet-s2-example"
 
@@ -24,13 +24,15 @@ EXAMPLE = SHARED / "bigearthnet-s2-example"
 def write_band(path: Path, array: np.ndarray) -> None:
     import rasterio
 
-    with rasterio.open(path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
-                       dtype=array.dtype) as dst:
+    from geodino.storage import raster_env
+
+    profile = dict(driver="GTiff", width=array.shape[1], height=array.shape[0], count=1, dtype=array.dtype)
+    with raster_env(str(path)), rasterio.open(path, "w", **profile) as dst:
         dst.write(array, 1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    out = Path((argv or sys.argv[1:])[0])
+def write_npz_patches(out: Path) -> None:
+    """The 30 ConfigILM patches as BigEarthNet v1 folders: one GeoTIFF per band and the labels JSON."""
     out.mkdir(parents=True, exist_ok=True)
     labels = json.loads((NPZ / "labels.json").read_text())
     for npz in sorted((NPZ / "patches").glob("*.npz")):
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             for band in (key for key in bands.files if key.startswith("B")):
                 write_band(folder / f"{name}_{band}.tif", bands[band])
         (folder / f"{name}_labels_metadata.json").write_text(json.dumps({"labels": labels[name]["labels_43"]}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    out = Path((argv or sys.argv[1:])[0])
+    write_npz_patches(out)
     for source in sorted(p for p in EXAMPLE.iterdir() if p.is_dir()):
         (out / source.name).mkdir(exist_ok=True)
         for file in source.iterdir():

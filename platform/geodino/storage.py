@@ -52,18 +52,20 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-S3_ATTEMPTS = int(os.environ.get("GEODINO_S3_ATTEMPTS", 8))  # AWS SDK standard retries: exponential backoff
+def s3_attempts() -> int:
+    """AWS SDK standard retries (exponential backoff with jitter): GEODINO_S3_ATTEMPTS, default 8."""
+    return int(os.environ.get("GEODINO_S3_ATTEMPTS", 8))
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
     """S3 through the standard AWS credential chain, honouring AWS_ENDPOINT_URL.
 
     A short outage is ridden out by the AWS SDK's standard retry strategy
-    (exponential backoff with jitter, S3_ATTEMPTS attempts); after that the
+    (exponential backoff with jitter, s3_attempts() attempts); after that the
     caller gets an error that names the object and the endpoint.
     """
     endpoint = s3_endpoint()
-    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS), "connect_timeout": 10.0}
+    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3_attempts()), "connect_timeout": 10.0}
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -83,8 +85,14 @@ def raster_env(path: str = "", **gdal_options):
     """
     import rasterio
 
+    if path and not str(path).startswith("s3://"):
+        # A local file needs no AWS session, yet rasterio builds a boto3 one for every open whenever AWS
+        # credentials are in the environment (as on SageMaker): 18 ms an open instead of 1.2 ms.
+        from rasterio.session import DummySession
+
+        return rasterio.Env(session=DummySession(), **gdal_options)
     endpoint = s3_endpoint()
-    if not endpoint or (path and not str(path).startswith("s3://")):
+    if not endpoint:
         return rasterio.Env(**gdal_options) if gdal_options else contextlib.nullcontext()
     parsed = urlparse(endpoint)
     gdal_options.setdefault("AWS_VIRTUAL_HOSTING", "FALSE")
@@ -116,7 +124,7 @@ def where(path: str) -> str:
     """For error messages: which endpoint an s3:// path went to."""
     if not str(path).startswith("s3://"):
         return "local file"
-    return f"S3 endpoint {s3_endpoint() or 'AWS default'}, {S3_ATTEMPTS} attempts with backoff"
+    return f"S3 endpoint {s3_endpoint() or 'AWS default'}, {s3_attempts()} attempts with backoff"
 
 
 def exists(path: str) -> bool:

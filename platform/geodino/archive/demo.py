@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from geodino import storage
 from geodino.archive.bands import NATIVE_SIZE, S2_BANDS
 from geodino.archive.card import card_file
 from geodino.archive.pixels import to_grid
@@ -127,7 +128,8 @@ def write_patch(root: str, name: str, image: np.ndarray, labels: list[str], ulx:
         pixels = downsample(image[band_index], factor) if factor > 1 else image[band_index]
         profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint16", crs=crs,
                        transform=Affine(PATCH_METRES / size, 0, ulx, 0, -PATCH_METRES / size, uly))
-        with rasterio.open(os.path.join(folder, f"{name}_{band}.tif"), "w", **profile) as dst:
+        path = os.path.join(folder, f"{name}_{band}.tif")
+        with storage.raster_env(path), rasterio.open(path, "w", **profile) as dst:
             dst.write(np.round(pixels).astype(np.uint16), 1)
     meta = {
         "labels": labels,
@@ -166,6 +168,10 @@ def prepared_demo(patches: int = 400) -> str:
     home = default_home()
     archive = make_demo_archive(os.path.join(home, "demo-archive"), patches=patches)
     out = os.path.join(home, "demo-metadata", "metadata.parquet")
-    if not os.path.exists(out) or json.load(open(card_file(out))).get("rows") != patches:
+    marker = os.path.join(archive, ".geodino-demo.json")
+    stale = (not os.path.exists(out) or not os.path.exists(card_file(out))
+             or os.path.getmtime(out) < os.path.getmtime(marker)  # the archive was generated again (a new version)
+             or json.load(open(card_file(out))).get("rows") != patches)
+    if stale:
         prepare(PrepareConfig(archive=archive, out=out))
     return out
