@@ -1,6 +1,5 @@
 """The bad-input catalogue of the README: each bad input, made for real, and the message the user sees."""
 
-import json
 import shutil
 
 import numpy as np
@@ -65,7 +64,8 @@ def test_nan_and_empty_images_and_mixed_band_counts_in_a_users_table(tmp_path):
     reasons = pd.read_csv(result.rejects_path).set_index("path")["reason"]
     assert "row 6" in reasons["images/nan.tif"] and "NaN" in reasons["images/nan.tif"]
     assert "row 7" in reasons["images/empty.tif"] and "all zero" in reasons["images/empty.tif"]
-    assert "image has 4 bands; the others have 3" == reasons["images/four_bands.tif"]
+    assert reasons["images/four_bands.tif"] == ("row 8: image has 4 bands, the others 3 bands; image has float32, "
+                                                "the others uint8; image has 16x16 px, the others 64x64 px")
     assert result.rows == 4
 
 
@@ -105,6 +105,114 @@ def test_cluster_without_the_requested_gpus_fails_before_starting(ray_session):
 def test_card_missing_next_to_the_metadata_is_named(ben_v1_metadata, tmp_path):
     lonely = tmp_path / "metadata.parquet"
     shutil.copy(ben_v1_metadata, lonely)
-    with pytest.raises(FileNotFoundError, match="metadata.json: the card that prepare writes"):
+    with pytest.raises(FileNotFoundError) as raised:
         build_dataset(DataConfig(metadata=str(lonely)))
-    assert json.loads(ben_v1_metadata.with_suffix(".json").read_text())["rows"] == 6
+    assert str(raised.value).startswith(f"{lonely.with_suffix('.json')}: the card that prepare writes next to {lonely}")
+
+
+def prepare_cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "TQDM_DISABLE": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "experiments" / "prepare.py"), *map(str, args)],
+                          env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_sixteen_bit_images_get_their_own_pixel_scale_and_band_statistics(tmp_path):
+    """4-band uint16 GeoTIFFs (real Sentinel-2 B02, B03, B04, B08): before, they were scaled as 8-bit (mean 0.998)."""
+    from conftest import BEN_V1_EXAMPLE
+
+    from geodino.archive.card import load_card
+    from geodino.data.config import DataConfig
+    from geodino.data.indexed import labelled_images
+
+    rows = []
+    for index, folder in enumerate(sorted(p for p in BEN_V1_EXAMPLE.iterdir() if p.is_dir())):
+        bands = [rasterio.open(folder / f"{folder.name}_{b}.tif").read(1) for b in ("B02", "B03", "B04", "B08")]
+        path = tmp_path / f"{folder.name}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=120, height=120, count=4, dtype="uint16") as dst:
+            dst.write(np.stack(bands))
+        rows.append({"path": path.name, "label": "field" if index % 2 else "forest", "split": "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    done = prepare_cli(tmp_path / "table.csv", "--out", tmp_path / "m.parquet", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    card = load_card(str(tmp_path / "m.parquet"))
+    assert card["dtype"] == "uint16" and card["pixel_scale"].startswith("99.9th percentile of")
+    values = np.concatenate([rasterio.open(tmp_path / r["path"]).read().ravel() for r in rows])
+    assert card["pixel_max"] == pytest.approx(np.percentile(values, 99.9), rel=0.05)  # of a sample of them
+    assert len(card["band_stats"]["mean"]) == 4 and card["band_stats"]["mean"][3] > card["band_stats"]["mean"][0]
+    images, _ = labelled_images(DataConfig(metadata=str(tmp_path / "m.parquet"), split="train"))
+    assert 0.05 < float(images.mean()) < 0.5  # reflectances, not a saturated 0.998
+    saturating = prepare_cli(tmp_path / "table.csv", "--out", tmp_path / "s.parquet", "--workers", "1",
+                             "--pixel_max", "255")
+    assert saturating.returncode == 0 and "pixel scale 255 (--pixel_max) leaves" in saturating.stdout
+
+
+def test_a_users_table_is_checked_as_a_whole(tmp_path):
+    """Duplicates across splits, split spellings, class-name typos and odd image sizes, each named by row."""
+    import shutil
+
+    from conftest import EUROSAT
+
+    sources = sorted((EUROSAT / "images" / "Forest").glob("*.jpg"))[:4]
+    for path in sources:
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copy(sources[0], tmp_path / "copy-of-first.jpg")  # other name, identical pixels
+    from PIL import Image
+
+    Image.open(sources[1]).resize((32, 32)).save(tmp_path / "small.jpg")
+    table = pd.DataFrame([
+        {"path": sources[0].name, "label": "Forest", "split": "Train"},  # row 2
+        {"path": sources[1].name, "label": "Forest", "split": "valid"},  # row 3
+        {"path": sources[2].name, "label": "Forrest", "split": "test"},  # row 4: a typo of Forest
+        {"path": sources[3].name, "label": "forest", "split": "holdout"},  # row 5: no such split
+        {"path": "copy-of-first.jpg", "label": "Forest", "split": "test"},  # row 6: row 2's pixels
+        {"path": sources[0].name, "label": "Forest", "split": "test"},  # row 7: row 2's path
+        {"path": "small.jpg", "label": "Forest", "split": "train"},  # row 8: 32 px among 64 px images
+    ])
+    table.to_csv(tmp_path / "table.csv", index=False)
+    done = prepare_cli(tmp_path / "table.csv", "--out", tmp_path / "m.parquet", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_parquet(tmp_path / "m.parquet").set_index("path")
+    assert dict(frame["original_split"]) == {sources[0].name: "train", sources[1].name: "validation",
+                                             sources[2].name: "test"}
+    reasons = pd.read_csv(tmp_path / "m.rejects.csv").set_index("path")["reason"].to_dict()
+    assert reasons[sources[3].name].startswith("row 5: split 'holdout' is not one of train, validation, test")
+    assert reasons["copy-of-first.jpg"] == (f"row 6: same image (identical pixels) as row 2 ({sources[0].name}, "
+                                            "split train)")
+    assert reasons["small.jpg"] == "row 8: image has 32x32 px, the others 64x64 px"
+    assert "warning: class names that differ only by case or a typo: 'Forest' and 'Forrest'" in done.stdout
+    strict = prepare_cli(tmp_path / "table.csv", "--out", tmp_path / "strict.parquet", "--workers", "1", "--strict")
+    assert strict.returncode == 2 and "'Forest' and 'Forrest'" in strict.stderr
+    assert not (tmp_path / "strict.parquet").exists()  # refused before writing anything
+
+
+def test_prepare_and_pack_never_replace_files_they_did_not_write(tmp_path):
+    """--out at the user's own table or parquet, --pack into a folder of theirs: refused, the files untouched."""
+    table = pd.read_csv(EUROSAT / "labels.csv").head(20)
+    user_table = tmp_path / "my_images.parquet"
+    table.to_parquet(user_table)
+    before = user_table.read_bytes()
+    same = prepare_cli(user_table, "--out", user_table, "--data_dir", EUROSAT, "--workers", "1")
+    assert same.returncode == 2 and "is the table being prepared" in same.stderr
+    other = tmp_path / "results.parquet"
+    other.write_bytes(before)  # some parquet of the user's, no card beside it
+    replaced = prepare_cli(user_table, "--out", other, "--data_dir", EUROSAT, "--workers", "1")
+    assert replaced.returncode == 2 and f"--out {other} exists and was not written by prepare" in replaced.stderr
+    assert user_table.read_bytes() == before and other.read_bytes() == before
+    unwritable = prepare_cli(user_table, "--out", tmp_path / "my_images.parquet" / "m.parquet", "--workers", "1")
+    assert unwritable.returncode == 2 and "cannot create its folder" in unwritable.stderr  # before any image is read
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    packed = prepare_cli(user_table, "--out", tmp_path / "m.parquet", "--data_dir", EUROSAT, "--workers", "1",
+                         "--pack", folder)
+    assert packed.returncode == 2 and "holds 1 files and no pack.json" in packed.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    again = prepare_cli(user_table, "--out", tmp_path / "m.parquet", "--data_dir", EUROSAT, "--workers", "1")
+    assert again.returncode == 0, again.stderr  # prepare's own output from the run above: replaced, as before

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import BEN_V1_EXAMPLE, BEN_V2, EUROSAT, REPO
 
 from geodino.archive.prepare import PrepareConfig, prepare
@@ -32,8 +33,24 @@ def test_official_lists_give_six_correct_rows(ben_v1_metadata):
     assert frame.loc["S2A_MSIL2A_20170617T113321_4_55", "acquisition_date"] == "2017-06-17 11:33:21"
     card = json.loads(ben_v1_metadata.with_suffix(".json").read_text())
     assert card["split_source"] == "official lists" and len(card["classes"]) == 19
+    # Band statistics: mean and (population) std per band over the recommended training patches, each band
+    # upsampled to the 10 m grid as the pipeline reads it; computed here independently with rasterio.
+    import rasterio
+    import torch
+
     stats = card["band_stats"]
-    assert len(stats["mean"]) == 12 and all(s > 0 for s in stats["std"])
+    train = frame[frame["recommended"] & (frame["original_split"] == "train")].index
+    assert stats["patches"] == len(train) == 4
+    for band, mean, std in zip(stats["bands"], stats["mean"], stats["std"]):
+        planes = []
+        for name in train:
+            with rasterio.open(BEN_V1_EXAMPLE / name / f"{name}_{band}.tif") as src:
+                plane = torch.from_numpy(src.read(1).astype(np.float32))[None, None]
+            planes.append(torch.nn.functional.interpolate(plane, size=(120, 120), mode="bilinear",
+                                                          align_corners=False)[0, 0].double().numpy())
+        values = np.concatenate([p.ravel() for p in planes])
+        assert mean == pytest.approx(values.mean(), abs=1e-3), band
+        assert std == pytest.approx(values.std(), abs=1e-3), band
 
 
 def test_hash_split_without_lists_is_deterministic(tmp_path):

@@ -30,15 +30,35 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
-def worker_cpus(num_workers: int, cluster_cpus: float | None = None, use_gpu: bool = False) -> float:
-    """CPUs to reserve per training worker so that Ray Data always keeps a share to read with."""
+def actor_cpus(actors: int = 1, cluster_cpus: float | None = None) -> float:
+    """CPUs for each of `actors` model actors (feature extraction, predict) on a CPU cluster: one each when the
+    cluster has room, else a share that leaves Ray Data half the CPUs. On a 1-CPU host an actor holding the
+    only CPU left the reading tasks none, and the pipeline waited forever."""
+    if cluster_cpus is None:
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+    return round(min(1.0, cluster_cpus * (1 - DATA_CPU_SHARE) / actors), 3)
+
+
+CACHED_DATA_CPUS = 0.25  # what Ray Data needs to hand out blocks already in the object store
+
+
+def worker_cpus(num_workers: int, cluster_cpus: float | None = None, use_gpu: bool = False,
+                data_cached: bool = False) -> float:
+    """CPUs to reserve per training worker so that Ray Data always keeps a share to read with.
+
+    A split already materialised in the object store is only handed out, not read or decoded: then the
+    training workers take nearly every CPU (and compute with that many threads).
+    """
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, not {num_workers}")
     if cluster_cpus is None:
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
-    data_cpus = max(1.0, cluster_cpus * DATA_CPU_SHARE)
+    if data_cached:
+        data_cpus, cap = CACHED_DATA_CPUS, cluster_cpus if not use_gpu else 2.0
+    else:
+        data_cpus, cap = max(1.0, cluster_cpus * DATA_CPU_SHARE), 1.0 if not use_gpu else 2.0
     available = cluster_cpus - data_cpus
-    per_worker = min(1.0 if not use_gpu else 2.0, available / num_workers)
+    per_worker = min(cap, available / num_workers)
     if per_worker < MIN_WORKER_CPUS:
         raise ValueError(
             f"{num_workers} training workers do not fit on {cluster_cpus:g} CPUs while keeping "
@@ -49,3 +69,7 @@ def worker_cpus(num_workers: int, cluster_cpus: float | None = None, use_gpu: bo
 
 def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def object_store_bytes() -> float:
+    return float(ray.cluster_resources().get("object_store_memory", 0))

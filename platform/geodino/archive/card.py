@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from geodino import storage
+from geodino.errors import MissingInputError
 
 METADATA_COLUMNS = ["name", "path", "format", "labels", "original_split", "recommended"]
 
@@ -39,7 +40,10 @@ def load_card(metadata: str) -> dict:
     try:
         return json.loads(storage.read_bytes(card_path))
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{card_path}: the card that prepare writes next to {metadata_file(metadata)} is "
+        if not storage.exists(metadata_file(metadata)):
+            raise MissingInputError(f"{metadata}: no metadata parquet there; give the file (or folder) that "
+                                    "experiments/prepare.py --out wrote") from error
+        raise MissingInputError(f"{card_path}: the card that prepare writes next to {metadata_file(metadata)} is "
                                 "missing; rerun experiments/prepare.py") from error
 
 

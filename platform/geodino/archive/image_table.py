@@ -2,14 +2,20 @@
 
 Images are multi-band GeoTIFFs or JPEG/PNG (read as RGB), at paths relative to the table's folder or
 --data_dir. Rows are checked like BigEarthNet patches: a row that fails is rejected with its line
-number and the reason, and images must share one band count.
+number and the reason. A table is checked as a whole too, because a user's table can be wrong in
+ways no single row shows: images must share one form (band count, dtype, size), the same image may
+not appear twice (by path or by pixels, which would leak between splits), split values are mapped
+when unambiguous (`Train`, `val`, `valid`) and refused otherwise, and class names that differ only by
+case or a typo (`Forrest`, `forest`) are reported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import Counter
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -17,6 +23,9 @@ import pandas as pd
 from geodino import storage
 from geodino.archive.pixels import FORMAT_IMAGE, PatchReadError, read_image
 from geodino.errors import RejectedPatch
+
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
+               "validation": "validation", "dev": "validation", "test": "test", "testing": "test"}
 
 
 def read_image_table(table_path: str) -> pd.DataFrame:
@@ -41,6 +50,18 @@ def _labels_of(record: dict) -> list[str]:
     return [str(part) for part in value]
 
 
+def split_of(value, number: int) -> str | None:
+    """The split a row names, mapped to train/validation/test when unambiguous (case and common synonyms)."""
+    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
+    if not text:
+        return None
+    split = SPLIT_NAMES.get(text.lower())
+    if split is None:
+        raise RejectedPatch(f"row {number}: split {text!r} is not one of train, validation, test (also accepted: "
+                            f"{', '.join(sorted(k for k in SPLIT_NAMES if k not in ('train', 'validation', 'test')))})")
+    return split
+
+
 def parse_image_chunk(data_root: str, records: list[dict], verify: str):
     rows, rejects = [], []
     for number, record in records:
@@ -51,19 +72,18 @@ def parse_image_chunk(data_root: str, records: list[dict], verify: str):
             labels = _labels_of(record)
             if not labels:
                 raise RejectedPatch(f"row {number}: no label")
-            channels = None
+            split = split_of(record.get("split"), number)
+            form = digest = None
             if verify == "pixels":
                 pixels = read_image(storage.join(data_root, path))
                 if not np.isfinite(pixels).all():
                     raise RejectedPatch(f"row {number}: image {path} has NaN or infinite pixels")
                 if not pixels.any():
                     raise RejectedPatch(f"row {number}: image {path} is all zero (no data)")
-                channels = pixels.shape[0]
+                form = (pixels.shape[0], str(pixels.dtype), pixels.shape[1], pixels.shape[2])
+                digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
             elif not storage.exists(storage.join(data_root, path)):
                 raise RejectedPatch(f"row {number}: image file {path} missing")
-            split = str(record.get("split") or "") or None
-            if split == "val":
-                split = "validation"
             rows.append(
                 {
                     "name": os.path.splitext(path)[0].replace("/", "_"),
@@ -72,7 +92,9 @@ def parse_image_chunk(data_root: str, records: list[dict], verify: str):
                     "labels": labels,
                     "labels_43": [],
                     "original_split": split,
-                    "_channels": channels,
+                    "_row": number,
+                    "_form": form,
+                    "_digest": digest,
                 }
             )
         except PatchReadError as error:
@@ -82,24 +104,74 @@ def parse_image_chunk(data_root: str, records: list[dict], verify: str):
     return rows, rejects
 
 
-
-def reject_mixed_channels(rows: list[dict], rejects: list[dict]):
-    """Images must share one band count; the most common count wins, the others are rejected."""
-    counts = Counter(row["_channels"] for row in rows if row["_channels"] is not None)
-    if not counts:
-        return rows, rejects, None
-    channels = counts.most_common(1)[0][0]
+def _reject(rows: list[dict], rejects: list[dict], keep, reason) -> list[dict]:
     kept = []
     for row in rows:
-        if row["_channels"] not in (None, channels):
-            rejects.append(
-                {
-                    "name": row["name"],
-                    "path": row["path"],
-                    "reason": f"image has {row['_channels']} bands; the others have {channels}",
-                }
-            )
-        else:
+        if keep(row):
             kept.append(row)
-    return kept, rejects, channels
+        else:
+            rejects.append({"name": row["name"], "path": row["path"], "reason": f"row {row['_row']}: {reason(row)}"})
+    return kept
 
+
+def describe_form(form: tuple) -> dict:
+    bands, dtype, height, width = form
+    return {"bands": f"{bands} bands", "dtype": dtype, "size": f"{height}x{width} px"}
+
+
+def reject_mismatched_images(rows: list[dict], rejects: list[dict]) -> tuple[list[dict], tuple | None]:
+    """Images must share one form (band count, dtype, size): the most common form wins, the others are
+    rejected naming what differs. Returns the kept rows and the form (None when no pixels were read)."""
+    counts = Counter(row["_form"] for row in rows if row["_form"] is not None)
+    if not counts:
+        return rows, None
+    form = counts.most_common(1)[0][0]
+    wanted = describe_form(form)
+
+    def reason(row):
+        found = describe_form(row["_form"])
+        return "; ".join(f"image has {found[key]}, the others {wanted[key]}" for key in wanted if found[key] != wanted[key])
+
+    return _reject(rows, rejects, lambda row: row["_form"] in (None, form), reason), form
+
+
+def reject_duplicates(rows: list[dict], rejects: list[dict]) -> list[dict]:
+    """The same image twice (same path, or other files with identical pixels): only its first row is kept, so an
+    image never sits in two splits."""
+    first: dict = {}
+    for row in rows:
+        for key in (("path", os.path.normpath(row["path"])), ("pixels", row["_digest"])):
+            if key[1] is not None:
+                first.setdefault(key, row)
+
+    def duplicate_of(row):
+        for key in (("path", os.path.normpath(row["path"])), ("pixels", row["_digest"])):
+            if key[1] is not None and first[key] is not row:
+                return key[0], first[key]
+        return None
+
+    def reason(row):
+        how, original = duplicate_of(row)
+        return (f"same image ({'same path' if how == 'path' else 'identical pixels'}) as row {original['_row']} "
+                f"({original['path']}, split {original['original_split'] or 'none'})")
+
+    return _reject(rows, rejects, lambda row: duplicate_of(row) is None, reason)
+
+
+def edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+def similar_class_names(classes: list[str]) -> list[tuple[str, str]]:
+    """Pairs of class names that differ only by case or by at most one edit in five characters: likely typos."""
+    pairs = []
+    for a, b in combinations(sorted(classes), 2):
+        if a.lower() == b.lower() or edit_distance(a.lower(), b.lower()) <= max(1, min(len(a), len(b)) // 5):
+            pairs.append((a, b))
+    return pairs

@@ -70,7 +70,13 @@ def shard_name(index: int) -> str:
 
 
 def storage_dtype(card: dict) -> str:
-    """Smallest integer type that holds the archive's raw values (8-bit images, 16-bit Sentinel-2)."""
+    """The integer type that holds the archive's raw values: the images' own (8 or 16 bit), 16 bit for Sentinel-2."""
+    dtype = card.get("dtype")
+    if card["format"] == FORMAT_IMAGE and dtype not in (None, "uint8", "uint16"):
+        raise PackMismatchError(f"the images are {dtype}; a pack stores 8- or 16-bit integers: train from the images "
+                                "themselves (leave out --pack)")
+    if dtype in ("uint8", "uint16"):
+        return dtype
     return "uint8" if card["pixel_max"] <= 255 else "uint16"
 
 
@@ -172,6 +178,9 @@ def pack(config: PackConfig) -> PackResult:
     existing = read_manifest(config.out_dir)
     if existing is not None:
         check_same_plan(config.out_dir, existing, plan)
+    elif not storage.is_uri(config.out_dir) and os.path.isdir(config.out_dir) and os.listdir(config.out_dir):
+        raise PackMismatchError(f"{config.out_dir} holds {len(os.listdir(config.out_dir))} files and no {MANIFEST}: "
+                                "pack only into an empty or new folder, or into a pack made with the same settings")
     storage.write_bytes_atomic(storage.join(config.out_dir, MANIFEST),
                                json.dumps({**plan, "complete": False}, indent=1).encode())
 

@@ -1,9 +1,10 @@
 """Read the pixels of one patch, whatever archive format holds it.
 
-Every reader returns raw values as float32 (bands, height, width) on a common
-grid: Sentinel-2 bands coarser than 10 m are upsampled to the 10 m grid, so a
-12-band BigEarthNet patch comes out as (12, 120, 120). Normalisation happens
-later, in the dataset, so that readers stay format-only.
+Every reader returns raw values as (bands, height, width) on a common grid:
+Sentinel-2 bands coarser than 10 m are upsampled to the 10 m grid (as float32), so a
+12-band BigEarthNet patch comes out as (12, 120, 120); a user's image keeps its own
+dtype (prepare reads it to choose the pixel scale). Normalisation happens later, in
+the dataset, so that readers stay format-only.
 """
 
 from __future__ import annotations
@@ -87,14 +88,14 @@ def read_ben_v2(lmdb_path: str, key: str, bands: Sequence[str], size: int = 120)
 
 
 def read_image(path: str) -> np.ndarray:
-    """A user's image: GeoTIFF of any band count, or JPEG/PNG as 3 RGB bands."""
+    """A user's image in its own dtype: GeoTIFF of any band count, or JPEG/PNG as 3 RGB bands (uint8)."""
     if path.lower().endswith((".tif", ".tiff")):
-        return read_geotiff(path).astype(np.float32)
+        return read_geotiff(path)
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1).copy()
+            return np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy()
     except (UnidentifiedImageError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read image ({error})") from error
 

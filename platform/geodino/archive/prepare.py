@@ -31,14 +31,22 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geodino import storage
-from geodino.archive.bands import OPTICAL_MAX, parse_bands
+from geodino.archive.bands import parse_bands
 from geodino.archive.ben_v1 import list_patch_dirs, parse_ben_v1_chunk
 from geodino.archive.card import card_file, metadata_file, rejects_file
-from geodino.archive.image_table import parse_image_chunk, read_image_table, reject_mixed_channels
+from geodino.archive.image_table import (
+    parse_image_chunk,
+    read_image_table,
+    reject_duplicates,
+    reject_mismatched_images,
+    similar_class_names,
+)
 from geodino.archive.labels import BEN19_CLASSES
-from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, read_patch
+from geodino.archive.pixel_stats import band_stats, choose_pixel_max
+from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE
 from geodino.archive.reben import find_lmdb, parse_ben_v2_chunk, read_ben_v2_table
 from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
+from geodino.errors import GeodinoError
 
 COLUMNS = (
     "name",
@@ -83,7 +91,12 @@ class PrepareConfig:
     verify: str = "pixels"  # "pixels" reads every band (catches truncation); "header" opens only
     workers: int = 0  # 0: one process per core; 1: in this process
     strict: bool = False
-    stats_patches: int = 1000  # patches sampled (from train) for per-band mean/std
+    stats_patches: int = 1000  # patches sampled (from train) for per-band mean/std and the pixel scale
+    pixel_max: float | None = None  # value mapped to 1 by --normalize max (default: from the data, see the card)
+
+
+class OutputError(GeodinoError, ValueError):
+    """An output path prepare may not write: not its own file, or not writable."""
 
 
 @dataclass
@@ -191,27 +204,6 @@ def finish_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def band_stats(frame: pd.DataFrame, data_root: str, bands: tuple[str, ...], limit: int) -> dict:
-    """Per-band mean and std of raw values over a deterministic sample of training patches."""
-    pool = frame[frame["recommended"] & (frame["original_split"] == "train")]
-    if pool.empty:
-        pool = frame
-    sample = pool.sort_values("name").head(limit) if len(pool) <= limit else pool.sample(limit, random_state=0)
-    total = total_sq = None
-    count = 0
-    for row in sample.itertuples():
-        pixels = read_patch(row.format, data_root, row.path, row.name, bands).astype(np.float64)
-        flat = pixels.reshape(pixels.shape[0], -1)
-        total = flat.sum(1) if total is None else total + flat.sum(1)
-        total_sq = (flat**2).sum(1) if total_sq is None else total_sq + (flat**2).sum(1)
-        count += flat.shape[1]
-    if not count:
-        return {}
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return {"bands": list(bands), "mean": mean.round(4).tolist(), "std": std.round(4).tolist(), "patches": len(sample)}
-
-
 def write_outputs(frame: pd.DataFrame, rejects: list[dict], card: dict, config: PrepareConfig) -> tuple[str, str]:
     card_path, rejects_path = card_file(config.out), rejects_file(config.out)
     table = pa.Table.from_pandas(frame[list(COLUMNS)], schema=SCHEMA, preserve_index=False)
@@ -224,16 +216,34 @@ def write_outputs(frame: pd.DataFrame, rejects: list[dict], card: dict, config: 
     return card_path, rejects_path
 
 
+def check_out(config: PrepareConfig) -> None:
+    """Before anything is parsed: --out may be replaced only if prepare wrote it, and must be writable."""
+    out = metadata_file(config.out)
+    if not storage.is_uri(out) and os.path.abspath(out) == os.path.abspath(config.archive):
+        raise OutputError(f"--out {config.out} is the table being prepared: choose another path for the metadata")
+    if storage.exists(out) and not storage.exists(card_file(config.out)):
+        raise OutputError(f"--out {out} exists and was not written by prepare (there is no {card_file(config.out)} "
+                          "beside it): choose another path, or move that file away yourself")
+    if not storage.is_uri(out):
+        folder = os.path.dirname(os.path.abspath(out))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"--out {out}: cannot create its folder ({error.strerror})") from error
+        if not os.access(folder, os.W_OK):
+            raise OutputError(f"--out {out}: the folder {folder} is not writable; choose another --out")
+
+
 def prepare(config: PrepareConfig) -> PrepareResult:
     """Parse, check and write; see the module docstring."""
     started = time.perf_counter()
+    check_out(config)
     workers = config.workers or os.cpu_count() or 1
     fmt = detect_format(config.archive)
     warnings: list[str] = []
     bands = parse_bands(config.bands)
     classes: list[str] = list(BEN19_CLASSES)
     task_type = "multi_label"
-    pixel_max = OPTICAL_MAX
     available_bands: list[str] = list(bands)
     is_rgb = False  # BigEarthNet: whether the chosen bands are R, G, B is decided by the reader's band choice
 
@@ -253,15 +263,23 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         records = list(enumerate(table.to_dict("records"), start=2))  # CSV line numbers: header is line 1
         task = partial(parse_image_chunk, data_root, verify=config.verify)
         rows, rejects = run_parallel(task, records, workers, "prepare")
-        rows, rejects, channels = reject_mixed_channels(rows, rejects)
+        rows, form = reject_mismatched_images(rows, rejects)
+        rows = reject_duplicates(rows, rejects)
         classes = sorted({label for row in rows for label in row["labels"]})
+        similar = similar_class_names(classes)
+        if similar:
+            listed = "; ".join(f"{a!r} and {b!r}" for a, b in similar)
+            if config.strict:
+                raise ValueError(f"{config.archive}: class names that differ only by case or a typo: {listed}; fix the "
+                                 "table (or leave out --strict to prepare it as it is)")
+            warnings.append(f"class names that differ only by case or a typo: {listed}; each is its own class")
         task_type = "single_label" if "label" in table.columns and "labels" not in table.columns else "multi_label"
-        pixel_max = 255.0
-        available_bands = [f"band{i + 1}" for i in range(channels or 3)]
+        available_bands = [f"band{i + 1}" for i in range(form[0] if form else 3)]
         is_rgb = all(str(row["path"]).lower().endswith(RGB_SUFFIXES) for row in rows)
-        bands = ()
+        bands = tuple(available_bands)
         for row in rows:
-            row.pop("_channels", None)
+            for key in ("_row", "_form", "_digest"):
+                row.pop(key, None)
 
     if not rows:
         examples = "; ".join(f"{r['name']}: {r['reason']}" for r in rejects[:3])
@@ -271,7 +289,10 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     frame["recommended"] = ~frame["snow"] & ~frame["cloud_or_shadow"] & (frame["labels"].map(len) > 0)
     frame = frame.sort_values("name", kind="stable").reset_index(drop=True)
 
-    stats = band_stats(frame, data_root, bands, config.stats_patches) if bands else {}
+    stats, values, dtype = band_stats(frame, data_root, bands, config.stats_patches)
+    if fmt != FORMAT_IMAGE:
+        dtype = "uint16"  # Sentinel-2 L2A as BigEarthNet distributes it (read back resampled, as float32)
+    pixel_max, pixel_scale = choose_pixel_max(fmt, dtype, values, config.pixel_max, warnings)
     card = {
         "format": fmt,
         "archive": config.archive,
@@ -280,7 +301,9 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         "task": task_type,
         "bands": available_bands,
         "rgb": is_rgb,  # images read as RGB (JPEG/PNG): colour augmentations may treat them as such
-        "pixel_max": pixel_max,
+        "dtype": dtype,
+        "pixel_max": pixel_max,  # --normalize max divides by this and clips to [0, 1]
+        "pixel_scale": pixel_scale,  # where pixel_max came from
         "band_stats": stats,
         "split_source": split_source,
         "exclusion_lists": config.exclusions_dir,

@@ -1,14 +1,16 @@
 """DINO-format checkpoints: what facebookresearch/dino writes, so its evaluation scripts read ours.
 
 A checkpoint folder holds ``checkpoint.pth`` (student, teacher, optimizer, epoch,
-args, dino_loss, fp16_scaler, plus geodino's metrics log) and ``teacher_backbone.pth``,
+args, dino_loss, fp16_scaler, plus geodino's metrics log), ``teacher_backbone.pth``,
 the teacher's ViT alone with timm's key names, which ``timm.create_model(...,
-pretrained_cfg_overlay=dict(file=...))`` or a plain ``load_state_dict`` accepts.
+pretrained_cfg_overlay=dict(file=...))`` or a plain ``load_state_dict`` accepts, and
+``teacher_backbone.json``, the data contract the weights carry (bands, scaling, sizes).
 Everything is loaded with ``weights_only=True``: a checkpoint never runs code.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -16,6 +18,7 @@ import torch
 
 CHECKPOINT_FILE = "checkpoint.pth"
 BACKBONE_FILE = "teacher_backbone.pth"
+CONTRACT_FILE = "teacher_backbone.json"  # beside the weights: timm's loader takes a state dict with nothing else in it
 
 
 def plain_values(value: Any) -> Any:
@@ -38,10 +41,25 @@ def save_torch_atomic(obj: Any, path: str) -> None:
     os.replace(temporary, path)
 
 
+def data_contract(args: dict) -> dict:
+    """What the backbone expects of data, from a checkpoint's args: its bands in order, how pixels were scaled,
+    its patch size and the size of the crops it was trained on. Probes check new data against it."""
+    inputs = args.get("inputs") or {}
+    return {"arch": args.get("arch"), "patch_size": args.get("patch_size"), "image_size": args.get("global_crops_size"),
+            "in_chans": args.get("in_chans"), **{key: inputs.get(key) for key in (
+                "bands", "rgb", "normalize", "pixel_max", "band_mean", "band_std", "format")}}
+
+
 def write_checkpoint(folder: str, state: dict, teacher_backbone: dict) -> None:
+    """checkpoint.pth, teacher_backbone.pth (a plain timm state dict) and teacher_backbone.json (its data contract)."""
     os.makedirs(folder, exist_ok=True)
     save_torch_atomic(state, os.path.join(folder, CHECKPOINT_FILE))
     save_torch_atomic(teacher_backbone, os.path.join(folder, BACKBONE_FILE))
+    contract = json.dumps(data_contract(state.get("args", {})), indent=1)
+    temporary = os.path.join(folder, CONTRACT_FILE + ".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(contract)
+    os.replace(temporary, os.path.join(folder, CONTRACT_FILE))
 
 
 def read_checkpoint(folder: str, map_location: str | torch.device = "cpu") -> dict:

@@ -38,6 +38,16 @@ class Backbone:
     patch_size: int
     in_chans: int
     source: str
+    input_mean: tuple[float, ...] | None = None  # what the weights standardise [0, 1] input with (timm ImageNet)
+    input_std: tuple[float, ...] | None = None
+
+    def standardise(self, images: torch.Tensor) -> torch.Tensor:
+        """The weights' own input standardisation, when they have one (foreign ImageNet weights); else as is."""
+        if self.input_mean is None:
+            return images
+        mean = torch.tensor(self.input_mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.input_std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+        return (images - mean) / std
 
 
 def parse_named(spec: str) -> tuple[str, str]:
@@ -140,7 +150,11 @@ def _from_timm(source: str, in_chans: int) -> Backbone:
             f"torch.save(model.state_dict(), 'weights.pth')) and pass the file path as the backbone instead."
         ) from error
     arch = EMBED_DIM_TO_ARCH.get(model.embed_dim, name)
-    return Backbone(model, arch, model.patch_embed.patch_size[0], in_chans, source)
+    config = getattr(model, "pretrained_cfg", {}) or {}
+    mean, std = config.get("mean"), config.get("std")
+    if mean is None or len(mean) != in_chans:
+        mean = std = None
+    return Backbone(model, arch, model.patch_embed.patch_size[0], in_chans, source, mean, std)
 
 
 def _frozen(backbone: Backbone) -> Backbone:

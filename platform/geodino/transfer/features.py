@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -48,19 +49,30 @@ class FeatureExtractor:
     def __init__(self, source: str, arch: str | None, patch_size: int | None, in_chans: int, config: dict):
         self.config = FeatureConfig(**config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_backbone(source, arch, patch_size, in_chans).model.to(self.device)
+        self.backbone = load_backbone(source, arch, patch_size, in_chans)
+        self.model = self.backbone.model.to(self.device)
 
     @torch.no_grad()
     def features_of(self, batch: dict) -> torch.Tensor:
         images = torch.from_numpy(batch["image"]).to(self.device)
         if self.config.image_size and images.shape[-1] != self.config.image_size:
             images = F.interpolate(images, size=self.config.image_size, mode="bilinear", align_corners=False)
+        images = self.backbone.standardise(images)
         features = backbone_features(self.model, images, self.config.n_last_blocks, self.config.avgpool_patchtokens)
         return features.float()
 
     def __call__(self, batch: dict) -> dict:
         features = self.features_of(batch).cpu().numpy()
         return {"features": features, "labels": batch["labels"], "name": batch["name"]}
+
+
+def file_digest(path: str) -> str:
+    """The first 16 hex digits of a file's SHA-256: what identifies its content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def source_identity(source: str) -> str:
@@ -70,11 +82,7 @@ def source_identity(source: str) -> str:
         candidate = os.path.join(path, "final", "teacher_backbone.pth")
         path = candidate if os.path.exists(candidate) else path
     if os.path.isfile(path):
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return f"{source}@{digest.hexdigest()[:16]}"
+        return f"{source}@{file_digest(path)}"
     return source
 
 
@@ -102,7 +110,7 @@ def extract_features(source: str, data: DataConfig, features: FeatureConfig, cac
         batch_size=features.batch_size,
         concurrency=1,
         num_gpus=gpus,
-        num_cpus=0 if gpus else 1,
+        num_cpus=0 if gpus else actor_cpus(),
     )
     parts = {"features": [], "labels": [], "names": []}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -122,3 +130,21 @@ def extract_features(source: str, data: DataConfig, features: FeatureConfig, cac
         handle.write(buffer.getvalue())
     os.replace(temporary, path)
     return result, False
+
+
+def fitted_image_size(source: str, data: DataConfig, requested: int | None, arch: str | None = None,
+                      patch_size: int | None = None) -> int | None:
+    """`requested`, or the data's own size, made a multiple of the backbone's patch size (a ViT needs whole
+    patches), said on stderr when it had to change. None: the data's size as it is."""
+    from geodino.data.indexed import labelled_images
+
+    images, _ = labelled_images(data, count=1)
+    patch = load_backbone(source, arch, patch_size, images.shape[1]).patch_size
+    size = requested or images.shape[-1]
+    if size % patch == 0:
+        return requested
+    fitted = max(patch, patch * round(size / patch))
+    where = "--image_size" if requested else "the images"
+    print(f"{where}: {size} px is not a multiple of the backbone's patch size {patch}; features are computed on "
+          f"images resized to {fitted} px (pass --image_size to choose another multiple)", file=sys.stderr)
+    return fitted

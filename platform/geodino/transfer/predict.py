@@ -1,13 +1,20 @@
 """Batch inference over a whole archive: label probabilities (backbone + probe) or frozen embeddings.
 
 The archive streams through Ray Data; the model sits in an actor pool (one actor per
-GPU when there are GPUs). Results go to a folder of parquet files. A rerun skips every
-patch already written, so an interrupted job resumes instead of starting over.
+GPU when there are GPUs). Results go to a folder that predict owns: ``_predict.json`` records
+what the rows depend on (weights, probe, data, options) and the part folders each run wrote
+(``part-0000/``, ...; ``pyarrow.parquet.read_table(OUT)`` reads them all and skips the manifest).
+A rerun with the same settings skips every patch already written, so an interrupted job resumes;
+other settings, or a folder holding files predict did not write, are refused: predict never
+deletes or overwrites what is not its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import hashlib
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -16,28 +23,41 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from geodino.archive.card import load_card
-from geodino.data.config import DataConfig, dataset_size, resolve_bands
+from geodino import storage
+from geodino.archive.card import load_card, metadata_file
+from geodino.archive.splits import SPLITS
+from geodino.cli import flag
+from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, resolve_bands
 from geodino.data.ray_data import build_dataset
+from geodino.errors import GeodinoError
 from geodino.ray_cluster import cluster_gpus, init_ray
-from geodino.transfer.features import FeatureConfig, FeatureExtractor
+from geodino.transfer.contract import ContractError, resolve_inputs
+from geodino.transfer.features import FeatureConfig, FeatureExtractor, file_digest, fitted_image_size, source_identity
 from geodino.transfer.probe import LinearProbe, probabilities
 
 
 @dataclass
 class PredictConfig:
-    pretrained_weights: str = "random:vit_small"
-    probe: str | None = None  # probe.pth from linear_probe.py; not needed with --embeddings
-    metadata_dir: str | None = None
-    data_dir: str | None = None
-    out: str = "predictions"
-    split: str | None = None  # None: every row
-    embeddings: bool = False
-    threshold: float = 0.5
-    bands: str = "rgb"
-    normalize: str = "max"
-    batch_size: int = 64
-    actors: int = 1
+    pretrained_weights: str = flag(
+        "random:vit_small", "Backbone the probe was trained on (the same SOURCE as linear_probe.py's)")
+    probe: str | None = flag(None, "probe.pth written by linear_probe.py; not needed with --embeddings")
+    metadata_dir: str | None = flag(None, "Metadata parquet written by prepare.py (or its folder), local or s3://")
+    data_dir: str | None = flag(
+        None, "The pixel archive or pack, if it moved since prepare; default: where prepare found it")
+    out: str = flag(
+        "predictions",
+        "Output folder predict owns (its _predict.json manifest and part-NNNN folders); rerun to "
+        "continue")
+    split: str | None = flag(None, "Only rows of this split (train, validation or test); default: every row", choices=SPLITS)
+    embeddings: bool = flag(False, "Write the backbone's features instead of the probe's probabilities")
+    threshold: float = flag(0.5, "Multi-label: a class is predicted when its probability reaches this")
+    bands: str | None = flag(None, "Input bands; default: the probe's (the weights' data contract), else rgb")
+    normalize: str | None = flag(None, "max or stats; default: the probe's, else max", choices=NORMALIZATIONS)
+    force: bool = flag(False, "Run even when the probe, backbone and data do not belong together")
+    image_size: int | None = flag(
+        None, "With --embeddings: input side in pixels; default: the weights' training crop size, else the data's size")
+    batch_size: int = flag(64, "Patches per inference batch")
+    actors: int = flag(1, "Inference actors (one model copy each; one per GPU on a GPU cluster)")
 
 
 class Predictor(FeatureExtractor):
@@ -46,7 +66,7 @@ class Predictor(FeatureExtractor):
     def __init__(self, config: PredictConfig, in_chans: int):
         self.config_predict = config
         self.probe, self.classes, self.task = None, None, None
-        features, arch, patch = FeatureConfig(n_last_blocks=1), None, None
+        features, arch, patch = FeatureConfig(n_last_blocks=1, image_size=config.image_size), None, None
         if config.probe:
             saved = torch.load(config.probe, map_location="cpu", weights_only=True)
             probe_config = saved["config"]
@@ -76,25 +96,113 @@ class Predictor(FeatureExtractor):
         return {"name": batch["name"], "probabilities": list(probs), "predicted": predicted}
 
 
-def finished_names(out: str) -> set[str]:
-    """Names in the part files already written; a part file that cannot be read (a crash mid-write) is removed."""
+MANIFEST = "_predict.json"  # a leading "_": pyarrow's dataset reader leaves it out of the table
+PART_PREFIX = "part-"
+
+
+class ForeignOutputError(GeodinoError):
+    """--out holds files predict did not write, or predictions made with other settings."""
+
+
+def output_identity(config: PredictConfig) -> dict:
+    """What the rows of an output depend on; a resume must match it exactly (the split only chooses rows)."""
+    metadata = metadata_file(config.metadata_dir)
+    return {
+        "weights": source_identity(config.pretrained_weights),
+        "probe": f"{config.probe}@{file_digest(config.probe)}" if config.probe else None,
+        "metadata": f"{metadata}@{hashlib.sha256(storage.read_bytes(metadata)).hexdigest()[:16]}",
+        "data_dir": config.data_dir, "bands": config.bands, "normalize": config.normalize,
+        "embeddings": config.embeddings, "threshold": None if config.embeddings else config.threshold,
+    }
+
+
+def write_manifest(out: str, manifest: dict) -> None:
+    temporary = os.path.join(out, MANIFEST + ".tmp")
+    with open(temporary, "w") as handle:
+        json.dump(manifest, handle, indent=1)
+    os.replace(temporary, os.path.join(out, MANIFEST))
+
+
+def claim_output(out: str, identity: dict) -> dict:
+    """The manifest of `out`: a new or empty folder becomes predict's; predict's own with the same identity is
+    continued; anything else is refused before a single file is written."""
+    path = os.path.join(out, MANIFEST)
+    if os.path.exists(path):
+        with open(path) as handle:
+            manifest = json.load(handle)
+        changed = [key for key in identity if manifest["identity"].get(key) != identity[key]]
+        if changed:
+            raise ForeignOutputError(f"{out} holds predictions made with other {', '.join(changed)}; give a new --out "
+                                     "(or delete that folder yourself to start over)")
+        ours = {MANIFEST} | {part["folder"] for part in manifest["parts"]}
+        foreign = sorted(set(os.listdir(out)) - ours)
+    else:
+        foreign = sorted(os.listdir(out)) if os.path.isdir(out) else []
+        manifest = {"identity": identity, "parts": []}
+    if foreign:
+        raise ForeignOutputError(f"{out} holds {len(foreign)} files predict did not write (e.g. {foreign[0]}); "
+                                 "give an empty or new folder as --out")
+    os.makedirs(out, exist_ok=True)
+    write_manifest(out, manifest)
+    return manifest
+
+
+def finished_names(out: str, manifest: dict) -> set[str]:
+    """Names in predict's own part files; an unreadable part file of an interrupted run of ours is removed."""
     done = set()
-    for path in sorted(glob.glob(os.path.join(out, "*.parquet"))):
-        try:
-            done.update(pq.read_table(path, columns=["name"]).column("name").to_pylist())
-        except Exception:
-            os.remove(path)
+    for part in manifest["parts"]:
+        for path in sorted(glob.glob(os.path.join(out, part["folder"], "*.parquet"))):
+            try:
+                done.update(pq.read_table(path, columns=["name"]).column("name").to_pylist())
+            except Exception:
+                if part["complete"]:
+                    raise
+                os.remove(path)  # written by our interrupted run, cut short
     return done
+
+
+def resolved(config: PredictConfig) -> PredictConfig:
+    """Bands and normalisation from the probe (or the weights' contract); a probe that does not belong to these
+    weights or this data is refused by name unless --force."""
+    card = load_card(config.metadata_dir)
+    if not config.probe or config.embeddings:
+        inputs = resolve_inputs(config.pretrained_weights, card, config.bands, config.normalize, config.image_size,
+                                config.force, "predict.py")
+        config = dataclasses.replace(config, bands=inputs.bands, normalize=inputs.normalize)
+        data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split,
+                          bands=config.bands, normalize=config.normalize, recommended_only=False)
+        return dataclasses.replace(config, image_size=fitted_image_size(config.pretrained_weights, data,
+                                                                        inputs.image_size))
+    saved = torch.load(config.probe, map_location="cpu", weights_only=True)
+    trained = saved["config"]
+    bands, normalize = config.bands or trained["bands"], config.normalize or trained["normalize"]
+    problems = []
+    weights = source_identity(config.pretrained_weights)
+    if saved.get("backbone") and weights != saved["backbone"]:
+        problems.append(f"the probe was fitted on the features of {saved['backbone']}, not of {weights}")
+    if list(saved["classes"]) != list(card["classes"]):
+        problems.append(f"the probe's {len(saved['classes'])} classes are not this data's {len(card['classes'])} "
+                        f"({sorted(set(saved['classes']) ^ set(card['classes']))[:3]} differ)")
+    if resolve_bands(card, bands) != resolve_bands(card, trained["bands"] or "rgb"):
+        problems.append(f"the probe was fitted on --bands {trained['bands']}, not {bands}")
+    if normalize != trained["normalize"]:
+        problems.append(f"the probe was fitted on --normalize {trained['normalize']}, not {normalize}")
+    if problems and not config.force:
+        raise ContractError(f"{config.probe}: {'; '.join(problems)}. Give the probe, weights and data that belong "
+                            "together (or --force to run anyway)")
+    return dataclasses.replace(config, bands=bands, normalize=normalize)
 
 
 def run_predict(config: PredictConfig) -> dict:
     if not config.embeddings and not config.probe:
         raise ValueError("give --probe PROBE.pth (from linear_probe.py), or --embeddings for features only")
+    config = resolved(config)
+    manifest = claim_output(config.out, output_identity(config))
     init_ray()
     data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split, bands=config.bands,
                       normalize=config.normalize, recommended_only=False)
     in_chans = len(resolve_bands(load_card(config.metadata_dir), config.bands))
-    done = finished_names(config.out)
+    done = finished_names(config.out, manifest)
     total = dataset_size(data)
     dataset = build_dataset(data)
     if done:
@@ -103,11 +211,15 @@ def run_predict(config: PredictConfig) -> dict:
     started = time.perf_counter()
     dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"config": config, "in_chans": in_chans},
                                   batch_size=config.batch_size, concurrency=config.actors, num_gpus=gpus,
-                                  num_cpus=0 if gpus else 1)
-    os.makedirs(config.out, exist_ok=True)
-    dataset.write_parquet(config.out)
+                                  num_cpus=0 if gpus else actor_cpus(config.actors))
+    part = {"folder": f"{PART_PREFIX}{len(manifest['parts']):04d}", "complete": False}
+    manifest["parts"].append(part)
+    write_manifest(config.out, manifest)  # listed before writing: an interrupted run's files are known to be ours
+    dataset.write_parquet(os.path.join(config.out, part["folder"]))
+    part["complete"] = True
+    write_manifest(config.out, manifest)
     seconds = time.perf_counter() - started
-    written = len(finished_names(config.out))
+    written = len(finished_names(config.out, manifest))
     new = written - len(done)
     return {"out": config.out, "rows": written, "expected": total, "skipped": len(done), "new": new,
             "patches_per_second": new / seconds if seconds else float("nan")}
