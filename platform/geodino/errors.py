@@ -15,3 +15,11 @@ class GeodinoError(Exception):
 
 class RejectedPatch(GeodinoError):
     """Raised by prepare's per-patch checks; the message is the reason written to the rejects file."""
+
+
+class ConfigError(GeodinoError, ValueError):
+    """A flag's value that cannot work (a choice that does not exist, a size of zero, ...); names the flag."""
+
+
+class MissingInputError(GeodinoError, FileNotFoundError):
+    """A file or folder the user pointed at (metadata, its card, weights, an archive) is not there; names it."""

@@ -37,7 +37,7 @@ class NonFiniteLossError(GeodinoError, RuntimeError):
 
 
 def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, inputs: InputSpec,
-              knn: KnnMonitor | None = None) -> None:
+              knn: KnnMonitor | None = None) -> DinoState:
     """DINO from start (or the latest checkpoint) to the last epoch, on whatever runtime launched it.
 
     `knn` (rank 0's, when the data has labels) scores the teacher's features every --knn_every epochs
@@ -57,6 +57,8 @@ def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, input
     if checkpoint:
         state.load_state_dict(checkpoint)
         start_epoch, history = checkpoint["epoch"], list(checkpoint.get("metrics", []))
+        if runtime.rank == 0:
+            print(f"resuming at epoch {start_epoch} from the run's latest checkpoint", flush=True)
 
     log = RunLog(cfg) if runtime.rank == 0 else None
     for epoch in range(start_epoch, cfg.epochs):
@@ -91,6 +93,7 @@ def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, input
         runtime.report(metrics, saved, backbone)
     if log is not None:
         log.close()
+    return state
 
 
 def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, multicrop: MultiCrop,

@@ -67,7 +67,7 @@ class DinoState:
                              cfg.warmup_teacher_temp_epochs, cfg.epochs).to(runtime.device)
         optimizer = torch.optim.AdamW(param_groups(plain))  # lr and wd are set by the schedules
         amp_dtype = autocast_dtype(cfg.precision, runtime.device)
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        scaler = torch.amp.GradScaler(runtime.device.type) if amp_dtype == torch.float16 else None
         return cls(student, teacher, dino_loss, optimizer, scaler, amp_dtype,
                    schedules(cfg, steps_per_epoch, runtime.world_size), steps_per_epoch)
 

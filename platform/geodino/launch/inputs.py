@@ -32,7 +32,11 @@ def input_spec(cfg: PretrainConfig) -> InputSpec:
     bands = resolve_bands(card, cfg.bands)
     offset, scale = normalizer(card, bands, cfg.normalize)
     zero = tuple(float(v) for v in (-offset / scale))
-    return InputSpec(bands=tuple(bands), rgb=is_rgb(card, bands), zero_level=zero, normalize=cfg.normalize)
+    stats = cfg.normalize == "stats"
+    return InputSpec(bands=tuple(bands), rgb=is_rgb(card, bands), zero_level=zero, normalize=cfg.normalize,
+                     pixel_max=float(card["pixel_max"]), format=card["format"],
+                     band_mean=tuple(map(float, offset)) if stats else None,
+                     band_std=tuple(map(float, scale)) if stats else None)
 
 
 def knn_monitor(cfg: PretrainConfig) -> KnnMonitor | None:

@@ -7,6 +7,7 @@ checkpoints reported to Ray, which copies them to the run's storage, local or S3
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import sys
@@ -17,11 +18,13 @@ from dataclasses import asdict
 import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
+import torch
 from ray.data import DataContext
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
 from geodino.data.config import DataConfig, dataset_size
+from geodino.data.indexed import labelled_images
 from geodino.data.ray_data import build_dataset
 from geodino.dino.augment import crop_columns
 from geodino.dino.checkpoint import read_checkpoint, write_checkpoint
@@ -29,7 +32,7 @@ from geodino.dino.config import InputSpec, PretrainConfig, steps_per_epoch_for
 from geodino.dino.loop import dino_loop
 from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
-from geodino.ray_cluster import cluster_gpus, init_ray, worker_cpus
+from geodino.ray_cluster import cluster_gpus, init_ray, object_store_bytes, worker_cpus
 
 
 class RayTrainRuntime:
@@ -87,9 +90,22 @@ def earlier_checkpoints(checkpoint: ray.train.Checkpoint) -> list[ray.train.Chec
 def train_dino(loop_config: dict) -> None:
     """Ray Train's per-worker function."""
     cfg = PretrainConfig(**loop_config["pretrain"])
+    torch.set_num_threads(loop_config["threads"])  # the CPUs this worker holds, fractions rounded
     runtime = RayTrainRuntime(cfg)
     knn = knn_monitor(cfg) if runtime.rank == 0 else None
     dino_loop(cfg, runtime, loop_config["steps_per_epoch"], InputSpec(**loop_config["inputs"]), knn)
+
+
+CACHE_SHARE = 0.3  # --cache_data auto: cache a split whose decoded tensors fit in this share of the object store
+
+
+def cache_split(cfg: PretrainConfig, data_config: DataConfig, rows: int) -> bool:
+    """Whether to materialise the training split in the object store (--cache_data)."""
+    if cfg.cache_data != "auto":
+        return cfg.cache_data == "on"
+    sample, _ = labelled_images(dataclasses.replace(data_config, limit=None), count=1)
+    decoded = rows * sample[0].numel() * 4  # float32 images, as the pipeline hands them on
+    return decoded < CACHE_SHARE * object_store_bytes()
 
 
 def check_gpus(cfg: PretrainConfig) -> None:
@@ -113,14 +129,20 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
     data_config = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
                              normalize=cfg.normalize, limit=cfg.limit)
     inputs = input_spec(cfg)
-    steps = steps_per_epoch_for(dataset_size(data_config), cfg)
-    dataset = build_dataset(data_config).select_columns(["image"]).randomize_block_order(seed=cfg.seed)
+    rows = dataset_size(data_config)
+    steps = steps_per_epoch_for(rows, cfg)
+    cached = cache_split(cfg, data_config, rows)
+    dataset = build_dataset(data_config).select_columns(["image"])
+    if cached:  # read and decode once; every epoch then streams the blocks from the object store
+        dataset = dataset.materialize()
+    dataset = dataset.randomize_block_order(seed=cfg.seed)
     if cfg.crops_on == "data":
         dataset = dataset.map_batches(crop_columns, batch_size=cfg.batch_size_per_gpu,
                                       fn_kwargs={"config": cfg.multicrop(inputs)})
 
     check_gpus(cfg)
-    resources = {"CPU": worker_cpus(cfg.num_workers, use_gpu=cfg.use_gpu)}
+    cpus = worker_cpus(cfg.num_workers, use_gpu=cfg.use_gpu, data_cached=cached and cfg.crops_on == "device")
+    resources = {"CPU": cpus}
     if cfg.use_gpu:
         resources["GPU"] = 1
     backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
@@ -130,7 +152,8 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
                          "or use --backend nccl on a Ray cluster")
     trainer = TorchTrainer(
         train_dino,
-        train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "inputs": asdict(inputs)},
+        train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "inputs": asdict(inputs),
+                           "threads": max(1, round(cpus))},
         datasets={"train": dataset},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),

@@ -10,7 +10,6 @@ then exit 0, which is how SageMaker learns that the job succeeded.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 import ray
 
+from geodino import cli
 from geodino.cli import parse_config
 from geodino.dino.config import PretrainConfig
 from geodino.launch.run import run_pretraining
@@ -212,9 +212,12 @@ def run_task(task: str, argv: list[str], env: SageMakerEnv) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--task", choices=("pretrain", "probe"), default="pretrain")
-    parser.add_argument("--backend", choices=("nccl", "gloo", "smddp"), default="nccl")
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", choices=("pretrain", "probe"), default="pretrain",
+                        help="pretrain (PretrainConfig's flags follow) or probe (LinearProbeConfig's)")
+    parser.add_argument("--backend", choices=("nccl", "gloo", "smddp"), default="nccl",
+                        help="nccl: Ray Train across the hosts; smddp: this process is one MPI rank, no Ray; "
+                             "gloo: CPU hosts (chosen when there are no GPUs)")
     args, task_argv = parser.parse_known_args(argv)
     # SageMaker passes each hyperparameter as one argument: "--global_crops_scale" "0.4 1.0".
     task_argv = [part for token in task_argv for part in (token.split() if not token.startswith("--") else [token])]

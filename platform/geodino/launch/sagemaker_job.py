@@ -22,10 +22,14 @@ Two ways to run on the hosts, chosen by the backend:
 from __future__ import annotations
 
 import datetime
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from geodino.cli import flag
+from geodino.errors import GeodinoError
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 ENTRY_SCRIPT = "experiments/sagemaker_entry.py"
@@ -33,6 +37,7 @@ REQUIREMENTS = "cluster/sagemaker/requirements.txt"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker syncs it with checkpoint_s3_uri, both ways
 CHANNELS = ("metadata", "train", "dino_checkpoint")
 TASKS = ("pretrain", "probe")
+INPUT_MODES = ("File", "FastFile", "Pipe")
 BACKENDS = ("nccl", "gloo", "smddp")
 # AWS: "Supported frameworks, AWS Regions, and instances types" of the SMDDP library.
 SMDDP_INSTANCE_TYPES = ("ml.p3.16xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.p5.48xlarge")
@@ -41,33 +46,40 @@ IGNORE_PATTERNS = [".venv", ".git", "runs", "__pycache__", ".pytest_cache", "*.e
                    "benchmarks", "build", ".ci", "*.pyc"]
 
 
-class JobRequestError(ValueError):
+class JobRequestError(GeodinoError, ValueError):
     """The job would fail on SageMaker; the message says which option to change."""
 
 
 @dataclass
 class SageMakerJobConfig:
-    task: str = "pretrain"
-    role: str | None = None
-    instance_type: str = "ml.p4d.24xlarge"
-    instance_count: int = 1
-    backend: str = "nccl"
-    metadata: str | None = None  # s3:// folder with metadata.parquet + metadata.json (prepare's output)
-    train: str | None = None  # s3:// archive root (the patch folders or packed shards)
-    dino_checkpoint: str | None = None  # s3:// weights for probe, or a checkpoint to start pretraining from
-    output_path: str | None = None  # s3://bucket/prefix for model artefacts and, by default, checkpoints
-    checkpoint_s3_uri: str | None = None  # default: a fresh folder per job under output_path
-    job_name: str | None = None
-    input_mode: str = "FastFile"  # FastFile streams the 590k small files on demand; File copies them first
-    framework_version: str = "2.8.0"
-    py_version: str = "py312"
-    image_uri: str | None = None
-    region: str | None = None
-    max_run_hours: float = 72.0
-    spot: bool = False
-    max_wait_hours: float | None = None
-    volume_size_gb: int = 100
-    dry_run: bool = False
+    task: str = flag("pretrain", "pretrain or probe (also the first word: submit_sagemaker.py pretrain ...)", choices=TASKS)
+    role: str | None = flag(None, "ARN of the IAM role SageMaker assumes (required)")
+    instance_type: str = flag("ml.p4d.24xlarge", "SageMaker training instance type, checked against botocore's list")
+    instance_count: int = flag(1, "Hosts; more than 1 forms one Ray cluster across them")
+    backend: str = flag(
+        "nccl",
+        "nccl: Ray Train on the hosts; smddp: SageMaker's AllReduce under mpirun (p4d/p4de/p5 only); "
+        "gloo: CPU instances", choices=BACKENDS)
+    metadata: str | None = flag(None, "s3:// folder with metadata.parquet and metadata.json (prepare's output)")
+    train: str | None = flag(None, "s3:// archive root (the patch folders or packed shards)")
+    dino_checkpoint: str | None = flag(None, "s3:// weights to probe, or a checkpoint to start pretraining from")
+    output_path: str | None = flag(
+        None, "s3://bucket/prefix for model artefacts and, by default, checkpoints (required)")
+    checkpoint_s3_uri: str | None = flag(
+        None,
+        "Where checkpoints sync to; a spot restart resumes from it. Default: a fresh folder per job "
+        "under --output_path")
+    job_name: str | None = flag(None, "Training job name; default: geodino-TASK-TIMESTAMP")
+    input_mode: str = flag("FastFile", "FastFile streams the many small files on demand; File copies them first", choices=INPUT_MODES)
+    framework_version: str = flag("2.8.0", "PyTorch version of the AWS training image")
+    py_version: str = flag("py312", "Python version of the AWS training image")
+    image_uri: str | None = flag(None, "Container image to run instead of the AWS PyTorch image")
+    region: str | None = flag(None, "AWS region; default: the session's")
+    max_run_hours: float = flag(72.0, "Hours before SageMaker stops the job")
+    spot: bool = flag(False, "Use managed spot instances (restarted jobs resume from --checkpoint_s3_uri)")
+    max_wait_hours: float | None = flag(None, "Spot: hours to wait for capacity plus run; at least --max_run_hours")
+    volume_size_gb: int = flag(100, "EBS volume per host")
+    dry_run: bool = flag(False, "Print the CreateTrainingJob request and send nothing")
     hyperparameters: dict[str, str] = field(default_factory=dict)  # the task's own flags, DINO's names
 
 
@@ -79,6 +91,7 @@ def validate(cfg: SageMakerJobConfig) -> None:
         raise JobRequestError(f"--backend must be one of {BACKENDS}, not {cfg.backend!r}")
     if not cfg.role:
         raise JobRequestError("--role is required: the ARN of an IAM role SageMaker can assume")
+    check_instance_type(cfg.instance_type)
     if cfg.instance_count < 1:
         raise JobRequestError(f"--instance_count must be at least 1, not {cfg.instance_count}")
     if cfg.backend == "smddp":
@@ -101,6 +114,23 @@ def validate(cfg: SageMakerJobConfig) -> None:
         raise JobRequestError("probing needs --metadata and --dino_checkpoint (the weights to probe)")
     if cfg.spot and cfg.max_wait_hours is not None and cfg.max_wait_hours < cfg.max_run_hours:
         raise JobRequestError("--max_wait_hours must be at least --max_run_hours for a spot job")
+
+
+def training_instance_types() -> list[str]:
+    """The instance types SageMaker trains on, from botocore's own model of CreateTrainingJob (no list of ours)."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return list(model.operation_model("CreateTrainingJob").input_shape.members["ResourceConfig"]
+                .members["InstanceType"].enum)
+
+
+def check_instance_type(instance_type: str) -> None:
+    known = training_instance_types()
+    if instance_type not in known:
+        near = difflib.get_close_matches(instance_type, known, n=3)
+        raise JobRequestError(f"--instance_type {instance_type!r} is not a SageMaker training instance type"
+                              f"{'; did you mean ' + ', '.join(near) + '?' if near else ''}")
 
 
 def job_name(cfg: SageMakerJobConfig) -> str:

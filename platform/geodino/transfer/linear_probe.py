@@ -5,50 +5,77 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from geodino.archive.card import load_card
-from geodino.data.config import DataConfig, dataset_size
-from geodino.data.indexed import labelled_images
+from geodino.archive.splits import SPLITS
+from geodino.cli import flag
+from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size
+from geodino.errors import ConfigError
 from geodino.metrics import knn_report
 from geodino.ray_cluster import init_ray
 from geodino.storage import default_home
-from geodino.transfer.backbones import load_backbone
-from geodino.transfer.features import FeatureConfig, extract_features
-from geodino.transfer.probe import ProbeConfig, evaluate_probe, train_probe, validation_from_train
-
-SPLITS = ("train", "validation", "test")
+from geodino.transfer.contract import contract_of, resolve_inputs
+from geodino.transfer.features import FeatureConfig, extract_features, fitted_image_size, source_identity
+from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, evaluate_probe, train_probe, validation_from_train
 
 
 @dataclass
 class LinearProbeConfig:
     # --- the seed's names
-    pretrained_weights: str = "random:vit_small"
-    arch: str | None = None
-    patch_size: int | None = None
-    num_labels: int | None = None  # checked against the dataset's classes
-    epochs: int = 50
-    lr: float = 0.01
-    metadata_dir: str | None = None
-    data_dir: str | None = None
-    output_dir: str = "runs/probe"
+    pretrained_weights: str = flag(
+        "random:vit_small",
+        "Backbone to probe: a checkpoint folder or .pth (pretrain's teacher; add #student for the "
+        "student), random:ARCH[/PATCH], timm:NAME, hf:REPO")
+    arch: str | None = flag(
+        None, "Architecture of weights that do not record it (bare state dicts); default: read from the weights")
+    patch_size: int | None = flag(None, "Patch size of weights that do not record it; default: read from the weights")
+    num_labels: int | None = flag(None, "Expected number of classes; checked against the prepared data's card")
+    epochs: int = flag(50, "Epochs of probe training on the frozen features (cached, so cheap: 50-100)")
+    lr: float = flag(0.01, "Probe learning rate. 0.01 with sgd; sweep_probe.py searches it")
+    metadata_dir: str | None = flag(None, "Metadata parquet written by prepare.py (or its folder), local or s3://")
+    data_dir: str | None = flag(
+        None, "The pixel archive or pack, if it moved since prepare; default: where prepare found it")
+    output_dir: str = flag("runs/probe", "Folder for probe.pth and metrics.json")
     # --- probe and features
-    weight_decay: float = 0.0
-    optimizer: str = "sgd"
-    batch_size_per_gpu: int = 256
-    label_fraction: float = 1.0
-    n_last_blocks: int = 4
-    avgpool_patchtokens: bool = False
-    image_size: int | None = None
-    bands: str = "rgb"
-    normalize: str = "max"
-    cache_dir: str | None = None
-    knn_k: int = 20
-    seed: int = 0
+    weight_decay: float = flag(0.0, "Probe weight decay")
+    optimizer: str = flag("sgd", "Probe optimizer: sgd (momentum 0.9, as DINO's eval) or adamw", choices=OPTIMIZERS)
+    batch_size_per_gpu: int = flag(256, "Feature rows per probe step")
+    label_fraction: float = flag(
+        1.0, "Share of the training split the probe sees, in (0, 1]: 0.01 and 0.1 measure label efficiency")
+    n_last_blocks: int = flag(4, "Concatenate the CLS token of the last N blocks (DINO: 4 for ViT-S, 1 for ViT-B)")
+    avgpool_patchtokens: bool = flag(False, "Also concatenate the average of the last block's patch tokens")
+    image_size: int | None = flag(
+        None,
+        "Input side in pixels (a multiple of the patch); default: the weights' training crop size, else "
+        "the data's own size")
+    bands: str | None = flag(None, "Input bands; default: the weights' own bands (their data contract), else rgb")
+    normalize: str | None = flag(None, "max or stats; default: the weights' own normalisation, else max", choices=NORMALIZATIONS)
+    force: bool = flag(False, "Run even when --bands or --normalize contradict what the weights were trained on")
+    cache_dir: str | None = flag(
+        None,
+        "Folder for cached features, keyed by weights, data and settings; default: "
+        "$GEODINO_HOME/features (~/.cache/geodino)")
+    knn_k: int = flag(20, "Neighbours of the k-NN probe (DINO: 20)")
+    seed: int = flag(0, "Random seed of the probe and of --label_fraction's sample")
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, naming the flag, before data, Ray or weights are touched."""
+        for name in ("epochs", "lr", "batch_size_per_gpu", "n_last_blocks", "knn_k"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight_decay must not be negative, not {self.weight_decay}")
+        if not 0 < self.label_fraction <= 1:
+            raise ConfigError(f"--label_fraction must lie in (0, 1], not {self.label_fraction}")
+        for name, allowed in (("optimizer", ("sgd", "adamw")), ("normalize", ("max", "stats"))):
+            if getattr(self, name) is not None and getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise ConfigError(f"--image_size must be greater than 0, not {self.image_size}")
 
     def probe(self) -> ProbeConfig:
         return ProbeConfig(lr=self.lr, weight_decay=self.weight_decay, epochs=self.epochs,
@@ -87,26 +114,18 @@ def split_features(source: str, cfg: LinearProbeConfig) -> tuple[dict[str, dict]
 
 
 def with_image_size(source: str, cfg: LinearProbeConfig) -> LinearProbeConfig:
-    """`cfg` with the image size its features will be computed at (see probe_image_size)."""
+    """`cfg` with the bands, normalisation and image size the features of SOURCE are computed with: what was
+    typed, else the weights' data contract (geodino.transfer.contract), the size made a multiple of the patch."""
+    inputs = resolve_inputs(source, load_card(cfg.metadata_dir), cfg.bands, cfg.normalize, cfg.image_size, cfg.force)
+    cfg = dataclasses.replace(cfg, bands=inputs.bands, normalize=inputs.normalize, image_size=inputs.image_size)
     return dataclasses.replace(cfg, image_size=probe_image_size(source, cfg))
 
 
 def probe_image_size(source: str, cfg: LinearProbeConfig) -> int | None:
-    """--image_size, or the data's own size made a multiple of the backbone's patch size (a ViT needs whole
-    patches), said on stderr when it had to change. None: the data's size as it is."""
+    """cfg's image size made a multiple of the backbone's patch size (see fitted_image_size)."""
     data = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
                       normalize=cfg.normalize)
-    images, _ = labelled_images(data, count=1)
-    in_chans = images.shape[1]
-    patch = load_backbone(source, cfg.arch, cfg.patch_size, in_chans).patch_size
-    size = cfg.image_size or images.shape[-1]
-    if size % patch == 0:
-        return cfg.image_size
-    fitted = max(patch, patch * round(size / patch))
-    where = "--image_size" if cfg.image_size else "the images"
-    print(f"{where}: {size} px is not a multiple of the backbone's patch size {patch}; features are computed on "
-          f"images resized to {fitted} px (pass --image_size to choose another multiple)", file=sys.stderr)
-    return fitted
+    return fitted_image_size(source, data, cfg.image_size, cfg.arch, cfg.patch_size)
 
 
 def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
@@ -116,10 +135,11 @@ def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
 
 def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     """Train the probe on train, report validation and test, plus k-NN; writes probe.pth and metrics.json."""
-    init_ray()
+    cfg.validate()
     card = load_card(cfg.metadata_dir)
     check_num_labels(cfg, card["classes"])
-    cfg = with_image_size(cfg.pretrained_weights, cfg)
+    cfg = with_image_size(cfg.pretrained_weights, cfg)  # checks the weights against the data before Ray starts
+    init_ray()
     features, _ = split_features(cfg.pretrained_weights, cfg)
     task = card["task"]
     train = features["train"]
@@ -138,8 +158,9 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
         "config": asdict(cfg),
     }
     os.makedirs(cfg.output_dir, exist_ok=True)
-    torch.save({"state_dict": probe.state_dict(), "classes": card["classes"], "task": task,
-                "config": asdict(cfg)}, os.path.join(cfg.output_dir, "probe.pth"))
+    torch.save({"state_dict": probe.state_dict(), "classes": card["classes"], "task": task, "config": asdict(cfg),
+                "backbone": source_identity(cfg.pretrained_weights), "contract": contract_of(cfg.pretrained_weights)},
+               os.path.join(cfg.output_dir, "probe.pth"))
     with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as handle:
         json.dump(report, handle, indent=2, default=lambda v: None if isinstance(v, float) and np.isnan(v) else v)
     return report

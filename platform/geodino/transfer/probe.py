@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geodino.errors import GeodinoError
 from geodino.metrics import classification_report
+
+OPTIMIZERS = ("sgd", "adamw")  # sgd with momentum 0.9, as DINO's linear evaluation
+
+
+class LabelFractionError(GeodinoError, ValueError):
+    """A label fraction that leaves too few labelled patches to fit a probe."""
 
 
 @dataclass
@@ -33,11 +40,14 @@ class ProbeConfig:
 
 
 def label_subset(count: int, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a seeded random `fraction` of `count` training rows (at least one)."""
+    """Indices of a seeded random `fraction` of `count` training rows (at least two)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], not {fraction}")
     rng = np.random.default_rng(seed)
-    keep = max(1, int(round(count * fraction)))
+    keep = int(round(count * fraction))
+    if keep < 2:
+        raise LabelFractionError(f"label fraction {fraction} keeps {keep} of the {count} training patches; the probe "
+                                 "needs at least 2 (its features are standardised with their spread): raise it")
     return np.sort(rng.permutation(count)[:keep])
 
 

@@ -21,44 +21,55 @@ from ray.tune.schedulers import ASHAScheduler
 
 from geodino import storage
 from geodino.archive.card import load_card
+from geodino.cli import flag
+from geodino.data.config import NORMALIZATIONS
 from geodino.metrics import knn_report
 from geodino.ray_cluster import cluster_gpus, init_ray
 from geodino.transfer.backbones import parse_named
 from geodino.transfer.linear_probe import LinearProbeConfig, check_num_labels, split_features, with_image_size
-from geodino.transfer.probe import ProbeConfig, evaluate_probe, train_probe
+from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, evaluate_probe, train_probe
 
 METRIC = "val_ap_macro"
+TABLE_COLUMNS = ["backbone", "status", "reason", "lr", "weight_decay", "label_fraction", METRIC, "test_ap_macro",
+                 "test_ap_micro", "test_f1_macro", "knn_test_ap_macro"]
 
 
 @dataclass
 class SweepConfig:
-    backbones: list[str] = field(default_factory=list)  # NAME=SOURCE
-    metadata_dir: str | None = None
-    data_dir: str | None = None
-    bands: str = "rgb"
-    normalize: str = "max"
-    lrs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])
-    weight_decays: list[float] = field(default_factory=lambda: [0.0, 0.0001])
-    label_fractions: list[float] = field(default_factory=lambda: [1.0])
-    epochs: int = 50
-    optimizer: str = "sgd"
-    batch_size: int = 256
-    n_last_blocks: int = 4
-    avgpool_patchtokens: bool = False
-    image_size: int | None = None
-    arch: str | None = None
-    patch_size: int | None = None
-    storage_path: str = "runs/sweeps"
-    name: str = "probe_sweep"
-    output_dir: str | None = None  # table, plot; default: the sweep's folder
-    cache_dir: str | None = None
-    seed: int = 0
+    backbones: list[str] = flag(
+        [], "Backbones to compare, NAME=SOURCE each (SOURCE as in linear_probe.py --pretrained_weights)")
+    metadata_dir: str | None = flag(None, "Metadata parquet written by prepare.py (or its folder), local or s3://")
+    data_dir: str | None = flag(
+        None, "The pixel archive or pack, if it moved since prepare; default: where prepare found it")
+    bands: str | None = flag(None, "Input bands; default: each backbone's own bands (its data contract), else rgb")
+    normalize: str | None = flag(None, "max or stats; default: each backbone's own normalisation, else max", choices=NORMALIZATIONS)
+    force: bool = flag(False, "Run even when --bands or --normalize contradict what a backbone was trained on")
+    lrs: list[float] = flag([0.001, 0.01, 0.1], "Probe learning rates to try (one trial each, per backbone)")
+    weight_decays: list[float] = flag([0.0, 0.0001], "Probe weight decays to try")
+    label_fractions: list[float] = flag(
+        [1.0], "Shares of the training split to try; each gets its own row in the table")
+    epochs: int = flag(50, "Epochs per trial")
+    optimizer: str = flag("sgd", "Probe optimizer: sgd or adamw", choices=OPTIMIZERS)
+    batch_size: int = flag(256, "Feature rows per probe step")
+    n_last_blocks: int = flag(4, "Concatenate the CLS token of the last N blocks (DINO: 4 for ViT-S)")
+    avgpool_patchtokens: bool = flag(False, "Also concatenate the average of the last block's patch tokens")
+    image_size: int | None = flag(
+        None, "Input side in pixels; default: each backbone's training crop size, else the data's size")
+    arch: str | None = flag(None, "Architecture of weights that do not record it")
+    patch_size: int | None = flag(None, "Patch size of weights that do not record it")
+    storage_path: str = flag(
+        "runs/sweeps", "Folder or s3:// prefix of sweeps (Ray Tune's results and TensorBoard events)")
+    name: str = flag("probe_sweep", "The sweep's folder under --storage_path")
+    output_dir: str | None = flag(None, "Where the table and plot go; default: the sweep's folder")
+    cache_dir: str | None = flag(None, "Folder for cached features; default: $GEODINO_HOME/features (~/.cache/geodino)")
+    seed: int = flag(0, "Random seed of the probes")
 
     def probe_base(self) -> LinearProbeConfig:
         return LinearProbeConfig(metadata_dir=self.metadata_dir, data_dir=self.data_dir, bands=self.bands,
                                  normalize=self.normalize, n_last_blocks=self.n_last_blocks, arch=self.arch,
                                  patch_size=self.patch_size, avgpool_patchtokens=self.avgpool_patchtokens,
-                                 image_size=self.image_size, cache_dir=self.cache_dir, seed=self.seed)
+                                 image_size=self.image_size, cache_dir=self.cache_dir, seed=self.seed,
+                                 force=self.force)
 
     def resolved_output_dir(self) -> str:
         return self.output_dir or os.path.join(storage.absolute(self.storage_path), self.name)
@@ -86,7 +97,6 @@ def trial_resources() -> dict:
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
-    init_ray()
     if not cfg.backbones:
         raise ValueError("give at least one --backbone NAME=SOURCE")
     card = load_card(cfg.metadata_dir)
@@ -95,9 +105,11 @@ def run_sweep(cfg: SweepConfig) -> dict:
     named = [parse_named(spec) for spec in cfg.backbones]
     if len({name for name, _ in named}) != len(named):
         raise ValueError(f"backbone names must be unique: {[name for name, _ in named]}")
+    configs = {name: with_image_size(source, base) for name, source in named}  # every contract checked first
+    init_ray()
     features, extractions = {}, 0
     for name, source in named:
-        features[name], extracted = split_features(source, with_image_size(source, base))
+        features[name], extracted = split_features(source, configs[name])
         extractions += extracted
 
     trainable = tune.with_resources(tune.with_parameters(probe_trial, features=features, task=card["task"]),
@@ -117,19 +129,55 @@ def run_sweep(cfg: SweepConfig) -> dict:
         ),
         run_config=tune.RunConfig(name=cfg.name, storage_path=storage.absolute(cfg.storage_path), verbose=0),
     )
-    grid = tuner.fit()
-    trials = grid.get_dataframe(filter_metric=METRIC, filter_mode="max")
-    trials = trials.rename(columns=lambda c: c.replace("config/", ""))
+    trials = trial_table(tuner.fit(), cfg.epochs)
     table, per_class = compare(trials, features, card, cfg)
     outputs = write_outputs(table, per_class, trials, cfg)
-    return {"table": table, "per_class": per_class, "trials": trials, "extractions": extractions, **outputs}
+    failed = sorted(set(table.loc[table["status"] != "ok", "backbone"]))
+    return {"table": table, "per_class": per_class, "trials": trials, "extractions": extractions,
+            "failed_backbones": failed, **outputs}
+
+
+def trial_table(grid, epochs: int) -> pd.DataFrame:
+    """One row per trial: its configuration, status (ok, stopped early by ASHA, or error) and why, best validation AP."""
+    rows = []
+    for result in grid:
+        row = {key: result.config[key] for key in ("backbone", "lr", "weight_decay", "label_fraction")}
+        history = result.metrics_dataframe
+        if result.error is not None:
+            row |= {"status": "error", "reason": error_line(result.error)}
+        elif history is None or METRIC not in history or history[METRIC].isna().all():
+            row |= {"status": "error", "reason": "the trial reported no validation AP"}
+        else:
+            best = history.loc[history[METRIC].idxmax()]
+            ran = int(history["epoch"].max()) + 1
+            row |= {"status": "ok" if ran >= epochs else f"stopped by ASHA after {ran} epochs", "reason": "",
+                    METRIC: float(best[METRIC]), "val_ap_micro": float(best["val_ap_micro"])}
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["backbone", "lr", "weight_decay", "label_fraction"], ignore_index=True)
+
+
+def error_line(error: BaseException) -> str:
+    """The user-facing line of a failed trial: the original exception behind Ray's wrappers."""
+    cause = error
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
 def compare(trials: pd.DataFrame, features: dict, card: dict, cfg: SweepConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Best validation configuration per backbone, refit on train and scored on test."""
+    """Best validation configuration per backbone, refit on train and scored on test; a backbone whose trials
+    all failed gets a row that says so."""
     rows, per_class = [], {}
     for name in trials["backbone"].unique():
-        best = trials[trials["backbone"] == name].sort_values(METRIC, ascending=False).iloc[0]
+        own = trials[trials["backbone"] == name]
+        scored = own[own["status"] != "error"] if METRIC in own else own.iloc[0:0]
+        if scored.empty:
+            rows.append({"backbone": name, "status": "failed", "reason": f"all {len(own)} trials failed; first: "
+                         f"{own.iloc[0]['reason']}"})
+            per_class[name] = [float("nan")] * len(card["classes"])
+            continue
+        best = scored.sort_values(METRIC, ascending=False).iloc[0]
         split = features[name]
         probe_config = ProbeConfig(lr=float(best["lr"]), weight_decay=float(best["weight_decay"]), epochs=cfg.epochs,
                                    batch_size=cfg.batch_size, optimizer=cfg.optimizer,
@@ -138,7 +186,7 @@ def compare(trials: pd.DataFrame, features: dict, card: dict, cfg: SweepConfig) 
         test = evaluate_probe(probe, split["test"]["features"], split["test"]["labels"], card["task"])
         knn = knn_report(split["train"]["features"], split["train"]["labels"], split["test"]["features"],
                          split["test"]["labels"], card["task"])
-        row = {"backbone": name, "lr": probe_config.lr, "weight_decay": probe_config.weight_decay,
+        row = {"backbone": name, "status": "ok", "reason": "", "lr": probe_config.lr, "weight_decay": probe_config.weight_decay,
                "label_fraction": probe_config.label_fraction, "val_ap_macro": float(best[METRIC]),
                "test_ap_macro": test["ap_macro"], "test_ap_micro": test["ap_micro"], "test_f1_macro": test["f1_macro"],
                "knn_test_ap_macro": knn["ap_macro"]}
@@ -148,7 +196,8 @@ def compare(trials: pd.DataFrame, features: dict, card: dict, cfg: SweepConfig) 
         per_class[name] = test["ap_per_class"]
     per_class_table = pd.DataFrame(per_class, index=card["classes"])
     per_class_table.index.name = "class"
-    return pd.DataFrame(rows), per_class_table
+    columns = TABLE_COLUMNS + (["test_top1", "knn_test_top1"] if card["task"] == "single_label" else [])
+    return pd.DataFrame(rows).reindex(columns=columns), per_class_table
 
 
 def markdown(frame: pd.DataFrame, index: bool = False) -> str:
