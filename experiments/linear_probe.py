@@ -7,7 +7,8 @@ import argparse
 import math
 import sys
 
-from geodino.cli import add_dataclass_arguments, dataclass_from_args
+from geodino import cli
+from geodino.cli import add_dataclass_arguments, dataclass_from_args, run_entry
 from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe
 
 
@@ -16,7 +17,7 @@ def fmt(value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, LinearProbeConfig)
     config = dataclass_from_args(LinearProbeConfig, parser.parse_args(argv))
     if not config.metadata_dir:
@@ -34,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry("linear_probe.py", main))

@@ -6,12 +6,13 @@ python experiments/predict.py --pretrained_weights SOURCE --probe runs/probe/pro
 import argparse
 import sys
 
-from geodino.cli import add_dataclass_arguments, dataclass_from_args
+from geodino import cli
+from geodino.cli import add_dataclass_arguments, dataclass_from_args, run_entry
 from geodino.transfer.predict import PredictConfig, run_predict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, PredictConfig)
     config = dataclass_from_args(PredictConfig, parser.parse_args(argv))
     if not config.metadata_dir:
@@ -23,4 +24,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry("predict.py", main))

@@ -1,14 +1,14 @@
 """Turn an archive into geodino's metadata parquet: python experiments/prepare.py ARCHIVE --out metadata.parquet"""
 
-import argparse
 import sys
 
+from geodino import cli
 from geodino.archive.pack import PackConfig, PackMismatchError, pack
 from geodino.archive.prepare import PrepareConfig, prepare, summarise
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("archive", help="BigEarthNet v1 folder, reBEN folder (metadata.parquet + LMDB), or a CSV/parquet of images")
     parser.add_argument("--out", default="metadata.parquet", help="metadata parquet to write (local or s3://)")
     parser.add_argument("--splits-dir", "--splits_dir", dest="splits_dir", help="folder with train/val/test CSVs")
@@ -20,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="pixels: read every band (catches truncated files); header: open only (faster)")
     parser.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
     parser.add_argument("--strict", action="store_true", help="exit non-zero when any patch is rejected")
-    parser.add_argument("--stats_patches", type=int, default=1000, help="training patches sampled for band mean/std")
+    parser.add_argument("--stats_patches", type=int, default=1000,
+                        help="training patches sampled for band mean/std and the pixel scale")
+    parser.add_argument("--pixel_max", type=float, help="value --normalize max maps to 1 (default: 2750 for "
+                        "Sentinel-2, 255 for 8-bit images, else the 99.9th percentile of sampled training pixels)")
     parser.add_argument("--pack", metavar="DIR", help="also write the --bands of every patch into Parquet shards "
                         "in DIR (local or s3://): training then opens no per-patch files. Rerun to continue")
     parser.add_argument("--pack_only", action="store_true", help="pack the existing --out metadata, skip preparing")

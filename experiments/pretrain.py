@@ -12,16 +12,24 @@ import dataclasses
 import os
 import sys
 
+from geodino import cli
 from geodino.archive.demo import prepared_demo
-from geodino.cli import add_dataclass_arguments, given_flags
+from geodino.cli import add_dataclass_arguments, given_flags, run_entry
 from geodino.dino.config import PretrainConfig
 from geodino.dino.presets import preset_config
 from geodino.launch import run_pretraining
 
 
+def script_path(name: str) -> str:
+    """An entry script's path as the user can type it from where they are (absolute outside the checkout)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def config_from_argv(argv: list[str] | None) -> PretrainConfig:
     """Defaults, then --preset (the demo preset when no --metadata_dir is given), then every flag typed."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, PretrainConfig)
     args = parser.parse_args(argv)
     typed = {name: value for name, value in vars(args).items() if name in given_flags(parser, argv)}
@@ -30,6 +38,7 @@ def config_from_argv(argv: list[str] | None) -> PretrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = config_from_argv(argv)
+    config.validate()  # before the demo is generated or Ray starts
     if not config.metadata_dir:
         config = dataclasses.replace(config, metadata_dir=prepared_demo())
         print(f"no --metadata_dir: pretraining on the embedded demo archive (preset {config.preset})", file=sys.stderr)
@@ -49,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher backbone (timm keys): {result.backbone_file}")
     print(f"TensorBoard: tensorboard --logdir {os.path.dirname(result.checkpoint_dir)} --host 127.0.0.1")
     # The probe looks at whole images at the size the teacher saw its global crops (as the k-NN monitor does).
-    print(f"next: python experiments/linear_probe.py --pretrained_weights {result.backbone_file} "
+    print(f"next: python {script_path('linear_probe.py')} --pretrained_weights {result.backbone_file} "
           f"--arch {config.arch} --patch_size {config.patch_size} --image_size {config.global_crops_size} "
           f"--metadata_dir {config.metadata_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry("pretrain.py", main))

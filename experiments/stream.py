@@ -3,26 +3,28 @@
 With no arguments it generates the embedded demo archive, prepares it and streams it.
 """
 
-import argparse
 import sys
 import time
 
 import numpy as np
 
+from geodino import cli
 from geodino.archive.demo import prepared_demo
-from geodino.data.config import DataConfig
+from geodino.archive.splits import SPLITS
+from geodino.data.config import NORMALIZATIONS, DataConfig
 from geodino.data.ray_data import build_dataset
 from geodino.ray_cluster import init_ray
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--metadata_dir", help="metadata parquet (or its folder); default: the demo archive")
     parser.add_argument("--data_dir", help="pixel archive; default: where prepare found it")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--bands", default="rgb")
-    parser.add_argument("--normalize", default="max", choices=["max", "stats"])
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--split", default="train", choices=SPLITS, help="which split to stream (default: train)")
+    parser.add_argument("--bands", default="rgb", help="rgb, all, or a list such as B04,B03,B02,B08 (default: rgb)")
+    parser.add_argument("--normalize", default="max", choices=NORMALIZATIONS,
+                        help="max: divide by the card's pixel scale; stats: per-band mean and std (default: max)")
+    parser.add_argument("--batch_size", type=int, default=32, help="patches per batch (default: 32)")
     parser.add_argument("--batches", type=int, default=5, help="batches to stream (0: all)")
     args = parser.parse_args(argv)
     metadata = args.metadata_dir or prepared_demo()

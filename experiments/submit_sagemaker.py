@@ -12,7 +12,9 @@ written into the request.
 import argparse
 import sys
 
+from geodino import cli
 from geodino.cli import add_dataclass_arguments, dataclass_from_args, parse_config
+from geodino.errors import ConfigError
 from geodino.launch.sagemaker_job import JobRequestError, SageMakerJobConfig, job_request, submit, to_json
 
 
@@ -21,7 +23,8 @@ def task_hyperparameters(task: str, argv: list[str]) -> dict[str, str]:
     from geodino.dino.config import PretrainConfig
     from geodino.transfer.linear_probe import LinearProbeConfig
 
-    parse_config(PretrainConfig if task == "pretrain" else LinearProbeConfig, argv)
+    parse_config(PretrainConfig if task == "pretrain" else LinearProbeConfig, argv, prog=f"submit_sagemaker.py {task}"
+                 ).validate()  # the task's own checks, as its command line runs them: typos fail here, not on AWS
     pairs, name = {}, None
     for token in argv:
         if token.startswith("--"):
@@ -36,19 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     task_argv = argv[argv.index("--") + 1:] if "--" in argv else []
     own_argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, SageMakerJobConfig)
     if own_argv and own_argv[0] in ("pretrain", "probe"):
         own_argv = ["--task", *own_argv]
     args = parser.parse_args(own_argv)
     config = dataclass_from_args(SageMakerJobConfig, args)
-    config.hyperparameters = task_hyperparameters(config.task, task_argv)
     try:
+        config.hyperparameters = task_hyperparameters(config.task, task_argv)
         if config.dry_run:
             print(to_json(job_request(config)))
         else:
             print(f"submitted SageMaker training job {submit(config)}")
-    except JobRequestError as error:
+    except (JobRequestError, ConfigError) as error:
         parser.error(str(error))
     return 0
 

@@ -10,20 +10,26 @@ import sys
 import numpy as np
 import torch
 
+from geodino import cli
+from geodino.archive.splits import SPLITS
+from geodino.cli import run_entry
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrained_weights", help="backbone SOURCE (see linear_probe.py)")
-    parser.add_argument("--metadata_dir")
-    parser.add_argument("--data_dir")
+    parser.add_argument("--metadata_dir", help="metadata parquet (or its folder) of the patches to show")
+    parser.add_argument("--data_dir", help="pixel archive, if it moved since prepare")
     parser.add_argument("--images", nargs="*", default=[], help="patch names (default: the first --count patches)")
-    parser.add_argument("--count", type=int, default=4)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--bands", default="rgb")
-    parser.add_argument("--arch")
-    parser.add_argument("--patch_size", type=int)
+    parser.add_argument("--count", type=int, default=4, help="patches to show when --images is not given")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="split the patches come from")
+    parser.add_argument("--bands", help="default: the weights' own bands (their data contract), else rgb")
+    parser.add_argument("--normalize", choices=["max", "stats"], help="default: the weights' own, else max")
+    parser.add_argument("--force", action="store_true", help="run even when --bands/--normalize contradict the weights")
+    parser.add_argument("--arch", help="architecture of weights that do not record it")
+    parser.add_argument("--patch_size", type=int, help="patch size of weights that do not record it")
     parser.add_argument("--run", help="a pretraining run folder (with log.txt) to plot curves of")
-    parser.add_argument("--output_dir", default="runs/pictures")
+    parser.add_argument("--output_dir", default="runs/pictures", help="where the PNGs go")
     args = parser.parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.run:
@@ -36,12 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         from geodino.data.ray_data import build_dataset
         from geodino.ray_cluster import init_ray
         from geodino.transfer.backbones import load_backbone
+        from geodino.transfer.contract import resolve_inputs
         from geodino.transfer.visualize import plot_attention
 
         init_ray()
-        in_chans = len(resolve_bands(load_card(args.metadata_dir), args.bands))
+        card = load_card(args.metadata_dir)
+        inputs = resolve_inputs(args.pretrained_weights, card, args.bands, args.normalize, None, args.force,
+                                "visualize.py")
+        args.bands, args.normalize = inputs.bands, inputs.normalize
+        in_chans = len(resolve_bands(card, args.bands))
         dataset = build_dataset(DataConfig(metadata=args.metadata_dir, data_dir=args.data_dir, split=args.split,
-                                           bands=args.bands, recommended_only=False))
+                                           bands=args.bands, normalize=args.normalize, recommended_only=False))
         if args.images:
             wanted = set(args.images)
             dataset = dataset.filter(lambda row: row["name"] in wanted)
@@ -54,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry("visualize.py", main))

@@ -78,3 +78,75 @@ def test_typed_flags_win_over_presets_even_when_they_equal_the_default():
 def test_an_unknown_preset_is_named():
     with pytest.raises(ValueError, match="--preset must be one of bigearthnet120, demo, seed, small_cpu, not 'fast'"):
         pretrain_script().config_from_argv(["--preset", "fast"])
+
+
+def options_without_help(help_text: str) -> list[str]:
+    """The options of an argparse --help listing that have no help text after them."""
+    lines = help_text.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.rstrip().endswith(("options:", "optional arguments:")))
+    entries: list[list[str]] = []
+    for line in lines[start + 1:]:
+        if line.startswith("  -"):
+            entries.append([line])
+        elif line.startswith("   ") and entries:
+            entries[-1].append(line)
+        elif line.strip():  # the end of the options section (an epilog)
+            break
+    bare = []
+    for first, *rest in entries:
+        invocation, _, own_help = first.strip().partition("  ")
+        if not own_help.strip() and not rest:
+            bare.append(invocation)
+    return bare
+
+
+ENTRY_SCRIPTS = ("pretrain", "linear_probe", "predict", "sweep_probe", "prepare", "stream", "visualize",
+                 "submit_sagemaker", "sagemaker_entry")
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS)
+def test_every_flag_of_every_entry_script_has_help(script, capsys, monkeypatch):
+    import importlib
+    import sys
+
+    from conftest import REPO
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    listing = capsys.readouterr().out
+    assert "--help" in listing and options_without_help(listing) == [], listing
+    sys.modules.pop(script, None)
+
+
+def test_the_help_checker_finds_a_bare_flag():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--documented", help="what it does")
+    parser.add_argument("--bare")
+    parser.add_argument("--long_flag_whose_invocation_pushes_the_help_onto_the_next_line_of_the_listing", help="x")
+    assert options_without_help(parser.format_help()) == ["--bare BARE"]
+
+
+def test_mistyped_choices_are_refused_not_defaulted():
+    for argv, flag in [(["--crops_on", "gpu"], "--crops_on"), (["--nonfinite_loss", "skp"], "--nonfinite_loss"),
+                       (["--arch", "vit_huge"], "--arch"), (["--backend", "ncc"], "--backend")]:
+        parser = argparse.ArgumentParser(prog="pretrain.py")
+        add_dataclass_arguments(parser, PretrainConfig)
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+
+
+def test_the_readme_flag_reference_is_the_configs_own():
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import flag_reference
+
+    readme = (REPO / "README.md").read_text()
+    assert flag_reference.readme_section(readme) == flag_reference.reference_markdown(), (
+        "README's flag reference differs from the configs: run python tools/flag_reference.py --write")

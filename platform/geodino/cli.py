@@ -4,8 +4,60 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 import types
 import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from geodino.errors import GeodinoError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes read like geodino's own: one line `prog: error: ...`, exit status 2, and a pointer
+    to --help instead of a usage block that, for 50 flags, buries the line that matters. Abbreviations are off:
+    `--batch_size` must not quietly mean `--batch_size_per_gpu`, nor `--lr` one day `--lrs`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def flag(default: Any = None, help: str = "", *, choices: Sequence[str] | None = None) -> Any:
+    """A config field and its command-line flag in one place: the help text (which recommends values, as DINO's
+    does) and the allowed values live on the field, so code, `--help` and the README's flag tables agree."""
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_default(item: dataclasses.Field) -> Any:
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return item.default
+
+
+def shown_default(item: dataclasses.Field) -> str | None:
+    """The default as a user would type it, or None when there is none to show."""
+    default = field_default(item)
+    if default is None or default == "" or default == []:
+        return None
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, (list, tuple)):
+        return " ".join(map(str, default))
+    return str(default)
+
+
+def flag_help(item: dataclasses.Field) -> str:
+    """The field's help with its default, as --help shows it (argparse reads % as a format character)."""
+    text, default = item.metadata.get("help", ""), shown_default(item)
+    return (f"{text} (default: {default})" if default else text).replace("%", "%%")
 
 
 def bool_flag(text: str) -> bool:
@@ -18,19 +70,27 @@ def bool_flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_texts: dict[str, str] | None = None) -> None:
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
+    taken = {action.dest for action in parser._actions}  # flags the script spelt differently (sweep's --backbone)
     for item in dataclasses.fields(cls):
         hint = hints[item.name]
-        if item.default is dataclasses.MISSING or typing.get_origin(hint) is dict:
+        if item.name in taken:
             continue
-        kwargs: dict = {"default": item.default, "help": (help_texts or {}).get(item.name)}
+        if (item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING) \
+                or typing.get_origin(hint) is dict:
+            continue
+        kwargs: dict = {"default": field_default(item), "help": flag_help(item)}
+        if item.metadata.get("choices"):
+            kwargs["choices"] = item.metadata["choices"]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint  # X | None -> X
         if base is bool:
             kwargs.update(type=bool_flag, nargs="?", const=True, metavar="true|false")
         elif typing.get_origin(base) is tuple:
             kwargs.update(type=float, nargs=len(typing.get_args(base)))
+        elif typing.get_origin(base) is list:
+            kwargs.update(type=typing.get_args(base)[0], nargs="+")
         elif base in (int, float, str):
             kwargs["type"] = base
         parser.add_argument(f"--{item.name}", **kwargs)
@@ -60,6 +120,31 @@ def dataclass_from_args(cls, namespace: argparse.Namespace):
 
 def parse_config(cls, argv: list[str], prog: str | None = None):
     """A config dataclass from command-line style arguments (SageMaker hyperparameters, flags after `--`)."""
-    parser = argparse.ArgumentParser(prog=prog or cls.__name__)
+    parser = ArgumentParser(prog=prog or cls.__name__)
     add_dataclass_arguments(parser, cls)
     return dataclass_from_args(cls, parser.parse_args(argv))
+
+
+def run_entry(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run an entry script's main: a user's mistake (GeodinoError, also when raised inside a Ray task) ends as
+    one line `prog: error: ...` and exit status 2; anything else keeps its traceback. GEODINO_DEBUG=1 shows
+    the traceback of user errors too."""
+    try:
+        return main(argv)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None or os.environ.get("GEODINO_DEBUG"):
+            raise
+        print(f"{prog}: error: {cause}", file=sys.stderr)
+        return 2
+
+
+def user_error(error: BaseException) -> GeodinoError | None:
+    """The GeodinoError behind `error`: itself, or the cause Ray wrapped it in (RayTaskError keeps it as .cause)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, GeodinoError):
+            return error
+        seen.add(id(error))
+        error = getattr(error, "cause", None) or error.__cause__
+    return None
