@@ -132,11 +132,12 @@ def eurosat_metadata(tmp_path_factory) -> str:
 class BatchRuntime:
     """A geodino.dino.Runtime over given batches: one process, CPU, no checkpoints (drives the loop in tests)."""
 
-    def __init__(self, batches, device: str = "cpu"):
+    def __init__(self, batches, device: str = "cpu", checkpoint: dict | None = None):
         import torch
 
         self.rank, self.world_size, self.device = 0, 1, torch.device(device)
         self.batches = batches
+        self.checkpoint = checkpoint
         self.reports = []
 
     def prepare_model(self, model):
@@ -146,7 +147,32 @@ class BatchRuntime:
         return self.batches
 
     def latest_state(self):
-        return None
+        return self.checkpoint
 
     def report(self, metrics, state, teacher_backbone):
         self.reports.append((metrics, state))
+
+
+@pytest.fixture(scope="session")
+def ben30_metadata(tmp_path_factory) -> Path:
+    """The 30 real multi-label BigEarthNet patches (14 of the 19 classes) written back in the native layout
+    by benchmarks/ben_npz_archive.py, prepared with their own 10/10/10 train/val/test lists."""
+    import sys
+
+    from geodino.archive.prepare import PrepareConfig, prepare
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import ben_npz_archive
+
+    archive = tmp_path_factory.mktemp("ben30") / "archive"
+    ben_npz_archive.write_npz_patches(archive)
+    out = archive.parent / "metadata.parquet"
+    prepare(PrepareConfig(archive=str(archive), out=str(out), splits_dir=str(BEN_V1_NPZ), workers=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """The test session's Ray, for entry scripts run as subprocesses: they join it through RAY_ADDRESS (as jobs
+    submitted to a cluster do) instead of each starting a Ray of their own."""
+    return ray_session.get_runtime_context().gcs_address

@@ -15,20 +15,25 @@ def dino_checkpoint(tmp_path_factory):
     """A checkpoint in facebookresearch/dino's layout: DDP 'module.' prefixes, wrapper 'backbone.'/'head.' keys."""
     folder = tmp_path_factory.mktemp("dino")
     student, teacher = build_student_teacher("vit_tiny", 16, 3, out_dim=32, norm_last_layer=True, drop_path_rate=0.0)
+    with torch.no_grad():  # after training the two differ; a loader that mixes them up must show it
+        for parameter in student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
     ddp_student = {f"module.{k}": v for k, v in student.state_dict().items()}
     path = folder / "checkpoint.pth"
     torch.save({"student": ddp_student, "teacher": teacher.state_dict(), "epoch": 3, "args": {"arch": "vit_tiny"}}, path)
-    return path, teacher
+    return path, teacher, student
 
 
 def test_dino_format_checkpoint_loads_the_teacher(dino_checkpoint):
-    path, teacher = dino_checkpoint
+    path, teacher, student = dino_checkpoint
     backbone = load_backbone(str(path), arch="vit_tiny", patch_size=16)
     assert (backbone.arch, backbone.patch_size, backbone.in_chans) == ("vit_tiny", 16, 3)
-    torch.testing.assert_close(backbone.model.state_dict()["blocks.3.attn.qkv.weight"],
-                               teacher.state_dict()["backbone.blocks.3.attn.qkv.weight"])
-    student = load_backbone(f"{path}#student")
-    assert not any(p.requires_grad for p in student.model.parameters())
+    key = "blocks.3.attn.qkv.weight"
+    torch.testing.assert_close(backbone.model.state_dict()[key], teacher.state_dict()[f"backbone.{key}"])
+    loaded_student = load_backbone(f"{path}#student")
+    torch.testing.assert_close(loaded_student.model.state_dict()[key], student.state_dict()[f"backbone.{key}"])
+    assert not torch.equal(loaded_student.model.state_dict()[key], backbone.model.state_dict()[key])
+    assert not any(p.requires_grad for p in loaded_student.model.parameters())
 
 
 def test_timm_format_state_dict_and_band_adaptation(tmp_path):
@@ -80,3 +85,13 @@ def test_random_baseline_and_names():
     assert parse_named("ben=runs/dino") == ("ben", "runs/dino")
     assert parse_named("random:vit_small") == ("random:vit_small", "random:vit_small")
     assert parse_named("imagenet=timm:vit_small_patch16_224.dino") == ("imagenet", "timm:vit_small_patch16_224.dino")
+
+
+def test_a_run_folder_loads_its_final_teacher(tmp_path):
+    """What pretrain.py leaves (RUN/final/teacher_backbone.pth) is a backbone SOURCE as it is."""
+    model = create_backbone("vit_tiny", 8, 3)
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    torch.save(model.state_dict(), tmp_path / "run" / "final" / "teacher_backbone.pth")
+    loaded = load_backbone(str(tmp_path / "run"), arch="vit_tiny", patch_size=8)
+    torch.testing.assert_close(loaded.model.state_dict()["blocks.5.attn.qkv.weight"],
+                               model.state_dict()["blocks.5.attn.qkv.weight"])

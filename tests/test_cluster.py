@@ -99,7 +99,7 @@ def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_pat
         flags = ["--metadata_dir", str(ben_v1_metadata), "--arch", "vit_tiny", "--patch_size", "8", "--out_dim", "64",
                  "--global_crops_size", "32", "--local_crops_size", "16", "--local_crops_number", "2", "--epochs", "1",
                  "--batch_size_per_gpu", "2", "--warmup_epochs", "0", "--storage_path", str(tmp_path / "runs"),
-                 "--run_name", "submitted", "--output_dir", str(tmp_path / "out")]
+                 "--run_name", "submitted", "--output_dir", str(tmp_path / "out"), "--knn_every", "0"]
         command = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address,
                    "--no-wait", "--working-dir", str(REPO), "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
                    "python", "experiments/pretrain.py", *flags]

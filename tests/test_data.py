@@ -128,5 +128,8 @@ def test_worker_cpus_derive_from_the_cluster():
     assert worker_cpus(1, cluster_cpus=2) == 1.0
     assert worker_cpus(4, cluster_cpus=2) == 0.25
     assert worker_cpus(8, cluster_cpus=64, use_gpu=True) == 2.0
+    # a split cached in the object store needs little of Ray Data: the workers take the rest of the cores
+    assert worker_cpus(1, cluster_cpus=2, data_cached=True) == 1.75
+    assert worker_cpus(2, cluster_cpus=2, data_cached=True) == 0.875
     with pytest.raises(ValueError, match="do not fit"):
         worker_cpus(20, cluster_cpus=2)

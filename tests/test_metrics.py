@@ -55,7 +55,9 @@ def test_knn_votes_follow_the_nearest_neighbour():
 def test_label_fractions_are_seeded_subsets():
     a, b = label_subset(1000, 0.1, seed=3), label_subset(1000, 0.1, seed=3)
     assert len(a) == 100 and (a == b).all() and len(set(a)) == 100
-    assert len(label_subset(50, 0.01, seed=0)) == 1
+    assert len(label_subset(50, 0.04, seed=0)) == 2
+    with pytest.raises(ValueError, match="label fraction 0.01 keeps 0 of the 50 training patches.*at least 2"):
+        label_subset(50, 0.01, seed=0)  # one patch would give NaN standardisation, then scikit-learn's "NaN" error
     with pytest.raises(ValueError):
         label_subset(10, 0.0, 0)
     train, validation = validation_from_train(100, 0.1, seed=0)
@@ -75,3 +77,21 @@ def test_single_label_ap_ranks_by_softmax_probability_not_logit():
     assert report["ap_per_class"] == [1.0, 1.0] and report["ap_macro"] == 1.0
     assert report["top1"] == 0.5
     assert average_precision(targets, features)["ap_per_class"] == [0.5, 1.0]  # what ranking by logits gave
+
+
+@pytest.mark.parametrize("task", ["single_label", "multi_label"])
+def test_the_probe_separates_separable_features_perfectly(task):
+    """Classes on separate directions of feature space: a working probe reaches AP 1 and top-1 1."""
+    from geodino.transfer.probe import ProbeConfig, train_probe
+
+    rng = np.random.default_rng(0)
+    classes, count = 4, 200
+    labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, count)]
+    if task == "multi_label":
+        labels = np.maximum(labels, np.eye(classes, dtype=np.float32)[rng.integers(0, classes, count)])
+    features = (labels @ rng.normal(size=(classes, 32)) * 3 + rng.normal(scale=0.1, size=(count, 32))).astype(np.float32)
+    probe = train_probe(features[:150], labels[:150], task, ProbeConfig(lr=0.1, epochs=60, batch_size=32))
+    report = evaluate_probe(probe, features[150:], labels[150:], task)
+    assert report["ap_macro"] == pytest.approx(1.0) and report["f1_macro"] == pytest.approx(1.0)
+    if task == "single_label":
+        assert report["top1"] == 1.0

@@ -1,6 +1,7 @@
 """Real Ray Train runs (gloo on CPU) on real imagery: learning, checkpoints, resume, 12 bands."""
 
 import json
+import math
 import os
 
 import pytest
@@ -13,7 +14,8 @@ from geodino.launch import run_pretraining
 
 TINY = dict(arch="vit_tiny", patch_size=8, out_dim=256, global_crops_size=32, local_crops_size=16,
             local_crops_number=2, drop_path_rate=0.0, warmup_epochs=0, lr=0.002, saveckp_freq=1,
-            momentum_teacher=0.9, freeze_last_layer=0)  # a fast-moving teacher: learning shows within 12 steps
+            momentum_teacher=0.9, freeze_last_layer=0,  # a fast-moving teacher: learning shows within 12 steps
+            knn_every=0)  # the k-NN monitor is checked once, in the 12-band run
 
 
 @pytest.mark.timeout(600)
@@ -37,21 +39,37 @@ def test_two_gloo_workers_learn_checkpoint_and_resume(ray_session, eurosat_metad
     teacher_backbone = strip_prefixes({k: v for k, v in state["teacher"].items() if k.startswith("backbone.")})
     torch.testing.assert_close(model.state_dict()["blocks.11.mlp.fc2.weight"], teacher_backbone["blocks.11.mlp.fc2.weight"])
 
-    # The same command with more epochs continues after the last checkpoint instead of starting over.
+    # lr is DINO's lr x global batch / 256: 8 images on each of 2 workers (80 images: 5 steps per epoch)
+    peak = TINY["lr"] * 16 / 256
+    for metrics in first.metrics:
+        progress = ((metrics["epoch"] + 1) * 5 - 1) / 15
+        assert metrics["lr"] == pytest.approx(1e-6 + 0.5 * (peak - 1e-6) * (1 + math.cos(math.pi * progress)))
+
+    # The latest checkpoint was cut short (a kill while writing): the same command with more epochs goes
+    # back to the previous checkpoint, reporting the damaged one, and continues from there (a warm restart:
+    # the schedules are laid out over the new total).
+    latest = os.path.join(first.storage_checkpoint, "checkpoint.pth")
+    with open(latest, "r+b") as handle:
+        handle.truncate(os.path.getsize(latest) // 3)
     resumed = run_pretraining(PretrainConfig(**{**config.__dict__, "epochs": 4}))
     assert [m["epoch"] for m in resumed.metrics] == [0, 1, 2, 3]
-    assert resumed.metrics[:3] == first.metrics
+    assert resumed.metrics[:2] == first.metrics[:2]  # epochs 0-1 came from the intact checkpoint
     log = [json.loads(line) for line in open(os.path.join(tmp_path / "runs", "gloo2", "log.txt"))]
-    assert [m["epoch"] for m in log] == [0, 1, 2, 3]  # epoch 3 ran once; 0-2 were not repeated
-    assert read_checkpoint(resumed.checkpoint_dir)["epoch"] == 4
+    assert [m["epoch"] for m in log] == [0, 1, 2, 2, 3]  # epoch 2 again (its checkpoint was damaged), then 3
+    final = read_checkpoint(resumed.checkpoint_dir)
+    assert final["epoch"] == 4
+    assert {int(v["step"]) for v in final["optimizer"]["state"].values()} == {4 * 5}  # nothing applied twice
 
 
 @pytest.mark.timeout(600)
 def test_twelve_band_bigearthnet_run(ray_session, ben_v1_metadata, tmp_path):
-    config = PretrainConfig(**TINY, metadata_dir=str(ben_v1_metadata), bands="all", normalize="stats", epochs=1,
-                            batch_size_per_gpu=2, storage_path=str(tmp_path / "runs"), run_name="s2")
+    """12 bands, with the crops made in Ray Data's CPU tasks (--crops_on data) and --limit 2 patches."""
+    config = PretrainConfig(**{**TINY, "knn_every": 1}, metadata_dir=str(ben_v1_metadata), bands="all",
+                            normalize="stats", epochs=1, batch_size_per_gpu=1, storage_path=str(tmp_path / "runs"),
+                            run_name="s2", crops_on="data", limit=2)
     result = run_pretraining(config)
     state = read_checkpoint(result.checkpoint_dir)
+    assert {int(v["step"]) for v in state["optimizer"]["state"].values()} == {2}  # 2 patches, batch 1: 2 steps
     assert state["args"]["in_chans"] == 12
     assert state["args"]["inputs"]["rgb"] is False and len(state["args"]["inputs"]["zero_level"]) == 12
     epoch = result.metrics[0]  # the same monitors as an RGB run: entropies, KL, k-NN against random init

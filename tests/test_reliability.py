@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -12,7 +10,6 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from conftest import REPO
 from test_pretrain import TINY
 
 from geodino.dino.checkpoint import read_checkpoint
@@ -79,48 +76,6 @@ def test_sigkilled_worker_resumes_from_the_last_checkpoint(ray_session, eurosat_
     assert epochs.count(0) == 1  # before the registered checkpoint: never repeated
     lost = len(epochs) - 3  # epochs trained twice = work lost to the kill
     assert lost <= config.saveckp_freq, epochs
-
-
-@pytest.mark.timeout(600)
-def test_killed_driver_resumes_when_the_same_command_runs_again(eurosat_metadata, tmp_path):
-    flags = [f"--{k}={v}" for k, v in TINY.items()]
-    command = [sys.executable, str(REPO / "experiments" / "pretrain.py"), f"--metadata_dir={eurosat_metadata}",
-               "--epochs=3", "--batch_size_per_gpu=8", f"--storage_path={tmp_path / 'runs'}", "--run_name=driver",
-               *flags]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
-    env.pop("RAY_ADDRESS", None)
-    log = tmp_path / "runs" / "driver" / "log.txt"
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    wait_for_checkpoints(tmp_path / "runs" / "driver", 1, alive=lambda: driver.poll() is None)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    before = log_epochs(log)
-    assert before[:1] == [0] and len(before) < 3
-
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
-    assert again.returncode == 0, again.stderr[-3000:]
-    epochs = log_epochs(log)
-    assert epochs[: len(before)] == before and sorted(set(epochs)) == [0, 1, 2]
-    assert epochs.count(0) == 1  # the checkpointed epoch was not trained again
-    final = read_checkpoint(str(tmp_path / "runs" / "driver" / "final"))
-    assert final["epoch"] == 3 and [m["epoch"] for m in final["metrics"]] == [0, 1, 2]
-
-
-@pytest.mark.timeout(600)
-def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(ray_session, eurosat_metadata, tmp_path):
-    config = PretrainConfig(**TINY, metadata_dir=eurosat_metadata, epochs=2, batch_size_per_gpu=8,
-                            storage_path=str(tmp_path / "runs"), run_name="damaged")
-    first = run_pretraining(config)
-    latest = os.path.join(first.storage_checkpoint, "checkpoint.pth")
-    with open(latest, "r+b") as handle:  # what a kill in the middle of writing would leave
-        handle.truncate(os.path.getsize(latest) // 3)
-    resumed = run_pretraining(PretrainConfig(**{**config.__dict__, "epochs": 3}))
-    assert [m["epoch"] for m in resumed.metrics] == [0, 1, 2]
-    assert resumed.metrics[0] == first.metrics[0]  # epoch 0 came from the intact checkpoint
-    assert resumed.metrics[1] != first.metrics[1]  # epoch 1 was trained again: its checkpoint was damaged
-    assert read_checkpoint(resumed.checkpoint_dir)["epoch"] == 3
-    assert log_epochs(tmp_path / "runs" / "damaged" / "log.txt") == [0, 1, 1, 2]
 
 
 def test_poisoned_batch_can_be_skipped_instead(ray_session):

@@ -3,14 +3,16 @@
 import json
 import os
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import EUROSAT, FAKE_SECRET
 
 from geodino.archive.prepare import PrepareConfig, prepare
 from geodino.dino.models import create_backbone
-from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe, split_features
+from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe, split_features, with_image_size
 from geodino.transfer.sweep import SweepConfig, run_sweep
 
 
@@ -34,7 +36,7 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     torch.manual_seed(1)
     torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), weights)
     config = SweepConfig(backbones=["random=random:vit_tiny/16", f"file={weights}"], metadata_dir=metadata,
-                         lrs=[0.01, 0.1], weight_decays=[0.0], epochs=4, n_last_blocks=1,
+                         lrs=[0.001, 0.1], weight_decays=[0.0], epochs=4, n_last_blocks=1,
                          storage_path=str(tmp_path / "sweeps"), name="s", cache_dir=str(tmp_path / "cache"))
     result = run_sweep(config)
     assert result["extractions"] == 4  # 2 backbones x (train, test); validation is carved from train
@@ -43,26 +45,78 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     assert list(table.index) == ["random", "file"] or set(table.index) == {"random", "file"}
     for column in ("test_ap_macro", "test_ap_micro", "test_top1", "knn_test_top1"):
         assert table[column].between(0, 1).all()
+    # Each backbone's row is its trial with the best validation AP (the argmax, not any trial).
+    trials = result["trials"]
+    for name, row in table.iterrows():
+        own = trials[trials["backbone"] == name]
+        best = own.loc[own["val_ap_macro"].idxmax()]
+        assert own["val_ap_macro"].nunique() == len(own)  # no tie: the argmax is one trial
+        assert (row["lr"], row["val_ap_macro"]) == (pytest.approx(best["lr"]), pytest.approx(best["val_ap_macro"]))
     assert result["per_class"].shape == (10, 2)
     with open(result["paths"]["comparison.png"], "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "average precision" in open(result["paths"]["comparison.md"]).read()
-    # Features are cached: a second sweep over the same backbones runs no backbone at all.
-    again = run_sweep(SweepConfig(**{**config.__dict__, "name": "s2", "lrs": [0.05]}))
+    # Features are cached: a second sweep over the same backbones runs no backbone at all. Its trials with a
+    # label fraction that leaves one patch fail; they are listed with their reason, not dropped.
+    again = run_sweep(SweepConfig(**{**config.__dict__, "name": "s2", "lrs": [0.05], "label_fractions": [1.0, 0.01]}))
     assert again["extractions"] == 0
+    failed = again["trials"][again["trials"]["status"] == "error"]
+    assert sorted(failed["backbone"]) == ["file", "random"] and (failed["label_fraction"] == 0.01).all()
+    assert failed["reason"].str.startswith("LabelFractionError: label fraction 0.01 keeps 1 of the 54").all()
+    assert list(again["table"]["status"]) == ["ok", "ok"] and again["failed_backbones"] == []
+    trials_csv = pd.read_csv(again["paths"]["trials.csv"])
+    assert len(trials_csv) == 4 and (trials_csv["status"] == "error").sum() == 2
     # Tune's results, TensorBoard events and the tables hold no credential of the environment.
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) > 20
     assert not [str(p) for p in written if FAKE_SECRET.encode() in p.read_bytes()]
 
 
+@pytest.mark.timeout(600)
+def test_a_sweep_whose_trials_all_fail_says_so_and_exits_non_zero(ray_session, eurosat_small, tmp_path, capsys,
+                                                                   monkeypatch):
+    from conftest import REPO
+
+    from geodino.cli import run_entry
+
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    import sweep_probe
+
+    _, metadata = eurosat_small
+    status = run_entry("sweep_probe.py", sweep_probe.main, [
+        "--metadata_dir", metadata, "--backbone", "random=random:vit_tiny/16", "--lrs", "0.1", "--weight_decays", "0",
+        "--label_fractions", "0.01", "--epochs", "2", "--n_last_blocks", "1", "--storage_path",
+        str(tmp_path / "sweeps"), "--cache_dir", str(tmp_path / "cache")])
+    printed = capsys.readouterr()
+    assert status == 1, printed.err[-3000:]
+    assert "1 trials (1 failed)" in printed.out
+    assert "failed trial: random lr=0.1 weight_decay=0.0 label_fraction=0.01: LabelFractionError" in printed.err
+    assert printed.err.strip().splitlines()[-1] == "sweep_probe.py: no trial succeeded for random"
+    table = pd.read_csv(tmp_path / "sweeps" / "probe_sweep" / "comparison.csv")
+    assert list(table["status"]) == ["failed"] and "all 1 trials failed" in table.loc[0, "reason"]
+
+
 def test_cached_features_are_reused_and_keyed_by_the_weights(ray_session, eurosat_small, tmp_path):
     _, metadata = eurosat_small
     weights = tmp_path / "w.pth"
     torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), weights)
-    config = LinearProbeConfig(metadata_dir=metadata, cache_dir=str(tmp_path / "cache"), n_last_blocks=2)
+    config = with_image_size(str(weights), LinearProbeConfig(metadata_dir=metadata, cache_dir=str(tmp_path / "cache"),
+                                                            n_last_blocks=2))  # bands etc. from the weights' contract
     first, extracted = split_features(str(weights), config)
     assert extracted == 2 and first["train"]["features"].shape[1] == 2 * 192
+    # Every cached row is its own patch's: name, labels and features, in the metadata's order.
+    from geodino.data.config import DataConfig, metadata_rows
+    from geodino.data.indexed import labelled_images
+    from geodino.transfer.backbones import load_backbone
+    from geodino.transfer.features import backbone_features
+
+    test = DataConfig(metadata=metadata, split="test")
+    assert list(first["test"]["names"]) == list(metadata_rows(test)["name"])
+    images, labels = labelled_images(test)
+    np.testing.assert_array_equal(first["test"]["labels"], labels)
+    with torch.no_grad():
+        direct = backbone_features(load_backbone(str(weights)).model, images, 2, False).numpy()
+    np.testing.assert_allclose(first["test"]["features"], direct, rtol=1e-4, atol=1e-5)
     again, extracted = split_features(str(weights), config)
     assert extracted == 0
     torch.testing.assert_close(torch.from_numpy(again["test"]["features"]), torch.from_numpy(first["test"]["features"]))
@@ -72,44 +126,35 @@ def test_cached_features_are_reused_and_keyed_by_the_weights(ray_session, eurosa
     assert extracted == 2
 
 
-@pytest.mark.timeout(900)
-def test_end_to_end_prepare_pretrain_probe_on_real_images(ray_session, eurosat_small, tmp_path):
-    from geodino.dino.config import PretrainConfig
-    from geodino.launch import run_pretraining
-
-    _, metadata = eurosat_small
-    pretrained = run_pretraining(PretrainConfig(
-        arch="vit_tiny", patch_size=16, out_dim=128, global_crops_size=32, local_crops_size=16, local_crops_number=2,
-        epochs=1, warmup_epochs=0, batch_size_per_gpu=16, metadata_dir=metadata, storage_path=str(tmp_path / "runs"),
-        run_name="e2e"))
-    run_folder = os.path.dirname(pretrained.checkpoint_dir)
-    report = run_linear_probe(LinearProbeConfig(pretrained_weights=run_folder, arch="vit_tiny", patch_size=16,
-                                                num_labels=10, epochs=5, metadata_dir=metadata, n_last_blocks=1,
-                                                output_dir=str(tmp_path / "probe"), cache_dir=str(tmp_path / "cache")))
-    assert report["task"] == "single_label" and report["rows"]["test"] == 30
-    for method in ("linear", "knn"):
-        assert 0 <= report[method]["test"]["top1"] <= 1 and 0 < report[method]["test"]["ap_macro"] <= 1
-    saved = json.loads(open(tmp_path / "probe" / "metrics.json").read())
-    assert saved["linear"]["test"]["top1"] == report["linear"]["test"]["top1"]
-    assert torch.load(tmp_path / "probe" / "probe.pth", weights_only=True)["classes"] == report["classes"]
-
-
 @pytest.mark.timeout(600)
 def test_predict_resumes_a_partly_written_output(ray_session, eurosat_small, tmp_path):
-    import numpy as np
-    import pyarrow.parquet as pq
-
     from geodino.transfer.predict import PredictConfig, run_predict
 
     _, metadata = eurosat_small
-    run_linear_probe(LinearProbeConfig(pretrained_weights="random:vit_tiny/16", epochs=3, metadata_dir=metadata,
-                                       n_last_blocks=1, output_dir=str(tmp_path / "probe"),
-                                       cache_dir=str(tmp_path / "cache")))
+    probe_config = LinearProbeConfig(pretrained_weights="random:vit_tiny/16", epochs=3, metadata_dir=metadata,
+                                     n_last_blocks=2, output_dir=str(tmp_path / "probe"), cache_dir=str(tmp_path / "cache"))
+    run_linear_probe(probe_config)
     config = PredictConfig(pretrained_weights="random:vit_tiny/16", probe=str(tmp_path / "probe" / "probe.pth"),
                            metadata_dir=metadata, out=str(tmp_path / "pred"), split="test")
     first = run_predict(config)
     assert first["rows"] == 30 and first["new"] == 30
-    (tmp_path / "pred" / "crashed-mid-write.parquet").write_bytes(b"PAR1 truncated")
+    # predict = the saved probe (standardisation, 2 last blocks) on the same features the probe was scored on
+    from geodino.transfer.probe import LinearProbe, probabilities
+
+    saved = torch.load(tmp_path / "probe" / "probe.pth", weights_only=True)
+    probe = LinearProbe(saved["state_dict"]["mean"], saved["state_dict"]["std"], 10)
+    probe.load_state_dict(saved["state_dict"])
+    cached = split_features("random:vit_tiny/16", with_image_size("random:vit_tiny/16", probe_config))[0]["test"]
+    with torch.no_grad():
+        expected = probabilities(probe(torch.from_numpy(cached["features"])), "single_label").numpy()
+    written = pq.read_table(str(tmp_path / "pred")).to_pandas().set_index("name").loc[list(cached["names"])]
+    np.testing.assert_allclose(np.stack(written["probabilities"]), expected, rtol=1e-4, atol=1e-5)
+    # An interrupted run of predict's own: its part folder is listed in the manifest, one file cut short.
+    manifest = json.loads((tmp_path / "pred" / "_predict.json").read_text())
+    manifest["parts"].append({"folder": "part-0001", "complete": False})
+    (tmp_path / "pred" / "_predict.json").write_text(json.dumps(manifest))
+    (tmp_path / "pred" / "part-0001").mkdir()
+    (tmp_path / "pred" / "part-0001" / "cut-short.parquet").write_bytes(b"PAR1 truncated")
     second = run_predict(PredictConfig(**{**config.__dict__, "split": None}))
     assert second["skipped"] == 30 and second["new"] == 60 and second["rows"] == second["expected"] == 90
     table = pq.read_table(str(tmp_path / "pred")).to_pandas()
@@ -117,14 +162,50 @@ def test_predict_resumes_a_partly_written_output(ray_session, eurosat_small, tmp
     probs = np.stack(table["probabilities"])
     assert probs.shape == (90, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert all(len(p) == 1 for p in table["predicted"])
+    assert not (tmp_path / "pred" / "part-0001" / "cut-short.parquet").exists()  # ours, unreadable: redone
     embedded = run_predict(PredictConfig(pretrained_weights="random:vit_tiny/16", metadata_dir=metadata,
                                          out=str(tmp_path / "emb"), embeddings=True, split="test"))
     vectors = np.stack(pq.read_table(str(tmp_path / "emb")).column("embedding").to_pylist())
     assert embedded["rows"] == 30 and vectors.shape == (30, 192)
 
 
+@pytest.mark.timeout(600)
+def test_predict_never_touches_files_it_did_not_write(ray_session, eurosat_small, tmp_path, capsys, monkeypatch):
+    """The user's own parquet in --out survives byte for byte; another probe's folder is refused; through the
+    script's own entry (run_entry, as `python experiments/predict.py` runs it), in this process."""
+    from conftest import REPO
+
+    from geodino.cli import run_entry
+
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    import predict as predict_script
+
+    _, metadata = eurosat_small
+    user_folder = tmp_path / "mine"
+    user_folder.mkdir()
+    user_file = user_folder / "metadata.parquet"  # e.g. the user's own table, with a `name` column
+    pq.write_table(pq.read_table(metadata), user_file)
+    before = user_file.read_bytes()
+
+    def predict(*args) -> tuple[int, str]:
+        status = run_entry("predict.py", predict_script.main, ["--metadata_dir", metadata, "--split", "test",
+                                                               "--pretrained_weights", "random:vit_tiny/16", *args])
+        return status, capsys.readouterr().err
+
+    status, err = predict("--embeddings", "--out", str(user_folder))
+    assert status == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"predict.py: error: {user_folder} holds 1 files predict did not write (e.g. metadata.parquet); give an "
+        "empty or new folder as --out"]
+    assert user_file.read_bytes() == before and sorted(os.listdir(user_folder)) == ["metadata.parquet"]
+
+    status, err = predict("--embeddings", "--out", str(tmp_path / "emb"))
+    assert status == 0, err[-2000:]
+    status, err = predict("--embeddings", "--out", str(tmp_path / "emb"), "--normalize", "stats")
+    assert status == 2 and "holds predictions made with other normalize" in err
+
+
 def test_attention_maps_and_curves_render(tmp_path):
-    import numpy as np
     from PIL import Image
 
     from geodino.dino.models import create_backbone

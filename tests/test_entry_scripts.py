@@ -1,0 +1,101 @@
+"""The entry scripts run as users run them, on real patches: the multi-label transfer chain on BigEarthNet
+(linear_probe.py -> predict.py, sweep_probe.py), stream.py, visualize.py, and the main job followed by
+exactly the command it prints next.
+
+Every script runs as a subprocess; those that use Ray join the test session's cluster through
+RAY_ADDRESS, as a job submitted to a cluster does.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import REPO
+
+EXPERIMENTS = REPO / "experiments"
+
+
+def run(script: str, *args: str, ray_address: str | None = None, cwd=None, env: dict | None = None, timeout=600):
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "platform"), **(env or {})}
+    if ray_address:
+        environment["RAY_ADDRESS"] = ray_address
+    else:
+        environment.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / script), *args], env=environment, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{script} failed:\n{done.stderr[-4000:]}"
+    return done
+
+
+@pytest.mark.timeout(900)
+def test_multi_label_transfer_through_the_entry_scripts(ray_address, ben30_metadata, tmp_path):
+    """BCE probe and sigmoid AP on 19 classes, predict's threshold, a sweep, on 30 real BigEarthNet patches."""
+    metadata = str(ben30_metadata)
+    common = ["--metadata_dir", metadata, "--n_last_blocks", "1", "--cache_dir", str(tmp_path / "cache")]
+    source = "random:vit_tiny/8"
+    run("linear_probe.py", "--pretrained_weights", source, "--epochs", "20", "--lr", "0.1",
+        "--output_dir", str(tmp_path / "probe"), *common, ray_address=ray_address)
+    report = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert report["task"] == "multi_label" and len(report["classes"]) == 19
+    assert report["rows"] == {"train": 10, "validation": 10, "test": 10}
+    test = report["linear"]["test"]
+    assert 0 < test["ap_macro"] <= 1 and test["classes_without_positives"] > 0  # 14 of 19 classes occur
+    assert "top1" not in test  # multi-label: no top-1
+
+    run("predict.py", "--pretrained_weights", source, "--probe", str(tmp_path / "probe" / "probe.pth"),
+        "--metadata_dir", metadata, "--split", "test", "--threshold", "0.3", "--out", str(tmp_path / "pred"),
+        ray_address=ray_address)
+    predictions = pq.read_table(str(tmp_path / "pred")).to_pandas()
+    probabilities = np.stack(predictions["probabilities"])
+    assert probabilities.shape == (10, 19) and not np.allclose(probabilities.sum(1), 1)  # sigmoids, not a softmax
+    classes = report["classes"]
+    for row, predicted in zip(probabilities, predictions["predicted"]):
+        assert list(predicted) == [classes[i] for i in np.flatnonzero(row >= 0.3)]
+
+    out = run("sweep_probe.py", "--backbone", f"random={source}", "--lrs", "0.01", "0.1", "--weight_decays", "0",
+              "--epochs", "3", "--storage_path", str(tmp_path / "sweeps"), "--name", "ben", *common,
+              ray_address=ray_address)
+    table = pd.read_csv(tmp_path / "sweeps" / "ben" / "comparison.csv")
+    assert list(table["backbone"]) == ["random"] and "2 trials" in out.stdout
+    assert 0 < table.loc[0, "test_ap_macro"] <= 1 and "test_top1" not in table
+
+
+@pytest.mark.timeout(600)
+def test_stream_and_visualize_scripts(ray_address, ben30_metadata, tmp_path):
+    out = run("stream.py", "--metadata_dir", str(ben30_metadata), "--batches", "1", "--batch_size", "4",
+              ray_address=ray_address)
+    assert "image (4, 3, 120, 120) float32" in out.stdout and "streamed 4 patches" in out.stdout
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.txt").write_text("\n".join(json.dumps(
+        {"epoch": e, "loss": 6 - e, "lr": 1e-4, "teacher_entropy": 4.0, "max_entropy": 6.9}) for e in range(3)))
+    out = run("visualize.py", "--pretrained_weights", "random:vit_tiny/8", "--metadata_dir", str(ben30_metadata),
+              "--count", "2", "--run", str(tmp_path / "run"), "--output_dir", str(tmp_path / "pictures"),
+              ray_address=ray_address)
+    for picture in ("attention.png", "pretraining_curves.png"):
+        assert (tmp_path / "pictures" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(900)
+def test_the_main_job_and_the_command_it_prints_next(ray_address, tmp_path):
+    """`python experiments/pretrain.py` (one epoch here) on the demo, then exactly the printed next command."""
+    home = {"GEODINO_HOME": str(tmp_path / "home")}
+    out = run("pretrain.py", "--epochs", "1", "--warmup_epochs", "0", cwd=tmp_path, env=home, ray_address=ray_address)
+    assert "k-NN on held-out labelled images: AP" in out.stdout and "for the same network at random init" in out.stdout
+    next_line = [line for line in out.stdout.splitlines() if line.startswith("next: ")][-1]
+    command = shlex.split(next_line[len("next: "):])
+    assert command[:2] == ["python", str(EXPERIMENTS / "linear_probe.py")]  # outside the checkout: absolute
+    state = torch.load(tmp_path / "runs" / "demo" / "final" / "checkpoint.pth", weights_only=True)
+    assert state["args"]["preset"] == "demo" and state["args"]["epochs"] == 1  # the typed flag won over the preset
+    environment = {**os.environ, **home, "RAY_ADDRESS": ray_address, "PYTHONPATH": str(REPO / "platform"),
+                   "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}  # `python`: this venv's
+    probe = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert probe.returncode == 0, probe.stderr[-4000:]
+    assert "knn" in probe.stdout and "linear" in probe.stdout
+    assert (tmp_path / "runs" / "probe" / "metrics.json").exists()
