@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from geodino.archive.card import load_card
 from geodino.data.config import DataConfig, resolve_bands
 from geodino.data.ray_data import build_dataset
-from geodino.ray_cluster import cluster_gpus
+from geodino.ray_cluster import actor_cpus, cluster_gpus
 from geodino.transfer.backbones import load_backbone
 
 

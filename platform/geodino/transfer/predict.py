@@ -30,7 +30,7 @@ from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, resolve_bands
 from geodino.data.ray_data import build_dataset
 from geodino.errors import GeodinoError
-from geodino.ray_cluster import cluster_gpus, init_ray
+from geodino.ray_cluster import actor_cpus, cluster_gpus, init_ray
 from geodino.transfer.contract import ContractError, resolve_inputs
 from geodino.transfer.features import FeatureConfig, FeatureExtractor, file_digest, fitted_image_size, source_identity
 from geodino.transfer.probe import LinearProbe, probabilities
