@@ -120,9 +120,15 @@ def dataclass_from_args(cls, namespace: argparse.Namespace):
 
 def parse_config(cls, argv: list[str], prog: str | None = None):
     """A config dataclass from command-line style arguments (SageMaker hyperparameters, flags after `--`)."""
+    return parse_config_and_given(cls, argv, prog)[0]
+
+
+def parse_config_and_given(cls, argv: list[str], prog: str | None = None):
+    """The config and the names of the fields typed in `argv`: what a caller filling in values (the SageMaker
+    host's channels) must leave alone even where the typed value equals the default."""
     parser = ArgumentParser(prog=prog or cls.__name__)
     add_dataclass_arguments(parser, cls)
-    return dataclass_from_args(cls, parser.parse_args(argv))
+    return dataclass_from_args(cls, parser.parse_args(argv)), given_flags(parser, argv)
 
 
 def run_entry(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import ray
 
 from geodino import cli
-from geodino.cli import parse_config
+from geodino.cli import parse_config, parse_config_and_given
 from geodino.dino.config import PretrainConfig
 from geodino.launch.run import run_pretraining
 from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe
@@ -195,15 +195,14 @@ def run_task(task: str, argv: list[str], env: SageMakerEnv) -> None:
             print(f"pretraining finished: {len(result.metrics)} epochs, checkpoint in {result.checkpoint_dir}",
                   flush=True)
     elif task == "probe":
-        config = parse_config(LinearProbeConfig, argv, prog="sagemaker_entry (LinearProbeConfig)")
+        config, typed = parse_config_and_given(LinearProbeConfig, argv, prog="sagemaker_entry (LinearProbeConfig)")
         weights = env.channels.get("dino_checkpoint")
-        config = dataclasses.replace(
+        config = dataclasses.replace(  # the channels fill what the hyperparameters did not name
             config,
-            pretrained_weights=weights if weights and config.pretrained_weights == LinearProbeConfig.pretrained_weights
-            else config.pretrained_weights,
+            pretrained_weights=weights if weights and "pretrained_weights" not in typed else config.pretrained_weights,
             metadata_dir=config.metadata_dir or env.channels.get("metadata"),
             data_dir=config.data_dir or env.channels.get("train"),
-            output_dir=env.model_dir if config.output_dir == LinearProbeConfig.output_dir else config.output_dir,
+            output_dir=config.output_dir if "output_dir" in typed else env.model_dir,
         )
         report = run_linear_probe(config)
         print(json.dumps({"linear_test": report["linear"]["test"]}), flush=True)
