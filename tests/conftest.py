@@ -176,3 +176,13 @@ def ray_address(ray_session) -> str:
     """The test session's Ray, for entry scripts run as subprocesses: they join it through RAY_ADDRESS (as jobs
     submitted to a cluster do) instead of each starting a Ray of their own."""
     return ray_session.get_runtime_context().gcs_address
+
+
+def load_module(path: Path, name: str):
+    """A script or tool loaded from its file: experiments/ and tools/ are folders of scripts, not packages."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

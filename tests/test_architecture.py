@@ -1,22 +1,18 @@
 """The layout's rules, read off the code: no import cycles, a Ray-free bare-GPU path, small modules and loops."""
 
 import ast
-import importlib.util
 import inspect
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_module
 
 PACKAGE = REPO / "platform" / "geodino"
 
 
 def import_graph_tool():
-    spec = importlib.util.spec_from_file_location("import_graph", REPO / "tools" / "import_graph.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(REPO / "tools" / "import_graph.py", "import_graph")
 
 
 def test_no_import_cycles_between_modules_or_packages():

@@ -51,14 +51,9 @@ def test_names_follow_main_dino():
 
 
 def pretrain_script():
-    import importlib.util
+    from conftest import REPO, load_module
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("pretrain_script", REPO / "experiments" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(REPO / "experiments" / "pretrain.py", "pretrain_script")
 
 
 def test_typed_flags_win_over_presets_even_when_they_equal_the_default():
