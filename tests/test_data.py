@@ -122,6 +122,14 @@ def test_two_training_workers_on_two_cpus_do_not_starve_ray_data(ray_session, be
     assert [int((counts / f"rank{r}").read_text()) for r in range(2)] == [2, 2]
 
 
+def test_actor_cpus_leave_ray_data_a_whole_cpu():
+    from geodino.ray_cluster import actor_cpus
+
+    assert actor_cpus(1, cluster_cpus=1) == 0.0  # a 1-CPU host: the reading tasks (1 CPU each) must still run
+    assert actor_cpus(1, cluster_cpus=2) == 1.0 and actor_cpus(2, cluster_cpus=2) == 0.5
+    assert actor_cpus(4, cluster_cpus=64) == 1.0
+
+
 def test_worker_cpus_derive_from_the_cluster():
     from geodino.ray_cluster import worker_cpus
 

@@ -31,12 +31,13 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 
 def actor_cpus(actors: int = 1, cluster_cpus: float | None = None) -> float:
-    """CPUs for each of `actors` model actors (feature extraction, predict) on a CPU cluster: one each when the
-    cluster has room, else a share that leaves Ray Data half the CPUs. On a 1-CPU host an actor holding the
-    only CPU left the reading tasks none, and the pipeline waited forever."""
+    """CPUs to reserve for each of `actors` model actors (feature extraction, predict) on a CPU cluster: one each
+    when the cluster has room, else what is left after one whole CPU for Ray Data's tasks, which take 1 CPU
+    each. On a 1-CPU host an actor holding that CPU left the readers none and the pipeline waited forever;
+    there the actor reserves 0 and shares the core."""
     if cluster_cpus is None:
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
-    return round(min(1.0, cluster_cpus * (1 - DATA_CPU_SHARE) / actors), 3)
+    return round(min(1.0, max(0.0, cluster_cpus - 1.0) / actors), 3)
 
 
 CACHED_DATA_CPUS = 0.25  # what Ray Data needs to hand out blocks already in the object store
