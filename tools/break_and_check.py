@@ -64,10 +64,10 @@ BREAKAGES = {
         "platform/geodino/transfer/predict.py", 'n_last_blocks=probe_config["n_last_blocks"]', "n_last_blocks=1",
         ["tests/test_transfer.py::test_predict_resumes_a_partly_written_output"]),
     "band statistics over all splits": (
-        "platform/geodino/archive/prepare.py", 'pool = frame[frame["recommended"] & (frame["original_split"] == "train")]',
+        "platform/geodino/archive/pixel_stats.py", 'pool = frame[frame["recommended"] & (frame["original_split"] == "train")]',
         "pool = frame", ["tests/test_prepare.py::test_official_lists_give_six_correct_rows"]),
     "band statistics without centring": (
-        "platform/geodino/archive/prepare.py", "np.maximum(total_sq / count - mean**2, 1e-12)", "total_sq / count",
+        "platform/geodino/archive/pixel_stats.py", "np.maximum(total_sq / count - mean**2, 1e-12)", "total_sq / count",
         ["tests/test_prepare.py::test_official_lists_give_six_correct_rows"]),
     "the #student suffix ignored": (
         "platform/geodino/transfer/backbones.py", 'state = load_state_dict_file(path, which or "teacher")',
