@@ -97,26 +97,41 @@ def test_a_sweep_whose_trials_all_fail_says_so_and_exits_non_zero(ray_session, e
 
 
 def test_cached_features_are_reused_and_keyed_by_the_weights(ray_session, eurosat_small, tmp_path):
-    _, metadata = eurosat_small
+    import shutil
+
+    import pyarrow as pa
+
+    from geodino.archive.card import card_file
+
+    # The metadata's rows in reverse name order: Ray Data hands rows back in that order, the cache sorts them by
+    # name, and every column must move together.
+    _, sorted_metadata = eurosat_small
+    table = pq.read_table(sorted_metadata)
+    (tmp_path / "meta").mkdir()
+    metadata = str(tmp_path / "meta" / "metadata.parquet")
+    pq.write_table(table.take(pa.array(range(table.num_rows - 1, -1, -1))), metadata)
+    shutil.copy(card_file(sorted_metadata), card_file(metadata))
     weights = tmp_path / "w.pth"
     torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), weights)
     config = with_image_size(str(weights), LinearProbeConfig(metadata_dir=metadata, cache_dir=str(tmp_path / "cache"),
                                                             n_last_blocks=2))  # bands etc. from the weights' contract
     first, extracted = split_features(str(weights), config)
     assert extracted == 2 and first["train"]["features"].shape[1] == 2 * 192
-    # Every cached row is its own patch's: name, labels and features, in the metadata's order.
+    # Every cached row is its own patch's: name, labels and features, sorted by name.
     from geodino.data.config import DataConfig, metadata_rows
     from geodino.data.indexed import labelled_images
     from geodino.transfer.backbones import load_backbone
     from geodino.transfer.features import backbone_features
 
     test = DataConfig(metadata=metadata, split="test")
-    assert list(first["test"]["names"]) == list(metadata_rows(test)["name"])
-    images, labels = labelled_images(test)
-    np.testing.assert_array_equal(first["test"]["labels"], labels)
+    names = list(metadata_rows(test)["name"])
+    assert list(first["test"]["names"]) == sorted(names) != names
+    row_of = [names.index(name) for name in first["test"]["names"]]
+    images, labels = labelled_images(test)  # in the metadata's order
+    np.testing.assert_array_equal(first["test"]["labels"], labels[row_of])
     with torch.no_grad():
         direct = backbone_features(load_backbone(str(weights)).model, images, 2, False).numpy()
-    np.testing.assert_allclose(first["test"]["features"], direct, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(first["test"]["features"], direct[row_of], rtol=1e-4, atol=1e-5)
     again, extracted = split_features(str(weights), config)
     assert extracted == 0
     torch.testing.assert_close(torch.from_numpy(again["test"]["features"]), torch.from_numpy(first["test"]["features"]))
