@@ -32,7 +32,8 @@ def config_from_argv(argv: list[str] | None) -> PretrainConfig:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, PretrainConfig)
     args = parser.parse_args(argv)
-    typed = {name: value for name, value in vars(args).items() if name in given_flags(parser, argv)}
+    given = given_flags(parser, argv)
+    typed = {name: value for name, value in vars(args).items() if name in given}
     return preset_config(args.preset or (None if args.metadata_dir else "demo"), typed)
 
 
