@@ -26,6 +26,7 @@ from geodino import cli
 from geodino.cli import parse_config, parse_config_and_given
 from geodino.dino.config import PretrainConfig
 from geodino.launch.run import run_pretraining
+from geodino.launch.sagemaker_job import BACKENDS, TASKS
 from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe
 
 RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
@@ -212,9 +213,9 @@ def run_task(task: str, argv: list[str], env: SageMakerEnv) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--task", choices=("pretrain", "probe"), default="pretrain",
+    parser.add_argument("--task", choices=TASKS, default="pretrain",
                         help="pretrain (PretrainConfig's flags follow) or probe (LinearProbeConfig's)")
-    parser.add_argument("--backend", choices=("nccl", "gloo", "smddp"), default="nccl",
+    parser.add_argument("--backend", choices=BACKENDS, default="nccl",
                         help="nccl: Ray Train across the hosts; smddp: this process is one MPI rank, no Ray; "
                              "gloo: CPU hosts (chosen when there are no GPUs)")
     args, task_argv = parser.parse_known_args(argv)
