@@ -31,11 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", help="a pretraining run folder (with log.txt) to plot curves of")
     parser.add_argument("--output_dir", default="runs/pictures", help="where the PNGs go")
     args = parser.parse_args(argv)
-    os.makedirs(args.output_dir, exist_ok=True)
+    if not (args.run or args.pretrained_weights):
+        parser.error("nothing to draw: give --pretrained_weights (attention maps), --run (curves), or both")
+    if args.pretrained_weights and not args.metadata_dir:
+        parser.error("--pretrained_weights needs --metadata_dir: the patches whose attention maps to draw")
+    if args.count < 1:
+        parser.error(f"--count {args.count}: draw at least 1 patch")
+    if args.run and not os.path.isfile(os.path.join(args.run, "log.txt")):
+        parser.error(f"--run {args.run}: no log.txt there; give a pretraining run's folder (it holds log.txt)")
+    from geodino.outputs import claim_outputs
+
+    wanted = ["pretraining_curves.png"] * bool(args.run) + ["attention.png"] * bool(args.pretrained_weights)
+    paths = claim_outputs(args.output_dir, wanted, "visualize.py", "--output_dir")
     if args.run:
         from geodino.transfer.visualize import plot_curves
 
-        print(plot_curves(args.run, os.path.join(args.output_dir, "pretraining_curves.png")))
+        print(plot_curves(args.run, paths["pretraining_curves.png"]))
     if args.pretrained_weights:
         from geodino.archive.card import load_card
         from geodino.data.config import DataConfig, resolve_bands
@@ -60,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         images = torch.from_numpy(np.stack([row["image"] for row in rows]))
         backbone = load_backbone(args.pretrained_weights, args.arch, args.patch_size, in_chans)
         print(plot_attention(backbone.model, images, [row["name"] for row in rows],
-                             os.path.join(args.output_dir, "attention.png")))
+                             paths["attention.png"]))
     return 0
 
 

@@ -16,8 +16,9 @@ from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size
 from geodino.errors import ConfigError
 from geodino.metrics import knn_report
+from geodino.outputs import claim_outputs
 from geodino.ray_cluster import init_ray
-from geodino.storage import default_home
+from geodino.storage import default_home, location_problem
 from geodino.transfer.contract import contract_of, resolve_inputs
 from geodino.transfer.features import FeatureConfig, extract_features, fitted_image_size, source_identity
 from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, evaluate_probe, train_probe, validation_from_train
@@ -76,6 +77,10 @@ class LinearProbeConfig:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError(f"--image_size must be greater than 0, not {self.image_size}")
+        for name in ("metadata_dir", "data_dir", "output_dir", "cache_dir"):
+            problem = location_problem(getattr(self, name))
+            if problem:
+                raise ConfigError(f"--{name} {problem}")
 
     def probe(self) -> ProbeConfig:
         return ProbeConfig(lr=self.lr, weight_decay=self.weight_decay, epochs=self.epochs,
@@ -130,7 +135,7 @@ def probe_image_size(source: str, cfg: LinearProbeConfig) -> int | None:
 
 def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
     if cfg.num_labels is not None and cfg.num_labels != len(classes):
-        raise ValueError(f"--num_labels {cfg.num_labels} but {cfg.metadata_dir} has {len(classes)} classes: {classes}")
+        raise ConfigError(f"--num_labels {cfg.num_labels} but {cfg.metadata_dir} has {len(classes)} classes: {classes}")
 
 
 def run_linear_probe(cfg: LinearProbeConfig) -> dict:
@@ -139,6 +144,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     card = load_card(cfg.metadata_dir)
     check_num_labels(cfg, card["classes"])
     cfg = with_image_size(cfg.pretrained_weights, cfg)  # checks the weights against the data before Ray starts
+    paths = claim_outputs(cfg.output_dir, ("probe.pth", "metrics.json"), "linear_probe.py", "--output_dir")
     init_ray()
     features, _ = split_features(cfg.pretrained_weights, cfg)
     task = card["task"]
@@ -157,10 +163,9 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
                 for split in ("validation", "test")},
         "config": asdict(cfg),
     }
-    os.makedirs(cfg.output_dir, exist_ok=True)
     torch.save({"state_dict": probe.state_dict(), "classes": card["classes"], "task": task, "config": asdict(cfg),
                 "backbone": source_identity(cfg.pretrained_weights), "contract": contract_of(cfg.pretrained_weights)},
-               os.path.join(cfg.output_dir, "probe.pth"))
-    with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as handle:
+               paths["probe.pth"])
+    with open(paths["metrics.json"], "w") as handle:
         json.dump(report, handle, indent=2, default=lambda v: None if isinstance(v, float) and np.isnan(v) else v)
     return report
