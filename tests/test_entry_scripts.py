@@ -50,7 +50,7 @@ def test_multi_label_transfer_through_the_entry_scripts(ray_address, ben30_metad
     assert "top1" not in test  # multi-label: no top-1
 
     run("predict.py", "--pretrained_weights", source, "--probe", str(tmp_path / "probe" / "probe.pth"),
-        "--metadata_dir", metadata, "--split", "test", "--threshold", "0.3", "--out", str(tmp_path / "pred"),
+        "--metadata_dir", metadata, "--split", "test", "--threshold", "0.3", "--output_dir", str(tmp_path / "pred"),
         ray_address=ray_address)
     predictions = pq.read_table(str(tmp_path / "pred")).to_pandas()
     probabilities = np.stack(predictions["probabilities"])
@@ -88,6 +88,7 @@ def test_the_main_job_and_the_command_it_prints_next(ray_address, tmp_path):
     home = {"GEODINO_HOME": str(tmp_path / "home")}
     out = run("pretrain.py", "--epochs", "1", "--warmup_epochs", "0", cwd=tmp_path, env=home, ray_address=ray_address)
     assert "k-NN on held-out labelled images: AP" in out.stdout and "for the same network at random init" in out.stdout
+    assert "--use_gpu auto: the Ray cluster has 0 GPUs, so training runs on the CPU" in out.stdout
     next_line = [line for line in out.stdout.splitlines() if line.startswith("next: ")][-1]
     command = shlex.split(next_line[len("next: "):])
     assert command[:2] == ["python", str(EXPERIMENTS / "linear_probe.py")]  # outside the checkout: absolute

@@ -27,10 +27,13 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def flag(default: Any = None, help: str = "", *, choices: Sequence[str] | None = None) -> Any:
+def flag(default: Any = None, help: str = "", *, choices: Sequence[str] | None = None,
+         aliases: Sequence[str] = ()) -> Any:
     """A config field and its command-line flag in one place: the help text (which recommends values, as DINO's
-    does) and the allowed values live on the field, so code, `--help` and the README's flag tables agree."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None}
+    does) and the allowed values live on the field, so code, `--help` and the README's flag tables agree.
+    `aliases` are older spellings that keep working (`--out` for `--output_dir`): one vocabulary across the
+    scripts without breaking a command line, or a SageMaker job, written before it."""
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "aliases": tuple(aliases)}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -70,6 +73,16 @@ def bool_flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def auto_bool_flag(text: str) -> bool | None:
+    """A bool flag whose default is decided at run time (--use_gpu auto): auto is None."""
+    if str(text).lower() == "auto":
+        return None
+    try:
+        return bool_flag(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected true, false or auto, not {text!r}") from None
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
     taken = {action.dest for action in parser._actions}  # flags the script spelt differently (sweep's --backbone)
@@ -85,7 +98,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             kwargs["choices"] = item.metadata["choices"]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint  # X | None -> X
-        if base is bool:
+        if base is bool and item.default is None:
+            kwargs.update(type=auto_bool_flag, nargs="?", const=True, metavar="true|false|auto")
+        elif base is bool:
             kwargs.update(type=bool_flag, nargs="?", const=True, metavar="true|false")
         elif typing.get_origin(base) is tuple:
             kwargs.update(type=float, nargs=len(typing.get_args(base)))
@@ -93,7 +108,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             kwargs.update(type=typing.get_args(base)[0], nargs="+")
         elif base in (int, float, str):
             kwargs["type"] = base
-        parser.add_argument(f"--{item.name}", **kwargs)
+        parser.add_argument(f"--{item.name}", *item.metadata.get("aliases", ()), dest=item.name, **kwargs)
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:

@@ -131,7 +131,9 @@ class PretrainConfig:
         "max: divide by the card's pixel scale; stats: subtract the training split's per-band mean and "
         "divide by its std", choices=CHOICES["normalize"])
     num_workers: int = flag(1, "Training processes: one per GPU with --use_gpu; on a CPU, 1-2 per machine")
-    use_gpu: bool = flag(False, "Train on GPUs, one per worker")
+    use_gpu: bool | None = flag(
+        None, "Train on GPUs, one per worker. auto (the default): on when the Ray cluster (with --launcher "
+        "torchrun: this machine) has a GPU; true fails fast where there is none; false trains on the CPU")
     wait_for_gpus: bool = flag(
         False, "Autoscaling clusters: let Ray wait for GPU nodes to start instead of failing fast")
     backend: str | None = flag(
@@ -207,6 +209,10 @@ class PretrainConfig:
                                   "a ViT sees whole patches")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"--limit must be a number of patches greater than 0, not {self.limit}")
+        for name in ("metadata_dir", "data_dir", "checkpoint_dir", "output_dir", "storage_path"):
+            problem = storage.location_problem(getattr(self, name))
+            if problem:
+                raise ConfigError(f"--{name} {problem}")
         if self.drop_path_rate >= 1:
             raise ConfigError(f"--drop_path_rate must be below 1 (0.1 for ViT-S), not {self.drop_path_rate}")
 
@@ -248,11 +254,11 @@ class PretrainConfig:
 def steps_per_epoch_for(rows: int, cfg: PretrainConfig) -> int:
     """Each worker gets an equal share of the rows (the remainder is dropped); batches drop their last partial one."""
     if rows == 0:
-        raise ValueError("no training patches are left after the filters (split 'train', recommended patches only"
+        raise ConfigError("no training patches are left after the filters (split 'train', recommended patches only"
                          f"{f', --limit {cfg.limit}' if cfg.limit else ''}): check the metadata's original_split column")
     steps = (rows // cfg.num_workers) // cfg.batch_size_per_gpu
     if steps == 0:
-        raise ValueError(
+        raise ConfigError(
             f"--batch_size_per_gpu {cfg.batch_size_per_gpu} x --num_workers {cfg.num_workers} is larger than the "
             f"{rows} training patches: lower the batch size or the number of workers"
         )

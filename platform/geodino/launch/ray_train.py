@@ -108,6 +108,16 @@ def cache_split(cfg: PretrainConfig, data_config: DataConfig, rows: int) -> bool
     return decoded < CACHE_SHARE * object_store_bytes()
 
 
+def with_cluster_gpus(cfg: PretrainConfig) -> PretrainConfig:
+    """--use_gpu auto decided by the cluster: a GPU cluster trains on its GPUs without being told."""
+    if cfg.use_gpu is not None:
+        return cfg
+    gpus = cluster_gpus()
+    print(f"--use_gpu auto: the Ray cluster has {gpus} GPUs, so training runs on the "
+          f"{'GPU' if gpus else 'CPU'}", flush=True)
+    return dataclasses.replace(cfg, use_gpu=gpus > 0)
+
+
 def check_gpus(cfg: PretrainConfig) -> None:
     """Ray would wait forever for GPUs a fixed cluster does not have; say so before starting."""
     if not cfg.use_gpu or cfg.wait_for_gpus:
@@ -140,6 +150,7 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
         dataset = dataset.map_batches(crop_columns, batch_size=cfg.batch_size_per_gpu,
                                       fn_kwargs={"config": cfg.multicrop(inputs)})
 
+    cfg = with_cluster_gpus(cfg)
     check_gpus(cfg)
     cpus = worker_cpus(cfg.num_workers, use_gpu=cfg.use_gpu, data_cached=cached and cfg.crops_on == "device")
     resources = {"CPU": cpus}

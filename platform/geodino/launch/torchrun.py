@@ -27,6 +27,7 @@ from geodino.data.config import DataConfig
 from geodino.data.indexed import PatchDataset
 from geodino.dino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.errors import ConfigError
 from geodino.dino.loop import dino_loop
 from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
@@ -52,7 +53,7 @@ class TorchRuntime:
 
     def __init__(self, cfg: PretrainConfig, dataset: Dataset, backend: str, loader_workers: int):
         self.rank, self.world_size, local_rank = init_distributed(backend)
-        use_gpu = cfg.use_gpu and torch.cuda.is_available()
+        use_gpu = bool(cfg.use_gpu)
         self.device = torch.device(f"cuda:{local_rank}" if use_gpu else "cpu")
         if use_gpu:
             torch.cuda.set_device(self.device)
@@ -98,6 +99,15 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return os.path.join(run_dir, names[-1]) if names else None
 
 
+def with_local_gpu(cfg: PretrainConfig) -> PretrainConfig:
+    """--use_gpu auto decided by this machine; --use_gpu true without a CUDA device is a mistake, not the CPU."""
+    available = torch.cuda.is_available()
+    if cfg.use_gpu and not available:
+        raise ConfigError("--use_gpu true but torch sees no CUDA device on this machine; drop --use_gpu (auto) or "
+                          "--use_gpu false to train on the CPU, or check the CUDA driver (nvidia-smi)")
+    return dataclasses.replace(cfg, use_gpu=available if cfg.use_gpu is None else cfg.use_gpu)
+
+
 def run_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> PretrainResult | None:
     """Run this process's share of the job; rank 0 returns the result, the others None."""
     if storage.is_uri(cfg.resolved_storage()):
@@ -105,6 +115,7 @@ def run_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> Pret
                          "give --checkpoint_dir or a local --storage_path")
     if not cfg.metadata_dir:
         raise ValueError("--metadata_dir is required")
+    cfg = with_local_gpu(cfg)
     backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
     data_config = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
                              normalize=cfg.normalize, limit=cfg.limit)
