@@ -1,6 +1,6 @@
 """Batch inference: per-patch label probabilities (or --embeddings) for a whole archive, resumable.
 
-python experiments/predict.py --pretrained_weights SOURCE --probe runs/probe/probe.pth --metadata_dir META --out predictions
+python experiments/predict.py --pretrained_weights SOURCE --probe runs/probe/probe.pth --metadata_dir META --output_dir predictions
 """
 
 import argparse
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     if not config.metadata_dir:
         parser.error("--metadata_dir is required")
     result = run_predict(config)
-    print(f"{result['out']}: {result['rows']} of {result['expected']} patches written "
+    print(f"{result['output_dir']}: {result['rows']} of {result['expected']} patches written "
           f"({result['skipped']} were already there; {result['patches_per_second']:.1f} patches/s for the new ones)")
     return 0
 

@@ -24,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bands", default="rgb", help="rgb, all, or a list such as B04,B03,B02,B08 (default: rgb)")
     parser.add_argument("--normalize", default="max", choices=NORMALIZATIONS,
                         help="max: divide by the card's pixel scale; stats: per-band mean and std (default: max)")
-    parser.add_argument("--batch_size", type=int, default=32, help="patches per batch (default: 32)")
+    parser.add_argument("--batch_size_per_gpu", "--batch_size", dest="batch_size", type=int, default=32,
+                        help="patches per batch (default: 32)")
     parser.add_argument("--batches", type=int, default=5, help="batches to stream (0: all)")
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.batches < 0:
+        parser.error(f"--batch_size_per_gpu {args.batch_size} must be at least 1 and --batches {args.batches} at "
+                     "least 0 (0: all)")
     metadata = args.metadata_dir or prepared_demo()
     init_ray()
     dataset = build_dataset(DataConfig(metadata=metadata, data_dir=args.data_dir, split=args.split,

@@ -15,7 +15,7 @@ from conftest import FAKE_SECRET, REPO, S3_BUCKET, free_port
 from geodino.launch.sagemaker_job import CHECKPOINT_LOCAL_PATH, JobRequestError, SageMakerJobConfig, job_request
 
 ROLE = "arn:aws:iam::123456789012:role/geodino-training"
-PRETRAIN = dict(role=ROLE, metadata=f"s3://{S3_BUCKET}/prepared", train=f"s3://{S3_BUCKET}/BigEarthNet-v1.0",
+PRETRAIN = dict(role=ROLE, metadata_dir=f"s3://{S3_BUCKET}/prepared", data_dir=f"s3://{S3_BUCKET}/BigEarthNet-v1.0",
                 output_path=f"s3://{S3_BUCKET}/jobs")
 
 
@@ -51,7 +51,7 @@ def test_dry_run_builds_an_smddp_job_and_sends_nothing(monkeypatch):
                                           "task": "pretrain", "backend": "smddp", "checkpoint_dir": CHECKPOINT_LOCAL_PATH}
     found = channels(request)
     assert set(found) == {"metadata", "train", "dino_checkpoint", "code", "sm_drivers"}
-    assert found["train"]["DataSource"]["S3DataSource"]["S3Uri"] == PRETRAIN["train"]
+    assert found["train"]["DataSource"]["S3DataSource"]["S3Uri"] == PRETRAIN["data_dir"]
     assert found["train"]["InputMode"] == "FastFile"
     assert request["CheckpointConfig"] == {"S3Uri": f"s3://{S3_BUCKET}/jobs/geodino-pretrain-a/checkpoints",
                                            "LocalPath": CHECKPOINT_LOCAL_PATH}
@@ -85,7 +85,7 @@ def test_multi_host_ray_job_checkpoints_straight_to_s3(monkeypatch):
 
 
 def test_real_submission_uploads_code_to_s3_and_stops_at_create_training_job(s3_endpoint):
-    config = SageMakerJobConfig(role=ROLE, task="probe", instance_type="ml.g5.xlarge", metadata=PRETRAIN["metadata"],
+    config = SageMakerJobConfig(role=ROLE, task="probe", instance_type="ml.g5.xlarge", metadata_dir=PRETRAIN["metadata_dir"],
                                 dino_checkpoint=f"s3://{S3_BUCKET}/runs/final", output_path=PRETRAIN["output_path"],
                                 hyperparameters={"arch": "vit_small", "epochs": "50"}, job_name="probe-job")
     request = job_request(config)["CreateTrainingJob"]
@@ -101,7 +101,7 @@ def test_real_submission_uploads_code_to_s3_and_stops_at_create_training_job(s3_
     (dict(backend="smddp", instance_type="ml.g5.48xlarge"), "SMDDP does not support ml.g5.48xlarge.*--backend nccl"),
     (dict(backend="smddp", task="probe", instance_type="ml.p4d.24xlarge"), "probe runs on one GPU"),
     (dict(role=None), "--role is required"),
-    (dict(train="/data/BigEarthNet"), "--train must be an s3:// URI"),
+    (dict(data_dir="/data/BigEarthNet"), "--data_dir must be an s3:// URI"),
     (dict(output_path=None), "--output_path"),
     (dict(spot=True, max_wait_hours=1.0), "max_wait_hours must be at least"),
     (dict(hyperparameters={"aws_secret_access_key": "x"}), "look like credentials"),
@@ -135,7 +135,7 @@ def test_host_requirements_pin_what_constraints_pin():
 def test_submit_script_dry_run_prints_the_request(monkeypatch, capsys):
     env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "PYTHONPATH": str(REPO / "platform")}
     out = subprocess.run([sys.executable, str(REPO / "experiments" / "submit_sagemaker.py"), "pretrain", "--role", ROLE,
-                          "--metadata", PRETRAIN["metadata"], "--output_path", PRETRAIN["output_path"],
+                          "--metadata", PRETRAIN["metadata_dir"], "--output_path", PRETRAIN["output_path"],
                           "--instance_type", "ml.g5.2xlarge", "--dry_run", "--", "--arch", "vit_tiny",
                           "--global_crops_scale", "0.3", "1.0"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -148,7 +148,7 @@ def test_submit_script_dry_run_prints_the_request(monkeypatch, capsys):
     import submit_sagemaker
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    common = ["pretrain", "--role", ROLE, "--metadata", PRETRAIN["metadata"], "--output_path", PRETRAIN["output_path"],
+    common = ["pretrain", "--role", ROLE, "--metadata_dir", PRETRAIN["metadata_dir"], "--output_path", PRETRAIN["output_path"],
               "--dry_run"]
     for extra, message in [(["--", "--ecpochs", "3"], "unrecognized arguments: --ecpochs 3"),
                            (["--instance_type", "ml.p4d.24xlarg"], "'ml.p4d.24xlarg' is not a SageMaker training "

@@ -37,7 +37,7 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), weights)
     config = SweepConfig(backbones=["random=random:vit_tiny/16", f"file={weights}"], metadata_dir=metadata,
                          lrs=[0.001, 0.1], weight_decays=[0.0], epochs=4, n_last_blocks=1,
-                         storage_path=str(tmp_path / "sweeps"), name="s", cache_dir=str(tmp_path / "cache"))
+                         storage_path=str(tmp_path / "sweeps"), run_name="s", cache_dir=str(tmp_path / "cache"))
     result = run_sweep(config)
     assert result["extractions"] == 4  # 2 backbones x (train, test); validation is carved from train
     assert len(result["trials"]) == 4
@@ -58,7 +58,7 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     assert "average precision" in open(result["paths"]["comparison.md"]).read()
     # Features are cached: a second sweep over the same backbones runs no backbone at all. Its trials with a
     # label fraction that leaves one patch fail; they are listed with their reason, not dropped.
-    again = run_sweep(SweepConfig(**{**config.__dict__, "name": "s2", "lrs": [0.05], "label_fractions": [1.0, 0.01]}))
+    again = run_sweep(SweepConfig(**{**config.__dict__, "run_name": "s2", "lrs": [0.05], "label_fractions": [1.0, 0.01]}))
     assert again["extractions"] == 0
     failed = again["trials"][again["trials"]["status"] == "error"]
     assert sorted(failed["backbone"]) == ["file", "random"] and (failed["label_fraction"] == 0.01).all()
@@ -150,7 +150,7 @@ def test_predict_resumes_a_partly_written_output(ray_session, eurosat_small, tmp
                                      n_last_blocks=2, output_dir=str(tmp_path / "probe"), cache_dir=str(tmp_path / "cache"))
     run_linear_probe(probe_config)
     config = PredictConfig(pretrained_weights="random:vit_tiny/16", probe=str(tmp_path / "probe" / "probe.pth"),
-                           metadata_dir=metadata, out=str(tmp_path / "pred"), split="test")
+                           metadata_dir=metadata, output_dir=str(tmp_path / "pred"), split="test")
     first = run_predict(config)
     assert first["rows"] == 30 and first["new"] == 30
     # predict = the saved probe (standardisation, 2 last blocks) on the same features the probe was scored on
@@ -179,7 +179,7 @@ def test_predict_resumes_a_partly_written_output(ray_session, eurosat_small, tmp
     assert all(len(p) == 1 for p in table["predicted"])
     assert not (tmp_path / "pred" / "part-0001" / "cut-short.parquet").exists()  # ours, unreadable: redone
     embedded = run_predict(PredictConfig(pretrained_weights="random:vit_tiny/16", metadata_dir=metadata,
-                                         out=str(tmp_path / "emb"), embeddings=True, split="test"))
+                                         output_dir=str(tmp_path / "emb"), embeddings=True, split="test"))
     vectors = np.stack(pq.read_table(str(tmp_path / "emb")).column("embedding").to_pylist())
     assert embedded["rows"] == 30 and vectors.shape == (30, 192)
 
@@ -211,7 +211,7 @@ def test_predict_never_touches_files_it_did_not_write(ray_session, eurosat_small
     assert status == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [
         f"predict.py: error: {user_folder} holds 1 files predict did not write (e.g. metadata.parquet); give an "
-        "empty or new folder as --out"]
+        "empty or new folder as --output_dir"]
     assert user_file.read_bytes() == before and sorted(os.listdir(user_folder)) == ["metadata.parquet"]
 
     status, err = predict("--embeddings", "--out", str(tmp_path / "emb"))

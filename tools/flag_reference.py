@@ -38,6 +38,7 @@ def flag_rows(cls) -> list[str]:
         if typing.get_origin(hints[item.name]) is dict:
             continue  # not a flag (submit_sagemaker's task flags follow `--`)
         name = "--backbone" if (cls, item.name) == (SweepConfig, "backbones") else f"--{item.name}"
+        name = "`, `".join([name, *item.metadata.get("aliases", ())])
         choices = item.metadata.get("choices")
         default = shown_default(item)
         text = item.metadata.get("help", "").replace("|", "\\|")
@@ -50,7 +51,7 @@ def flag_rows(cls) -> list[str]:
 def reference_markdown() -> str:
     parts = []
     for script, cls in SCRIPTS:
-        parts += [f"#### `{script}`", "", "| flag | default | what it does |", "| --- | --- | --- |",
+        parts += [f"#### `{script}`", "", "| flag (then its older spellings) | default | what it does |", "| --- | --- | --- |",
                   *flag_rows(cls), ""]
     return "\n".join(parts).rstrip() + "\n"
 

@@ -35,7 +35,7 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", 
 ENTRY_SCRIPT = "experiments/sagemaker_entry.py"
 REQUIREMENTS = "cluster/sagemaker/requirements.txt"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # SageMaker syncs it with checkpoint_s3_uri, both ways
-CHANNELS = ("metadata", "train", "dino_checkpoint")
+CHANNELS = {"metadata": "metadata_dir", "train": "data_dir", "dino_checkpoint": "dino_checkpoint"}  # channel: flag
 TASKS = ("pretrain", "probe")
 INPUT_MODES = ("File", "FastFile", "Pipe")
 BACKENDS = ("nccl", "gloo", "smddp")
@@ -60,8 +60,11 @@ class SageMakerJobConfig:
         "nccl",
         "nccl: Ray Train on the hosts; smddp: SageMaker's AllReduce under mpirun (p4d/p4de/p5 only); "
         "gloo: CPU instances", choices=BACKENDS)
-    metadata: str | None = flag(None, "s3:// folder with metadata.parquet and metadata.json (prepare's output)")
-    train: str | None = flag(None, "s3:// archive root (the patch folders or packed shards)")
+    metadata_dir: str | None = flag(
+        None, "s3:// folder with metadata.parquet and metadata.json (prepare's output): the metadata channel",
+        aliases=("--metadata",))
+    data_dir: str | None = flag(None, "s3:// archive root (the patch folders or packed shards): the train channel",
+                                aliases=("--train",))
     dino_checkpoint: str | None = flag(None, "s3:// weights to probe, or a checkpoint to start pretraining from")
     output_path: str | None = flag(
         None, "s3://bucket/prefix for model artefacts and, by default, checkpoints (required)")
@@ -102,16 +105,16 @@ def validate(cfg: SageMakerJobConfig) -> None:
             )
         if cfg.task != "pretrain":
             raise JobRequestError("--backend smddp is for pretraining; the probe runs on one GPU, use --backend nccl")
-    for name in ("output_path", *CHANNELS, "checkpoint_s3_uri"):
+    for name in ("output_path", *CHANNELS.values(), "checkpoint_s3_uri"):
         value = getattr(cfg, name)
         if value and not str(value).startswith("s3://"):
             raise JobRequestError(f"--{name} must be an s3:// URI, not {value!r}")
     if not cfg.output_path:
         raise JobRequestError("--output_path s3://bucket/prefix is required (artefacts and checkpoints go there)")
-    if cfg.task == "pretrain" and not cfg.metadata:
-        raise JobRequestError("--metadata s3://... (the folder prepare wrote) is required for pretraining")
-    if cfg.task == "probe" and not (cfg.metadata and cfg.dino_checkpoint):
-        raise JobRequestError("probing needs --metadata and --dino_checkpoint (the weights to probe)")
+    if cfg.task == "pretrain" and not cfg.metadata_dir:
+        raise JobRequestError("--metadata_dir s3://... (the folder prepare wrote) is required for pretraining")
+    if cfg.task == "probe" and not (cfg.metadata_dir and cfg.dino_checkpoint):
+        raise JobRequestError("probing needs --metadata_dir and --dino_checkpoint (the weights to probe)")
     if cfg.spot and cfg.max_wait_hours is not None and cfg.max_wait_hours < cfg.max_run_hours:
         raise JobRequestError("--max_wait_hours must be at least --max_run_hours for a spot job")
 
@@ -191,8 +194,8 @@ def build_model_trainer(cfg: SageMakerJobConfig, session=None):
         stopping.max_wait_time_in_seconds = int((cfg.max_wait_hours or cfg.max_run_hours * 2) * 3600)
     output = cfg.output_path.rstrip("/")
     checkpoint_uri = cfg.checkpoint_s3_uri or f"{output}/{name}/checkpoints"
-    channels = [data_channel(channel, getattr(cfg, channel), cfg.input_mode) for channel in CHANNELS
-                if getattr(cfg, channel)]
+    channels = [data_channel(channel, getattr(cfg, field), cfg.input_mode) for channel, field in CHANNELS.items()
+                if getattr(cfg, field)]
     return model_trainer.ModelTrainer(
         sagemaker_session=session,
         role=cfg.role,
