@@ -1,8 +1,10 @@
 """Turn an archive into geodino's metadata parquet: python experiments/prepare.py ARCHIVE --out metadata.parquet"""
 
+import argparse
+import os
 import sys
 
-from geodino import cli
+from geodino import cli, storage
 from geodino.archive.pack import PackConfig, PackMismatchError, pack
 from geodino.archive.prepare import PrepareConfig, prepare, summarise
 
@@ -32,12 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     pack_dir, pack_only, shard_size = args.pop("pack"), args.pop("pack_only"), args.pop("shard_size")
     if pack_only and not pack_dir:
         parser.error("--pack_only needs --pack DIR")
+    check_args(parser, args, pack_dir, shard_size)
     try:
         if not pack_only:
             result = prepare(PrepareConfig(**args))
             print(summarise(result))
             if args["strict"] and result.rejected:
-                print(f"prepare: --strict and {result.rejected} patches were rejected", file=sys.stderr)
+                print(f"prepare.py: --strict and {result.rejected} patches were rejected", file=sys.stderr)
                 return 1
         if pack_dir:
             packed = pack(PackConfig(metadata=args["out"], out_dir=pack_dir, bands=args["bands"], shard_size=shard_size,
@@ -45,10 +48,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"packed {packed.rows} patches into {packed.shards} shards in {packed.out_dir} ({packed.written} "
                   f"written now, {packed.shards - packed.written} already there) in {packed.seconds:.1f} s")
     except (FileNotFoundError, ValueError, PackMismatchError) as error:
-        print(f"prepare: {error}", file=sys.stderr)
+        print(f"prepare.py: error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
+def check_args(parser: argparse.ArgumentParser, args: dict, pack_dir: str | None, shard_size: int) -> None:
+    """Values that cannot work, and local inputs that are not there, before the archive is listed."""
+    if args["workers"] < 0:
+        parser.error(f"--workers must be 0 (one per core) or more, not {args['workers']}")
+    for name, value in (("--stats_patches", args["stats_patches"]), ("--shard_size", shard_size)):
+        if value < 1:
+            parser.error(f"{name} must be at least 1, not {value}")
+    if args["pixel_max"] is not None and args["pixel_max"] <= 0:
+        parser.error(f"--pixel_max must be greater than 0, not {args['pixel_max']}")
+    for flag, path in (("--out", args["out"]), ("--pack", pack_dir)):
+        problem = storage.location_problem(path)
+        if problem:
+            parser.error(f"{flag} {problem}")
+    for flag, path in (("archive", args["archive"]), ("--splits_dir", args["splits_dir"]),
+                       ("--exclusions_dir", args["exclusions_dir"]), ("--data_dir", args["data_dir"])):
+        problem = storage.location_problem(path)
+        if problem:
+            parser.error(f"{flag} {problem}")
+        if path and not storage.is_uri(path) and not os.path.exists(path):
+            parser.error(f"{flag} {path}: no such file or folder")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_entry("prepare.py", main))

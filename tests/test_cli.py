@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import os
 
 import pytest
 
@@ -38,6 +39,33 @@ def test_bool_flag_rejects_anything_else():
     assert bool_flag("true") and not bool_flag("0")
     with pytest.raises(argparse.ArgumentTypeError):
         bool_flag("maybe")
+
+
+def test_use_gpu_is_auto_unless_typed(eurosat_metadata, tmp_path):
+    """auto (None) by default, decided by the launcher; true where there is no CUDA is refused, not run on the CPU."""
+    import subprocess
+    import sys
+
+    import torch
+    from conftest import REPO
+
+    from geodino.launch.torchrun import with_local_gpu
+
+    assert parse(PretrainConfig, []).use_gpu is None and parse(PretrainConfig, ["--use_gpu", "auto"]).use_gpu is None
+    assert parse(PretrainConfig, ["--use_gpu"]).use_gpu is True
+    assert parse(PretrainConfig, ["--use_gpu", "false"]).use_gpu is False
+    with pytest.raises(SystemExit):
+        parse(PretrainConfig, ["--use_gpu", "maybe"])
+    assert with_local_gpu(PretrainConfig()).use_gpu is torch.cuda.is_available()
+    if torch.cuda.is_available():
+        return
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "pretrain.py"), "--launcher", "torchrun",
+                          "--use_gpu", "true", "--metadata_dir", eurosat_metadata, "--output_dir", str(tmp_path)],
+                         env={**os.environ, "PYTHONPATH": str(REPO / "platform")}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "pretrain.py: error: --use_gpu true but torch sees no CUDA device on this machine; drop --use_gpu (auto) or "
+        "--use_gpu false to train on the CPU, or check the CUDA driver (nvidia-smi)"]
 
 
 def test_names_follow_main_dino():
@@ -145,3 +173,74 @@ def test_the_readme_flag_reference_is_the_configs_own():
     readme = (REPO / "README.md").read_text()
     assert flag_reference.readme_section(readme) == flag_reference.reference_markdown(), (
         "README's flag reference differs from the configs: run python tools/flag_reference.py --write")
+
+
+def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]:
+    """One bad value of each kind, per entry script, and a fragment of the line the user must see."""
+    from conftest import EUROSAT
+
+    data = ["--metadata_dir", metadata]
+    weights = ["--pretrained_weights", "random:vit_tiny/16", *data]
+    table = str(EUROSAT / "labels.csv")
+    hashed = f"{tmp}/exp#3.pth"
+    with open(hashed, "wb") as handle:
+        handle.write(b"not a checkpoint")
+    return [
+        ("pretrain.py", ["--crops_on", "gpu", *data], "argument --crops_on: invalid choice: 'gpu'"),
+        ("pretrain.py", ["--nonfinite_loss", "skp", *data], "invalid choice: 'skp'"),
+        ("pretrain.py", ["--use_gpu", "maybe", *data], "expected true, false or auto, not 'maybe'"),
+        ("pretrain.py", ["--lr", "-1", *data], "--lr must be greater than 0, not -1.0"),
+        ("pretrain.py", ["--epochs", "0", *data], "--epochs must be greater than 0, not 0"),
+        ("pretrain.py", ["--warmup_epochs", "10", "--epochs", "2", *data], "--warmup_epochs 10 is longer than"),
+        ("pretrain.py", ["--local_crops_number", "-1", *data], "--local_crops_number must not be negative"),
+        ("pretrain.py", ["--limit", "-5", *data], "--limit must be a number of patches greater than 0"),
+        ("pretrain.py", ["--global_crops_size", "30", *data], "not a multiple of --patch_size 16"),
+        ("pretrain.py", ["--batch_size_per_gpu", "512", *data], "is larger than the 80 training patches"),
+        ("pretrain.py", ["--bands", "rgbb", *data], "--bands 'rgbb': the images of a table are read with all"),
+        ("pretrain.py", ["--storage_path", "s3:/bucket/runs", *data], "is not a well-formed URI"),
+        ("pretrain.py", ["--output_dir", "gs://bucket/runs", *data], "the gs:// scheme is not supported"),
+        ("pretrain.py", ["--metadata_dir", f"{tmp}/nowhere"], "no metadata parquet there"),
+        ("linear_probe.py", ["--label_fraction", "1.5", *weights], "--label_fraction must lie in (0, 1]"),
+        ("linear_probe.py", ["--pretrained_weights", "random:vit_huge", *data], "unknown arch 'vit_huge'"),
+        ("linear_probe.py", ["--pretrained_weights", f"{tmp}/none.pth", *data], "no such weights file or run folder"),
+        ("linear_probe.py", ["--pretrained_weights", hashed, *data], f"{hashed}: refused to load"),  # '#' kept
+        ("linear_probe.py", ["--num_labels", "3", *weights], "--num_labels 3 but"),
+        ("sweep_probe.py", data, "give at least one --backbone NAME=SOURCE"),
+        ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--lrs", "0.1", "-1", *data],
+         "--lrs must each be greater than 0, not -1.0"),
+        ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--label_fractions", "0", *data],
+         "--label_fractions must each be in (0, 1]"),
+        ("predict.py", ["--probe", f"{tmp}/none.pth", *weights], "--probe"),
+        ("predict.py", ["--embeddings", "--threshold", "1.5", *weights], "--threshold must lie between 0 and 1"),
+        ("predict.py", ["--embeddings", "--actors", "0", *weights], "--actors must be greater than 0"),
+        ("predict.py", ["--embeddings", "--split", "Train", *weights], "invalid choice: 'Train'"),
+        ("stream.py", ["--batch_size", "0", *data], "--batch_size_per_gpu 0 must be at least 1"),
+        ("visualize.py", ["--count", "0", *weights], "--count 0: draw at least 1 patch"),
+        ("prepare.py", [f"{tmp}/nowhere.csv", "--out", f"{tmp}/m.parquet"], "no such file or folder"),
+        ("prepare.py", [table, "--workers", "-1", "--out", f"{tmp}/m.parquet"], "--workers must be 0"),
+        ("prepare.py", [table, "--splits_dir", f"{tmp}/nowhere", "--out", f"{tmp}/m.parquet"], "--splits_dir"),
+        ("prepare.py", [table, "--out", "s3:/bucket/m.parquet"], "--out 's3:/bucket/m.parquet' is not a well-formed"),
+    ]
+
+
+def test_each_kind_of_bad_value_ends_in_one_line_and_exit_2_before_ray(eurosat_metadata, tmp_path):
+    """The real entry scripts (their main, through run_entry, as `python experiments/X.py` runs them), all in one
+    fresh process: exit status 2, one line `SCRIPT: error: ...` naming the flag, no traceback, and no Ray."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cases = bad_value_cases(eurosat_metadata, str(tmp_path))
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "entry_driver.py")], env=env, text=True, timeout=600,
+                          input=json.dumps([[script, argv] for script, argv, _ in cases]), capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    wrong = []
+    for (script, argv, fragment), result in zip(cases, json.loads(done.stdout)):
+        lines = result["stderr"].strip().splitlines()
+        if not (result["status"] == 2 and len(lines) == 1 and lines[0].startswith(f"{script}: error: ")
+                and fragment in lines[0] and not result["ray_started"]):
+            wrong.append((script, argv, result))
+    assert not wrong, wrong

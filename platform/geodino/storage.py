@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import posixpath
+import re
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -19,6 +20,26 @@ import pyarrow.fs as pafs
 
 def is_uri(path: str) -> bool:
     return "://" in str(path)
+
+
+SCHEMES = ("s3",)  # what filesystem() reaches; anything else that looks like a URI is a mistake
+_SCHEME_LIKE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/*)(.*)$")
+
+
+def location_problem(path: str | None) -> str | None:
+    """What is wrong with a place the user typed, or None: `s3:/bucket` (one slash) or `gs://bucket` would
+    otherwise become a local folder named `s3:` or `gs:`, and a run would write there without a word."""
+    if not path:
+        return None
+    match = _SCHEME_LIKE.match(str(path))
+    if match is None:
+        return None
+    scheme, slashes, rest = match.groups()
+    if scheme.lower() not in SCHEMES:
+        return f"{path!r}: the {scheme}:// scheme is not supported; use a local path or s3://bucket/prefix"
+    if slashes != "//" or not rest.split("/")[0]:
+        return f"{path!r} is not a well-formed URI; write {scheme}://bucket/prefix"
+    return None
 
 
 def absolute(path: str) -> str:

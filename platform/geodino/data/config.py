@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geodino import storage
-from geodino.archive.bands import parse_bands
+from geodino.archive.bands import UnknownBandError, parse_bands
 from geodino.archive.card import METADATA_COLUMNS, check_metadata_columns, metadata_file
 from geodino.archive.pixels import FORMAT_IMAGE
 
@@ -34,7 +34,11 @@ class DataConfig:
 def resolve_bands(card: dict, bands: str) -> tuple[str, ...]:
     """Band selection for this archive; a user's images always use all their channels."""
     if card["format"] == FORMAT_IMAGE:
-        return tuple(card["bands"])
+        own = tuple(card["bands"])
+        if bands in (None, "rgb", "all") or tuple(band.strip() for band in bands.split(",")) == own:
+            return own
+        raise UnknownBandError(f"--bands {bands!r}: the images of a table are read with all their channels "
+                               f"({', '.join(own)}); give --bands all, or leave the default")
     return parse_bands(bands)
 
 

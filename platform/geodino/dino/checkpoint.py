@@ -18,6 +18,18 @@ import torch
 
 CHECKPOINT_FILE = "checkpoint.pth"
 BACKBONE_FILE = "teacher_backbone.pth"
+WEIGHT_PARTS = ("teacher", "student")  # SOURCE#student: which network of a DINO checkpoint to load
+
+
+def source_path_and_part(source: str) -> tuple[str, str]:
+    """`PATH#student` -> (PATH, "student"); `PATH` -> (PATH, "teacher"). Only a known part after the last '#'
+    is split off, so a '#' that belongs to a file name (`runs/exp#3/final`) stays in the path."""
+    path, hash_sign, part = str(source).rpartition("#")
+    if hash_sign and part in WEIGHT_PARTS:
+        return path, part
+    return str(source), "teacher"
+
+
 CONTRACT_FILE = "teacher_backbone.json"  # beside the weights: timm's loader takes a state dict with nothing else in it
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geodino.errors import ConfigError
+
 ARCHS = ("vit_tiny", "vit_small", "vit_base")
 
 
@@ -19,7 +21,7 @@ def create_backbone(arch: str, patch_size: int = 16, in_chans: int = 3, drop_pat
                     img_size: int = 224) -> nn.Module:
     """A timm ViT with no classifier, any band count, and any input size (position embeddings interpolated)."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     return timm.create_model(
         f"{arch}_patch16_224",
         pretrained=False,

@@ -7,10 +7,25 @@ torchrun`` through this same function.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 from geodino.archive.card import load_card
-from geodino.dino.config import PretrainConfig
+from geodino.data.config import DataConfig, dataset_size, resolve_bands
+from geodino.dino.config import PretrainConfig, steps_per_epoch_for
 from geodino.launch.result import PretrainResult
 from geodino.launch.torchrun import run_torchrun
+
+
+def check_data(cfg: PretrainConfig) -> None:
+    """The data against the flags, from the metadata alone: a wrong path, a band the data does not have, a batch
+    larger than the data, all named here, before Ray or a process group starts."""
+    card = load_card(cfg.metadata_dir)
+    resolve_bands(card, cfg.bands)
+    workers = int(os.environ.get("WORLD_SIZE", 1)) if cfg.launcher == "torchrun" else cfg.num_workers
+    data = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
+                      normalize=cfg.normalize, limit=cfg.limit)
+    steps_per_epoch_for(dataset_size(data), dataclasses.replace(cfg, num_workers=workers))
 
 
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult | None:
@@ -18,7 +33,7 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult | None:
     cfg.validate()
     cfg = cfg.with_absolute_paths()
     if cfg.metadata_dir:
-        load_card(cfg.metadata_dir)  # a wrong path is named here, before Ray or a process group starts
+        check_data(cfg)
     if cfg.launcher == "torchrun":
         return run_torchrun(cfg)
     if cfg.launcher == "ray":

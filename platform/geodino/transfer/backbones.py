@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from geodino.dino.checkpoint import BACKBONE_FILE, strip_prefixes
+from geodino.dino.checkpoint import BACKBONE_FILE, WEIGHT_PARTS, source_path_and_part, strip_prefixes
 from geodino.dino.models import create_backbone
-from geodino.errors import GeodinoError
+from geodino.errors import GeodinoError, MissingInputError
 
 EMBED_DIM_TO_ARCH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
 
@@ -63,7 +63,8 @@ def load_state_dict_file(path: str, which: str = "teacher") -> dict:
         candidate = os.path.join(path, "final", BACKBONE_FILE)
         path = candidate if os.path.exists(candidate) else os.path.join(path, BACKBONE_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        hint = f"; after '#' only {' or '.join(WEIGHT_PARTS)} is read" if "#" in path else ""
+        raise MissingInputError(f"{path}: no such weights file or run folder{hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -115,8 +116,8 @@ def load_backbone(source: str, arch: str | None = None, patch_size: int | None =
     if source.startswith("timm:"):
         return _frozen(_from_timm(source, in_chans))
 
-    path, _, which = source.partition("#")
-    state = load_state_dict_file(path, which or "teacher")
+    path, which = source_path_and_part(source)
+    state = load_state_dict_file(path, which)
     found_arch, found_patch, found_chans = describe(state, path)
     problems = []
     if arch and arch != found_arch:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from geodino.archive.bands import RGB_BANDS
 from geodino.archive.pixels import FORMAT_IMAGE
-from geodino.dino.checkpoint import BACKBONE_FILE, CONTRACT_FILE, data_contract
+from geodino.dino.checkpoint import BACKBONE_FILE, CONTRACT_FILE, data_contract, source_path_and_part
 from geodino.errors import GeodinoError
 
 DEFAULT_BANDS, DEFAULT_NORMALIZE = "rgb", "max"
@@ -42,7 +42,7 @@ class ProbeInputs:
 
 def contract_file(source: str) -> str | None:
     """The contract beside a weights file or run folder (None when there is none)."""
-    path = source.partition("#")[0]
+    path = source_path_and_part(source)[0]
     if os.path.isdir(path):
         final = os.path.join(path, "final", CONTRACT_FILE)
         return final if os.path.exists(final) else os.path.join(path, CONTRACT_FILE)
@@ -61,11 +61,14 @@ def contract_of(source: str) -> dict | None:
     if sidecar and os.path.exists(sidecar):
         with open(sidecar) as handle:
             return json.load(handle)
-    path = source.partition("#")[0]
+    path = source_path_and_part(source)[0]
     if os.path.isfile(path) and path.endswith(".pth"):
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - not loadable: no contract; loading the weights names the problem
+            return None
         if isinstance(state, dict) and isinstance(state.get("args"), dict) and state["args"].get("inputs"):
             return data_contract(state["args"])
     return None

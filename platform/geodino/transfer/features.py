@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from geodino.archive.card import load_card
 from geodino.data.config import DataConfig, resolve_bands
 from geodino.data.ray_data import build_dataset
+from geodino.dino.checkpoint import source_path_and_part
+from geodino.errors import ConfigError
 from geodino.ray_cluster import actor_cpus, cluster_gpus
 from geodino.transfer.backbones import load_backbone
 
@@ -77,7 +79,7 @@ def file_digest(path: str) -> str:
 
 def source_identity(source: str) -> str:
     """What identifies the weights: the content digest of a file, the name of anything else."""
-    path = source.partition("#")[0]
+    path = source_path_and_part(source)[0]
     if os.path.isdir(path):
         candidate = os.path.join(path, "final", "teacher_backbone.pth")
         path = candidate if os.path.exists(candidate) else path
@@ -118,7 +120,7 @@ def extract_features(source: str, data: DataConfig, features: FeatureConfig, cac
         parts["labels"].append(batch["labels"])
         parts["names"].append(batch["name"].astype(str))
     if not parts["features"]:
-        raise ValueError(f"{data.metadata}: the {data.split!r} split is empty after filters; nothing to extract")
+        raise ConfigError(f"{data.metadata}: the {data.split!r} split is empty after filters; nothing to extract")
     result = {key: np.concatenate(value) for key, value in parts.items()}
     order = np.argsort(result["names"], kind="stable")  # Ray Data does not keep row order; the cache does
     result = {key: value[order] for key, value in result.items()}

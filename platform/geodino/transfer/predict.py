@@ -29,7 +29,7 @@ from geodino.archive.splits import SPLITS
 from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, resolve_bands
 from geodino.data.ray_data import build_dataset
-from geodino.errors import GeodinoError
+from geodino.errors import ConfigError, GeodinoError, MissingInputError
 from geodino.ray_cluster import actor_cpus, cluster_gpus, init_ray
 from geodino.transfer.contract import ContractError, resolve_inputs
 from geodino.transfer.features import FeatureConfig, FeatureExtractor, file_digest, fitted_image_size, source_identity
@@ -44,10 +44,10 @@ class PredictConfig:
     metadata_dir: str | None = flag(None, "Metadata parquet written by prepare.py (or its folder), local or s3://")
     data_dir: str | None = flag(
         None, "The pixel archive or pack, if it moved since prepare; default: where prepare found it")
-    out: str = flag(
+    output_dir: str = flag(
         "predictions",
         "Output folder predict owns (its _predict.json manifest and part-NNNN folders); rerun to "
-        "continue")
+        "continue", aliases=("--out",))
     split: str | None = flag(None, "Only rows of this split (train, validation or test); default: every row", choices=SPLITS)
     embeddings: bool = flag(False, "Write the backbone's features instead of the probe's probabilities")
     threshold: float = flag(0.5, "Multi-label: a class is predicted when its probability reaches this")
@@ -56,8 +56,25 @@ class PredictConfig:
     force: bool = flag(False, "Run even when the probe, backbone and data do not belong together")
     image_size: int | None = flag(
         None, "With --embeddings: input side in pixels; default: the weights' training crop size, else the data's size")
-    batch_size: int = flag(64, "Patches per inference batch")
+    batch_size_per_gpu: int = flag(64, "Patches per inference batch (per actor)", aliases=("--batch_size",))
     actors: int = flag(1, "Inference actors (one model copy each; one per GPU on a GPU cluster)")
+
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, naming the flag, before Ray, data or weights are touched."""
+        if not self.embeddings and not self.probe:
+            raise ConfigError("give --probe PROBE.pth (from linear_probe.py), or --embeddings for features only")
+        if self.probe and not self.embeddings and not os.path.isfile(self.probe):
+            raise MissingInputError(f"--probe {self.probe}: no such file; give the probe.pth linear_probe.py wrote")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"--threshold must lie between 0 and 1 (0.5 is usual), not {self.threshold}")
+        for name in ("batch_size_per_gpu", "actors", "image_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
+        for name in ("metadata_dir", "data_dir", "output_dir"):
+            problem = storage.location_problem(getattr(self, name))
+            if problem:
+                raise ConfigError(f"--{name} {problem}")
 
 
 class Predictor(FeatureExtractor):
@@ -101,7 +118,7 @@ PART_PREFIX = "part-"
 
 
 class ForeignOutputError(GeodinoError):
-    """--out holds files predict did not write, or predictions made with other settings."""
+    """--output_dir holds files predict did not write, or predictions made with other settings."""
 
 
 def output_identity(config: PredictConfig) -> dict:
@@ -132,7 +149,7 @@ def claim_output(out: str, identity: dict) -> dict:
             manifest = json.load(handle)
         changed = [key for key in identity if manifest["identity"].get(key) != identity[key]]
         if changed:
-            raise ForeignOutputError(f"{out} holds predictions made with other {', '.join(changed)}; give a new --out "
+            raise ForeignOutputError(f"{out} holds predictions made with other {', '.join(changed)}; give a new --output_dir "
                                      "(or delete that folder yourself to start over)")
         ours = {MANIFEST} | {part["folder"] for part in manifest["parts"]}
         foreign = sorted(set(os.listdir(out)) - ours)
@@ -141,7 +158,7 @@ def claim_output(out: str, identity: dict) -> dict:
         manifest = {"identity": identity, "parts": []}
     if foreign:
         raise ForeignOutputError(f"{out} holds {len(foreign)} files predict did not write (e.g. {foreign[0]}); "
-                                 "give an empty or new folder as --out")
+                                 "give an empty or new folder as --output_dir")
     os.makedirs(out, exist_ok=True)
     write_manifest(out, manifest)
     return manifest
@@ -194,15 +211,14 @@ def resolved(config: PredictConfig) -> PredictConfig:
 
 
 def run_predict(config: PredictConfig) -> dict:
-    if not config.embeddings and not config.probe:
-        raise ValueError("give --probe PROBE.pth (from linear_probe.py), or --embeddings for features only")
+    config.validate()
     config = resolved(config)
-    manifest = claim_output(config.out, output_identity(config))
+    manifest = claim_output(config.output_dir, output_identity(config))
     init_ray()
     data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split, bands=config.bands,
                       normalize=config.normalize, recommended_only=False)
     in_chans = len(resolve_bands(load_card(config.metadata_dir), config.bands))
-    done = finished_names(config.out, manifest)
+    done = finished_names(config.output_dir, manifest)
     total = dataset_size(data)
     dataset = build_dataset(data)
     if done:
@@ -210,16 +226,16 @@ def run_predict(config: PredictConfig) -> dict:
     gpus = 1 if cluster_gpus() else 0
     started = time.perf_counter()
     dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"config": config, "in_chans": in_chans},
-                                  batch_size=config.batch_size, concurrency=config.actors, num_gpus=gpus,
+                                  batch_size=config.batch_size_per_gpu, concurrency=config.actors, num_gpus=gpus,
                                   num_cpus=0 if gpus else actor_cpus(config.actors))
     part = {"folder": f"{PART_PREFIX}{len(manifest['parts']):04d}", "complete": False}
     manifest["parts"].append(part)
-    write_manifest(config.out, manifest)  # listed before writing: an interrupted run's files are known to be ours
-    dataset.write_parquet(os.path.join(config.out, part["folder"]))
+    write_manifest(config.output_dir, manifest)  # listed before writing: an interrupted run's files are known to be ours
+    dataset.write_parquet(os.path.join(config.output_dir, part["folder"]))
     part["complete"] = True
-    write_manifest(config.out, manifest)
+    write_manifest(config.output_dir, manifest)
     seconds = time.perf_counter() - started
-    written = len(finished_names(config.out, manifest))
+    written = len(finished_names(config.output_dir, manifest))
     new = written - len(done)
-    return {"out": config.out, "rows": written, "expected": total, "skipped": len(done), "new": new,
+    return {"output_dir": config.output_dir, "rows": written, "expected": total, "skipped": len(done), "new": new,
             "patches_per_second": new / seconds if seconds else float("nan")}

@@ -9,6 +9,7 @@ and scored on the test split: that row is what the comparison table shows.
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -23,13 +24,16 @@ from geodino import storage
 from geodino.archive.card import load_card
 from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS
+from geodino.errors import ConfigError
 from geodino.metrics import knn_report
+from geodino.outputs import claim_outputs
 from geodino.ray_cluster import cluster_gpus, init_ray
 from geodino.transfer.backbones import parse_named
 from geodino.transfer.linear_probe import LinearProbeConfig, check_num_labels, split_features, with_image_size
 from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, evaluate_probe, train_probe
 
 METRIC = "val_ap_macro"
+OUTPUT_FILES = ("comparison.csv", "comparison.md", "per_class_ap.csv", "trials.csv", "comparison.png")
 TABLE_COLUMNS = ["backbone", "status", "reason", "lr", "weight_decay", "label_fraction", METRIC, "test_ap_macro",
                  "test_ap_micro", "test_f1_macro", "knn_test_ap_macro"]
 
@@ -50,7 +54,7 @@ class SweepConfig:
         [1.0], "Shares of the training split to try; each gets its own row in the table")
     epochs: int = flag(50, "Epochs per trial")
     optimizer: str = flag("sgd", "Probe optimizer: sgd or adamw", choices=OPTIMIZERS)
-    batch_size: int = flag(256, "Feature rows per probe step")
+    batch_size_per_gpu: int = flag(256, "Feature rows per probe step", aliases=("--batch_size",))
     n_last_blocks: int = flag(4, "Concatenate the CLS token of the last N blocks (DINO: 4 for ViT-S)")
     avgpool_patchtokens: bool = flag(False, "Also concatenate the average of the last block's patch tokens")
     image_size: int | None = flag(
@@ -59,10 +63,25 @@ class SweepConfig:
     patch_size: int | None = flag(None, "Patch size of weights that do not record it")
     storage_path: str = flag(
         "runs/sweeps", "Folder or s3:// prefix of sweeps (Ray Tune's results and TensorBoard events)")
-    name: str = flag("probe_sweep", "The sweep's folder under --storage_path")
+    run_name: str = flag("probe_sweep", "The sweep's folder under --storage_path", aliases=("--name",))
     output_dir: str | None = flag(None, "Where the table and plot go; default: the sweep's folder")
     cache_dir: str | None = flag(None, "Folder for cached features; default: $GEODINO_HOME/features (~/.cache/geodino)")
     seed: int = flag(0, "Random seed of the probes")
+
+    def validate(self) -> None:
+        """Refuse a grid that cannot work before any feature is extracted; the per-backbone values (epochs, batch,
+        blocks, paths) are checked as linear_probe checks them."""
+        if not self.backbones:
+            raise ConfigError("give at least one --backbone NAME=SOURCE (e.g. --backbone random=random:vit_small)")
+        grids = {"lrs": (lambda v: v > 0, "greater than 0"), "weight_decays": (lambda v: v >= 0, "0 or more"),
+                 "label_fractions": (lambda v: 0 < v <= 1, "in (0, 1]")}
+        for name, (allowed, wanted) in grids.items():
+            values = getattr(self, name)
+            bad = [value for value in values if not allowed(value)]
+            if bad or not values:
+                raise ConfigError(f"--{name} must each be {wanted}, not {' '.join(map(str, bad)) or 'empty'}")
+        dataclasses.replace(self.probe_base(), lr=self.lrs[0], epochs=self.epochs,
+                            batch_size_per_gpu=self.batch_size_per_gpu).validate()
 
     def probe_base(self) -> LinearProbeConfig:
         return LinearProbeConfig(metadata_dir=self.metadata_dir, data_dir=self.data_dir, bands=self.bands,
@@ -72,7 +91,7 @@ class SweepConfig:
                                  force=self.force)
 
     def resolved_output_dir(self) -> str:
-        return self.output_dir or os.path.join(storage.absolute(self.storage_path), self.name)
+        return self.output_dir or os.path.join(storage.absolute(self.storage_path), self.run_name)
 
 
 def probe_trial(config: dict, features: dict, task: str) -> None:
@@ -97,15 +116,16 @@ def trial_resources() -> dict:
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
-    if not cfg.backbones:
-        raise ValueError("give at least one --backbone NAME=SOURCE")
+    cfg.validate()
     card = load_card(cfg.metadata_dir)
     base = cfg.probe_base()
     check_num_labels(base, card["classes"])
     named = [parse_named(spec) for spec in cfg.backbones]
     if len({name for name, _ in named}) != len(named):
-        raise ValueError(f"backbone names must be unique: {[name for name, _ in named]}")
+        raise ConfigError(f"--backbone names must be unique: {[name for name, _ in named]}")
     configs = {name: with_image_size(source, base) for name, source in named}  # every contract checked first
+    paths = claim_outputs(cfg.resolved_output_dir(), OUTPUT_FILES, "sweep_probe.py",
+                          "--output_dir" if cfg.output_dir else "--storage_path/--run_name")
     init_ray()
     features, extractions = {}, 0
     for name, source in named:
@@ -119,7 +139,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         "lr": tune.grid_search(list(cfg.lrs)),
         "weight_decay": tune.grid_search(list(cfg.weight_decays)),
         "label_fraction": tune.grid_search(list(cfg.label_fractions)),
-        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "seed": cfg.seed,
+        "epochs": cfg.epochs, "batch_size": cfg.batch_size_per_gpu, "optimizer": cfg.optimizer, "seed": cfg.seed,
     }
     tuner = tune.Tuner(
         trainable,
@@ -127,11 +147,11 @@ def run_sweep(cfg: SweepConfig) -> dict:
         tune_config=tune.TuneConfig(
             scheduler=ASHAScheduler(metric=METRIC, mode="max", max_t=cfg.epochs, grace_period=max(1, cfg.epochs // 5)),
         ),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=storage.absolute(cfg.storage_path), verbose=0),
+        run_config=tune.RunConfig(name=cfg.run_name, storage_path=storage.absolute(cfg.storage_path), verbose=0),
     )
     trials = trial_table(tuner.fit(), cfg.epochs)
     table, per_class = compare(trials, features, card, cfg)
-    outputs = write_outputs(table, per_class, trials, cfg)
+    outputs = write_outputs(table, per_class, trials, cfg, paths)
     failed = sorted(set(table.loc[table["status"] != "ok", "backbone"]))
     return {"table": table, "per_class": per_class, "trials": trials, "extractions": extractions,
             "failed_backbones": failed, **outputs}
@@ -180,7 +200,7 @@ def compare(trials: pd.DataFrame, features: dict, card: dict, cfg: SweepConfig) 
         best = scored.sort_values(METRIC, ascending=False).iloc[0]
         split = features[name]
         probe_config = ProbeConfig(lr=float(best["lr"]), weight_decay=float(best["weight_decay"]), epochs=cfg.epochs,
-                                   batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+                                   batch_size=cfg.batch_size_per_gpu, optimizer=cfg.optimizer,
                                    label_fraction=float(best["label_fraction"]), seed=cfg.seed)
         probe = train_probe(split["train"]["features"], split["train"]["labels"], card["task"], probe_config)
         test = evaluate_probe(probe, split["test"]["features"], split["test"]["labels"], card["task"])
@@ -209,11 +229,8 @@ def markdown(frame: pd.DataFrame, index: bool = False) -> str:
     return "\n".join([header, rule] + ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)])
 
 
-def write_outputs(table: pd.DataFrame, per_class: pd.DataFrame, trials: pd.DataFrame, cfg: SweepConfig) -> dict:
-    folder = cfg.resolved_output_dir()
-    os.makedirs(folder, exist_ok=True)
-    paths = {name: os.path.join(folder, name) for name in
-             ("comparison.csv", "comparison.md", "per_class_ap.csv", "trials.csv", "comparison.png")}
+def write_outputs(table: pd.DataFrame, per_class: pd.DataFrame, trials: pd.DataFrame, cfg: SweepConfig,
+                  paths: dict[str, str]) -> dict:
     table.to_csv(paths["comparison.csv"], index=False)
     per_class.to_csv(paths["per_class_ap.csv"])
     trials.to_csv(paths["trials.csv"], index=False)
