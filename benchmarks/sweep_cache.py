@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = run_sweep(SweepConfig(backbones=[f"{name}={source}" for name, source in sources.items()],
                                    metadata_dir=metadata, arch="vit_tiny", patch_size=16, epochs=epochs,
-                                   storage_path=storage, name="cached", cache_dir=str(cache), **grid))
+                                   storage_path=storage, run_name="cached", cache_dir=str(cache), **grid))
     cached_seconds = time.perf_counter() - started
     started = time.perf_counter()
     trials = sweep_extracting_per_trial(sources, metadata, epochs, storage, grid)
