@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import signal
+import threading
 
 import pytest
 import timm
@@ -19,10 +21,33 @@ TINY = dict(arch="vit_tiny", patch_size=8, out_dim=256, global_crops_size=32, lo
 
 
 @pytest.mark.timeout(600)
-def test_two_gloo_workers_learn_checkpoint_and_resume(ray_session, eurosat_metadata, tmp_path):
+def test_two_gloo_workers_learn_survive_a_sigkill_checkpoint_and_resume(ray_session, eurosat_metadata, tmp_path):
+    """Two gloo workers; one is SIGKILLed after the first registered checkpoint and Ray Train (--max_failures)
+    restarts the group from it; then a damaged latest checkpoint and a warm restart with more epochs."""
+    from test_reliability import log_epochs, ray_train_worker_pids, wait_for_checkpoints
+
     config = PretrainConfig(**TINY, metadata_dir=eurosat_metadata, epochs=3, batch_size_per_gpu=8, num_workers=2,
-                            storage_path=str(tmp_path / "runs"), run_name="gloo2")
+                            max_failures=2, storage_path=str(tmp_path / "runs"), run_name="gloo2")
+    log = tmp_path / "runs" / "gloo2" / "log.txt"
+    killed = {}
+
+    def kill_after_the_first_checkpoint():
+        wait_for_checkpoints(tmp_path / "runs" / "gloo2", 1)
+        pids = ray_train_worker_pids()
+        if pids:
+            killed["pid"], killed["logged"] = pids[0], log_epochs(log)
+            os.kill(pids[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_the_first_checkpoint, daemon=True)
+    killer.start()
     first = run_pretraining(config)
+    killer.join(5)
+    assert killed and killed["logged"][:1] == [0], killed  # the kill came after epoch 0's checkpoint
+    assert [m["epoch"] for m in first.metrics] == [0, 1, 2]
+    first_log = log_epochs(log)
+    assert first_log.count(0) == 1 and len(first_log) - 3 <= config.saveckp_freq, first_log  # work lost: <= 1 epoch
+    first_state = read_checkpoint(first.checkpoint_dir)
+    assert {int(v["step"]) for v in first_state["optimizer"]["state"].values()} == {3 * 5}  # none applied twice
     losses = [m["loss"] for m in first.metrics]
     assert len(losses) == 3 and all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0], losses
@@ -54,8 +79,7 @@ def test_two_gloo_workers_learn_checkpoint_and_resume(ray_session, eurosat_metad
     resumed = run_pretraining(PretrainConfig(**{**config.__dict__, "epochs": 4}))
     assert [m["epoch"] for m in resumed.metrics] == [0, 1, 2, 3]
     assert resumed.metrics[:2] == first.metrics[:2]  # epochs 0-1 came from the intact checkpoint
-    log = [json.loads(line) for line in open(os.path.join(tmp_path / "runs", "gloo2", "log.txt"))]
-    assert [m["epoch"] for m in log] == [0, 1, 2, 2, 3]  # epoch 2 again (its checkpoint was damaged), then 3
+    assert log_epochs(log) == first_log + [2, 3]  # epoch 2 again (its checkpoint was damaged), then 3
     final = read_checkpoint(resumed.checkpoint_dir)
     assert final["epoch"] == 4
     assert {int(v["step"]) for v in final["optimizer"]["state"].values()} == {4 * 5}  # nothing applied twice
