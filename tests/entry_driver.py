@@ -1,6 +1,6 @@
 """Run entry scripts' mains in one fresh process, as `python experiments/SCRIPT ARGS` would, for many command
 lines at once: one interpreter start instead of one per bad input. Reads [[script, [args...]], ...] as JSON on
-stdin; prints, per command line, its exit status, what it wrote to stderr, and whether Ray was started by then.
+stdin; prints, per command line, its exit status, what it printed, and whether it started Ray.
 
     python tests/entry_driver.py < cases.json
 """
@@ -21,8 +21,8 @@ from geodino.cli import run_entry  # noqa: E402
 def run_one(script: str, argv: list[str]) -> dict:
     module = importlib.import_module(script.removesuffix(".py"))
     sys.argv[0] = script  # argparse names the program after it, as it does for a real run
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+    stderr, stdout = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
         try:
             status = run_entry(script, module.main, argv)
         except SystemExit as exit_:
@@ -34,7 +34,19 @@ def run_one(script: str, argv: list[str]) -> dict:
     started = bool(ray and ray.is_initialized())
     if started:
         ray.shutdown()  # the next command line starts from no Ray again
-    return {"status": status, "stderr": stderr.getvalue(), "ray_started": started}
+    return {"status": status, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "ray_started": started}
+
+
+def run_lines(lines: list[tuple[str, list[str]]], env: dict | None = None) -> list[dict]:
+    """For tests: run the command lines through this file in one fresh process (no RAY_ADDRESS: none to join)."""
+    import os
+    import subprocess
+
+    environment = {key: value for key, value in {**os.environ, **(env or {})}.items() if key != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, __file__], input=json.dumps(lines), env=environment, text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def main() -> int:

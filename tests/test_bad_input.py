@@ -218,54 +218,43 @@ def test_prepare_and_pack_never_replace_files_they_did_not_write(tmp_path):
     assert again.returncode == 0, again.stderr  # prepare's own output from the run above: replaced, as before
 
 
-def entry_cli(script: str, *args):
-    """An entry script run as users run it, with no Ray to join: a refusal must come before Ray is needed."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    environment = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "TQDM_DISABLE": "1"}
-    environment.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, str(REPO / "experiments" / script), *map(str, args)],
-                          env=environment, capture_output=True, text=True, timeout=300)
-
-
 def test_probe_sweep_and_pictures_never_replace_files_they_did_not_write(eurosat_metadata, tmp_path):
-    """The user's files carrying an output's name (probe.pth, comparison.csv, attention.png) survive byte for byte;
-    the refusal is one line and comes before any Ray, features or training; files geodino wrote are replaced."""
+    """The user's files carrying an output's name (metrics.json, comparison.csv, attention.png) survive byte for
+    byte; the refusal is one line and comes before any Ray, features or training; files geodino wrote are
+    replaced. The entry scripts run as users run them, in one fresh process (tests/entry_driver.py)."""
     import json
+
+    from entry_driver import run_lines
 
     folder = tmp_path / "mine"
     folder.mkdir()
     users = {name: f"the user's own {name}".encode() for name in ("metrics.json", "comparison.csv", "attention.png")}
     for name, content in users.items():
         (folder / name).write_bytes(content)
-    weights = ["--pretrained_weights", "random:vit_tiny/16", "--metadata_dir", eurosat_metadata]
-    probe = entry_cli("linear_probe.py", *weights, "--output_dir", folder)
-    sweep = entry_cli("sweep_probe.py", "--backbone", "r=random:vit_tiny/16", "--metadata_dir", eurosat_metadata,
-                      "--output_dir", folder)
-    pictures = entry_cli("visualize.py", *weights, "--output_dir", folder)
-    for result, name, flag in [(probe, "metrics.json", "--output_dir"), (sweep, "comparison.csv", "--output_dir"),
-                               (pictures, "attention.png", "--output_dir")]:
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert result.stderr.strip().splitlines() == [
-            f"{result.args[1].rsplit('/', 1)[1]}: error: {flag} {folder}: {name} already there and not written by "
-            f"geodino; {result.args[1].rsplit('/', 1)[1]} does not replace files it did not write: choose another "
-            f"{flag}, or move it away yourself"]
-        assert "Ray" not in result.stdout + result.stderr  # refused before any Ray started
-    assert {name: (folder / name).read_bytes() for name in users} == users
-    assert sorted(p.name for p in folder.iterdir()) == sorted(users)  # nothing added, not even the ledger
-
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.txt").write_text("\n".join(json.dumps({"epoch": e, "loss": 5 - e, "lr": 1e-4, "teacher_entropy": 3.0,
-                                                      "max_entropy": 6.0}) for e in range(3)))
-    pictures = tmp_path / "pictures"
-    first = entry_cli("visualize.py", "--run", run, "--output_dir", pictures)
-    second = entry_cli("visualize.py", "--run", run, "--output_dir", pictures)  # its own file: replaced
-    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    assert second.stdout.strip() == str(pictures / "pretraining_curves.png")
-    no_log = entry_cli("visualize.py", "--run", tmp_path, "--output_dir", pictures)
-    assert no_log.returncode == 2 and "no log.txt there" in no_log.stderr and len(no_log.stderr.splitlines()) == 1
+                                                       "max_entropy": 6.0}) for e in range(3)))
+    weights = ["--pretrained_weights", "random:vit_tiny/16", "--metadata_dir", eurosat_metadata]
+    pictures = str(tmp_path / "pictures")
+    lines = [("linear_probe.py", [*weights, "--output_dir", str(folder)]),
+             ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--metadata_dir", eurosat_metadata,
+                                 "--output_dir", str(folder)]),
+             ("visualize.py", [*weights, "--output_dir", str(folder)]),
+             ("visualize.py", ["--run", str(run), "--output_dir", pictures]),
+             ("visualize.py", ["--run", str(run), "--output_dir", pictures]),  # its own file: replaced
+             ("visualize.py", ["--run", str(tmp_path), "--output_dir", pictures])]
+    probe, sweep, attention, first, second, no_log = run_lines(lines)
+    for (script, _), result, name in zip(lines, (probe, sweep, attention),
+                                         ("metrics.json", "comparison.csv", "attention.png")):
+        assert result["status"] == 2 and not result["ray_started"], result
+        assert result["stderr"].strip().splitlines() == [
+            f"{script}: error: --output_dir {folder}: {name} already there and not written by geodino; {script} "
+            "does not replace files it did not write: choose another --output_dir, or move it away yourself"]
+    assert {name: (folder / name).read_bytes() for name in users} == users
+    assert sorted(p.name for p in folder.iterdir()) == sorted(users)  # nothing added, not even the ledger
+    assert first["status"] == second["status"] == 0, (first, second)
+    assert second["stdout"].strip() == f"{pictures}/pretraining_curves.png"
+    assert no_log["status"] == 2 and no_log["stderr"].strip().splitlines() == [
+        f"visualize.py: error: --run {tmp_path}: no log.txt there; give a pretraining run's folder (it holds log.txt) "
+        "(see visualize.py --help)"]

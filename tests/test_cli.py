@@ -2,7 +2,6 @@
 
 import argparse
 import dataclasses
-import os
 
 import pytest
 
@@ -41,13 +40,10 @@ def test_bool_flag_rejects_anything_else():
         bool_flag("maybe")
 
 
-def test_use_gpu_is_auto_unless_typed(eurosat_metadata, tmp_path):
-    """auto (None) by default, decided by the launcher; true where there is no CUDA is refused, not run on the CPU."""
-    import subprocess
-    import sys
-
+def test_use_gpu_is_auto_unless_typed():
+    """auto (None) by default, decided by the launcher (Ray: the cluster's GPUs; torchrun: this machine's);
+    true where there is no CUDA is refused (a case of the bad-value test below), never run on the CPU."""
     import torch
-    from conftest import REPO
 
     from geodino.launch.torchrun import with_local_gpu
 
@@ -57,15 +53,6 @@ def test_use_gpu_is_auto_unless_typed(eurosat_metadata, tmp_path):
     with pytest.raises(SystemExit):
         parse(PretrainConfig, ["--use_gpu", "maybe"])
     assert with_local_gpu(PretrainConfig()).use_gpu is torch.cuda.is_available()
-    if torch.cuda.is_available():
-        return
-    out = subprocess.run([sys.executable, str(REPO / "experiments" / "pretrain.py"), "--launcher", "torchrun",
-                          "--use_gpu", "true", "--metadata_dir", eurosat_metadata, "--output_dir", str(tmp_path)],
-                         env={**os.environ, "PYTHONPATH": str(REPO / "platform")}, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        "pretrain.py: error: --use_gpu true but torch sees no CUDA device on this machine; drop --use_gpu (auto) or "
-        "--use_gpu false to train on the CPU, or check the CUDA driver (nvidia-smi)"]
 
 
 def test_names_follow_main_dino():
@@ -177,6 +164,7 @@ def test_the_readme_flag_reference_is_the_configs_own():
 
 def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]:
     """One bad value of each kind, per entry script, and a fragment of the line the user must see."""
+    import torch
     from conftest import EUROSAT
 
     data = ["--metadata_dir", metadata]
@@ -200,6 +188,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("pretrain.py", ["--storage_path", "s3:/bucket/runs", *data], "is not a well-formed URI"),
         ("pretrain.py", ["--output_dir", "gs://bucket/runs", *data], "the gs:// scheme is not supported"),
         ("pretrain.py", ["--metadata_dir", f"{tmp}/nowhere"], "no metadata parquet there"),
+        *([("pretrain.py", ["--launcher", "torchrun", "--use_gpu", "true", *data],
+            "--use_gpu true but torch sees no CUDA device on this machine")] if not torch.cuda.is_available() else []),
         ("linear_probe.py", ["--label_fraction", "1.5", *weights], "--label_fraction must lie in (0, 1]"),
         ("linear_probe.py", ["--pretrained_weights", "random:vit_huge", *data], "unknown arch 'vit_huge'"),
         ("linear_probe.py", ["--pretrained_weights", f"{tmp}/none.pth", *data], "no such weights file or run folder"),
@@ -226,19 +216,11 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
 def test_each_kind_of_bad_value_ends_in_one_line_and_exit_2_before_ray(eurosat_metadata, tmp_path):
     """The real entry scripts (their main, through run_entry, as `python experiments/X.py` runs them), all in one
     fresh process: exit status 2, one line `SCRIPT: error: ...` naming the flag, no traceback, and no Ray."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import REPO
+    from entry_driver import run_lines
 
     cases = bad_value_cases(eurosat_metadata, str(tmp_path))
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "entry_driver.py")], env=env, text=True, timeout=600,
-                          input=json.dumps([[script, argv] for script, argv, _ in cases]), capture_output=True)
-    assert done.returncode == 0, done.stderr[-3000:]
     wrong = []
-    for (script, argv, fragment), result in zip(cases, json.loads(done.stdout)):
+    for (script, argv, fragment), result in zip(cases, run_lines([(script, argv) for script, argv, _ in cases])):
         lines = result["stderr"].strip().splitlines()
         if not (result["status"] == 2 and len(lines) == 1 and lines[0].startswith(f"{script}: error: ")
                 and fragment in lines[0] and not result["ray_started"]):
