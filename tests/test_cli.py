@@ -164,6 +164,9 @@ def test_the_readme_flag_reference_is_the_configs_own():
 
 def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]:
     """One bad value of each kind, per entry script, and a fragment of the line the user must see."""
+    import json
+    import os
+
     import torch
     from conftest import EUROSAT
 
@@ -173,8 +176,15 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
     hashed = f"{tmp}/exp#3.pth"
     with open(hashed, "wb") as handle:
         handle.write(b"not a checkpoint")
+    other_run = os.path.join(tmp, "runs", "other")
+    os.makedirs(os.path.join(other_run, "checkpoint_2026-11-27_10-00-00.000000"))
+    with open(os.path.join(other_run, "settings.json"), "w") as handle:
+        json.dump({"arch": "vit_base", "patch_size": 16, "out_dim": 65536, "norm_last_layer": True, "bands": "rgb",
+                   "normalize": "max"}, handle)
     return [
         ("pretrain.py", ["--crops_on", "gpu", *data], "argument --crops_on: invalid choice: 'gpu'"),
+        ("pretrain.py", ["--storage_path", os.path.join(tmp, "runs"), "--run_name", "other", "--arch", "vit_tiny",
+                         *data], "holds a run made with other settings (--arch 'vit_base' there, 'vit_tiny' now)"),
         ("pretrain.py", ["--nonfinite_loss", "skp", *data], "invalid choice: 'skp'"),
         ("pretrain.py", ["--use_gpu", "maybe", *data], "expected true, false or auto, not 'maybe'"),
         ("pretrain.py", ["--lr", "-1", *data], "--lr must be greater than 0, not -1.0"),

@@ -8,11 +8,17 @@ torchrun`` through this same function.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import posixpath
 
+import pyarrow.fs as pafs
+
+from geodino import storage
 from geodino.archive.card import load_card
 from geodino.data.config import DataConfig, dataset_size, resolve_bands
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.errors import ConfigError
 from geodino.launch.result import PretrainResult
 from geodino.launch.torchrun import run_torchrun
 
@@ -28,12 +34,43 @@ def check_data(cfg: PretrainConfig) -> None:
     steps_per_epoch_for(dataset_size(data), dataclasses.replace(cfg, num_workers=workers))
 
 
+RUN_SETTINGS = "settings.json"  # in the run's storage folder: what a restart must share with the run it resumes
+SHAPING = ("arch", "patch_size", "out_dim", "norm_last_layer", "bands", "normalize")  # change weights or inputs
+
+
+def check_same_run(cfg: PretrainConfig) -> None:
+    """A restart resumes the run folder's latest checkpoint; one made with another architecture, head or input
+    would fail deep inside a worker as a tensor size mismatch, or, worse, mix two runs. Say so here instead,
+    and record this run's settings for the next restart."""
+    run_dir = storage.join(cfg.resolved_storage(), cfg.resolved_run_name())
+    settings_path = storage.join(run_dir, RUN_SETTINGS)
+    wanted = {name: getattr(cfg, name) for name in SHAPING}
+    if storage.exists(settings_path) and holds_checkpoints(run_dir):
+        recorded = json.loads(storage.read_bytes(settings_path))
+        changed = [f"--{name} {recorded.get(name)!r} there, {wanted[name]!r} now" for name in SHAPING
+                   if recorded.get(name) != wanted[name]]
+        if changed:
+            raise ConfigError(f"--run_name {cfg.resolved_run_name()} in {cfg.resolved_storage()} holds a run made with "
+                              f"other settings ({'; '.join(changed)}): a restart resumes that run's checkpoints. Give "
+                              "a new --run_name, or that run's settings to continue it")
+        return
+    if int(os.environ.get("RANK", 0)) == 0:  # torchrun: every rank checks, one writes
+        storage.write_bytes_atomic(settings_path, json.dumps(wanted, indent=1).encode())
+
+
+def holds_checkpoints(run_dir: str) -> bool:
+    fs, inner = storage.filesystem(run_dir)
+    entries = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return any(posixpath.basename(entry.path).startswith("checkpoint") for entry in entries)
+
+
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult | None:
     """Train; returns the result (None on a torchrun/mpirun rank other than 0)."""
     cfg.validate()
     cfg = cfg.with_absolute_paths()
     if cfg.metadata_dir:
         check_data(cfg)
+    check_same_run(cfg)
     if cfg.launcher == "torchrun":
         return run_torchrun(cfg)
     if cfg.launcher == "ray":
