@@ -21,9 +21,12 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests that spawn gloo process groups are left out: a mutant that makes one rank wait forever hangs mutmut
+# itself (2.5.1 stops at its next timeout and never finishes the module); the all-reduce has its own test.
+NO_SPAWN = ["-k", "'not gloo and not ddp'"]
 MODULES = {  # short name: (module, the tests that cover it, fast ones only)
-    "loss": ("platform/geodino/dino/loss.py", ["tests/test_dino_math.py"]),
-    "schedules": ("platform/geodino/dino/schedules.py", ["tests/test_dino_math.py", "tests/test_loop.py"]),
+    "loss": ("platform/geodino/dino/loss.py", ["tests/test_dino_math.py", *NO_SPAWN]),
+    "schedules": ("platform/geodino/dino/schedules.py", ["tests/test_dino_math.py", "tests/test_loop.py", *NO_SPAWN]),
     "metrics": ("platform/geodino/metrics.py", ["tests/test_metrics.py", "tests/test_monitors.py"]),
     "probe": ("platform/geodino/transfer/probe.py", ["tests/test_metrics.py"]),
     "checkpoint": ("platform/geodino/dino/checkpoint.py", ["tests/test_checkpoint.py", "tests/test_backbones.py"]),
@@ -48,7 +51,7 @@ def mutate(name: str, mutmut: str, copy: Path) -> list[tuple[str, str]]:
     cache = copy / ".mutmut-cache"
     if cache.exists():
         cache.unlink()
-    subprocess.run([mutmut, "run", "--paths-to-mutate", module, "--runner", runner, "--no-progress"],
+    subprocess.run([mutmut, "run", "--paths-to-mutate", module, "--runner", runner, "--no-progress", "--simple-output"],
                    cwd=copy, env=env, capture_output=True, text=True)
     results = subprocess.run([mutmut, "results"], cwd=copy, env=env, capture_output=True, text=True).stdout
     survivors = []
