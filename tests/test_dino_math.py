@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from geodino.dino.augment import MultiCrop, MultiCropConfig, gaussian_blur, resized_crop, solarize
 from geodino.dino.loop import clip_gradients, update_teacher
-from geodino.dino.loss import DINOLoss
+from geodino.dino.loss import DINOLoss, koleo_loss
 from geodino.dino.models import DINOHead, build_student_teacher, create_backbone
 from geodino.dino.schedules import cosine_schedule
 from geodino.dino.state import param_groups
@@ -52,6 +52,27 @@ def test_loss_and_centre_match_numpy():
         center = 0.9 * center + 0.1 * teacher.mean(0, keepdims=True)
         np.testing.assert_allclose(loss_fn.center.numpy(), center, rtol=1e-6)
     np.testing.assert_allclose(loss_fn.teacher_temp_schedule, [0.04, 0.055] + [0.07] * 8)  # one per epoch
+
+
+def test_centre_never_joins_the_autograd_graph():
+    """A teacher output that carries gradients (e.g. a loss used outside the loop) must not drag the centre into
+    the graph: it would hold every step's graph alive."""
+    loss_fn = DINOLoss(4, 2, 0.04, 0.04, 0, 1)
+    teacher = torch.randn(2, 4, requires_grad=True)
+    loss_fn(torch.randn(2, 4), teacher, 0)
+    assert not loss_fn.center.requires_grad and loss_fn.center.grad_fn is None
+
+
+def test_koleo_is_minus_the_mean_log_distance_to_the_nearest_neighbour():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, 5)) * rng.uniform(0.5, 3, size=(6, 1))  # scale must not matter
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    distances = np.linalg.norm(unit[:, None] - unit[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    expected = -np.log(distances.min(axis=1) + 1e-8).mean()
+    assert koleo_loss(torch.tensor(features)).item() == pytest.approx(expected, rel=1e-5)  # float32 inside
+    twins = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # two identical features: distance 0, log eps
+    assert koleo_loss(twins).item() == pytest.approx(-(2 * np.log(1e-8) + np.log(np.sqrt(2) + 1e-8)) / 3, rel=1e-5)
 
 
 def _centre_worker(rank, world, port, results):
