@@ -103,6 +103,23 @@ def test_schedules():
     np.testing.assert_allclose(lr[10:], 0.5 * (1 + np.cos(np.pi * rest / 40)))
     momentum = cosine_schedule(0.996, 1.0, 4, 3)
     assert momentum[0] == pytest.approx(0.996) and momentum[-1] < 1 and np.all(np.diff(momentum) > 0)
+    np.testing.assert_allclose(cosine_schedule(1.0, 0.0, epochs=2, niter_per_ep=2, warmup_epochs=2),
+                               [0.0, 1 / 3, 2 / 3, 1.0])  # a run that is all warm-up is allowed
+    np.testing.assert_allclose(cosine_schedule(1.0, 0.0, epochs=2, niter_per_ep=1, warmup_epochs=1, start_warmup_value=0.5),
+                               [0.5, 1.0])  # one warm-up step starts at start_warmup_value
+    with pytest.raises(ValueError, match="--warmup_epochs 3 is longer than the run's --epochs 2: lower it"):
+        cosine_schedule(1.0, 0.0, epochs=2, niter_per_ep=1, warmup_epochs=3)
+
+
+def test_lr_is_scaled_by_the_global_batch():
+    """DINO's linear scaling rule: lr x (batch per GPU x workers) / 256, so more workers means a larger peak."""
+    from geodino.dino.config import PretrainConfig
+    from geodino.dino.schedules import schedules
+
+    cfg = PretrainConfig(lr=0.0005, batch_size_per_gpu=64, epochs=2, warmup_epochs=1, min_lr=0.0)
+    for workers in (1, 4):
+        lr = schedules(cfg, steps_per_epoch=3, world_size=workers)["lr"]
+        assert lr.max() == pytest.approx(0.0005 * 64 * workers / 256)
 
 
 def test_teacher_ema_and_per_parameter_clipping():
