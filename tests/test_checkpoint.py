@@ -21,7 +21,10 @@ def test_a_written_checkpoint_loads_back_with_weights_only_and_carries_its_contr
     state = {"student": student, "epoch": 2, "args": plain_values(ARGS),
              "metrics": plain_values([{"loss": np.float32(1.5), "lr": torch.tensor(0.25)}])}
     write_checkpoint(str(tmp_path / "final"), state, {"patch_embed.proj.weight": torch.ones(2, 2)})
-    assert sorted(os.listdir(tmp_path / "final")) == sorted([CHECKPOINT_FILE, BACKBONE_FILE, CONTRACT_FILE])
+    # DINO's own file names: its eval scripts, timm's loader and users' tools look for exactly these
+    assert sorted(os.listdir(tmp_path / "final")) == ["checkpoint.pth", "teacher_backbone.json", "teacher_backbone.pth"]
+    assert (CHECKPOINT_FILE, BACKBONE_FILE, CONTRACT_FILE) == ("checkpoint.pth", "teacher_backbone.pth",
+                                                              "teacher_backbone.json")
     loaded = read_checkpoint(str(tmp_path / "final"))
     torch.testing.assert_close(loaded["student"]["w"], student["w"])
     assert loaded["epoch"] == 2 and loaded["metrics"] == [{"loss": 1.5, "lr": 0.25}]
@@ -43,8 +46,22 @@ def test_rewriting_replaces_every_file_and_a_damaged_one_is_named(tmp_path):
     assert read_checkpoint(folder)["epoch"] == 2
     assert json.loads((tmp_path / "ckpt" / CONTRACT_FILE).read_text())["arch"] == "vit_small"
     (tmp_path / "ckpt" / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(RuntimeError, match=rf"{CHECKPOINT_FILE}: cannot load checkpoint"):
+    with pytest.raises(RuntimeError) as damaged:
         read_checkpoint(folder)
+    assert str(damaged.value).startswith(f"{tmp_path / 'ckpt' / CHECKPOINT_FILE}: cannot load checkpoint (")
+
+
+class RunsCode:
+    """What a checkpoint must never smuggle in: an object whose unpickling calls a function."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    torch.save({"epoch": 1, "payload": RunsCode()}, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(RuntimeError, match="cannot load checkpoint .*Unpickling"):
+        read_checkpoint(str(tmp_path))
 
 
 def test_plain_values_keeps_builtins_and_turns_the_rest_into_them():
