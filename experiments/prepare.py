@@ -62,15 +62,12 @@ def check_args(parser: argparse.ArgumentParser, args: dict, pack_dir: str | None
             parser.error(f"{name} must be at least 1, not {value}")
     if args["pixel_max"] is not None and args["pixel_max"] <= 0:
         parser.error(f"--pixel_max must be greater than 0, not {args['pixel_max']}")
-    for flag, path in (("--out", args["out"]), ("--pack", pack_dir)):
-        problem = storage.location_problem(path)
-        if problem:
-            parser.error(f"{flag} {problem}")
-    for flag, path in (("archive", args["archive"]), ("--splits_dir", args["splits_dir"]),
-                       ("--exclusions_dir", args["exclusions_dir"]), ("--data_dir", args["data_dir"])):
-        problem = storage.location_problem(path)
-        if problem:
-            parser.error(f"{flag} {problem}")
+    inputs = {"archive": args["archive"], "--splits_dir": args["splits_dir"],
+              "--exclusions_dir": args["exclusions_dir"], "--data_dir": args["data_dir"]}
+    problem = storage.first_location_problem({"--out": args["out"], "--pack": pack_dir, **inputs})
+    if problem:
+        parser.error(problem)
+    for flag, path in inputs.items():
         if path and not storage.is_uri(path) and not os.path.exists(path):
             parser.error(f"{flag} {path}: no such file or folder")
 

@@ -42,6 +42,16 @@ def location_problem(path: str | None) -> str | None:
     return None
 
 
+def first_location_problem(places: dict[str, str | None]) -> str | None:
+    """`flag problem` for the first of {flag: place} that location_problem refuses, or None: one check for
+    every script's places."""
+    for flag, path in places.items():
+        problem = location_problem(path)
+        if problem:
+            return f"{flag} {problem}"
+    return None
+
+
 def absolute(path: str) -> str:
     """A local path made absolute (workers may run in another folder); a URI as it is."""
     return str(path) if is_uri(path) else os.path.abspath(path)

@@ -209,10 +209,10 @@ class PretrainConfig:
                                   "a ViT sees whole patches")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"--limit must be a number of patches greater than 0, not {self.limit}")
-        for name in ("metadata_dir", "data_dir", "checkpoint_dir", "output_dir", "storage_path"):
-            problem = storage.location_problem(getattr(self, name))
-            if problem:
-                raise ConfigError(f"--{name} {problem}")
+        problem = storage.first_location_problem({f"--{name}": getattr(self, name) for name in (
+            "metadata_dir", "data_dir", "checkpoint_dir", "output_dir", "storage_path")})
+        if problem:
+            raise ConfigError(problem)
         if self.drop_path_rate >= 1:
             raise ConfigError(f"--drop_path_rate must be below 1 (0.1 for ViT-S), not {self.drop_path_rate}")
 

@@ -27,8 +27,8 @@ from geodino.data.config import DataConfig
 from geodino.data.indexed import PatchDataset
 from geodino.dino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
-from geodino.errors import ConfigError
 from geodino.dino.loop import dino_loop
+from geodino.errors import ConfigError
 from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
 

@@ -18,7 +18,7 @@ from geodino.errors import ConfigError
 from geodino.metrics import knn_report
 from geodino.outputs import claim_outputs
 from geodino.ray_cluster import init_ray
-from geodino.storage import default_home, location_problem
+from geodino.storage import default_home, first_location_problem
 from geodino.transfer.contract import contract_of, resolve_inputs
 from geodino.transfer.features import FeatureConfig, extract_features, fitted_image_size, source_identity
 from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, evaluate_probe, train_probe, validation_from_train
@@ -77,10 +77,10 @@ class LinearProbeConfig:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError(f"--image_size must be greater than 0, not {self.image_size}")
-        for name in ("metadata_dir", "data_dir", "output_dir", "cache_dir"):
-            problem = location_problem(getattr(self, name))
-            if problem:
-                raise ConfigError(f"--{name} {problem}")
+        problem = first_location_problem({f"--{name}": getattr(self, name) for name in (
+            "metadata_dir", "data_dir", "output_dir", "cache_dir")})
+        if problem:
+            raise ConfigError(problem)
 
     def probe(self) -> ProbeConfig:
         return ProbeConfig(lr=self.lr, weight_decay=self.weight_decay, epochs=self.epochs,

@@ -71,10 +71,10 @@ class PredictConfig:
         for name in ("batch_size_per_gpu", "actors", "image_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
-        for name in ("metadata_dir", "data_dir", "output_dir"):
-            problem = storage.location_problem(getattr(self, name))
-            if problem:
-                raise ConfigError(f"--{name} {problem}")
+        problem = storage.first_location_problem({f"--{name}": getattr(self, name) for name in (
+            "metadata_dir", "data_dir", "output_dir")})
+        if problem:
+            raise ConfigError(problem)
 
 
 class Predictor(FeatureExtractor):

@@ -8,8 +8,8 @@ and scored on the test split: that row is what the comparison table shows.
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
