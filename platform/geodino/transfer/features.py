@@ -1,6 +1,6 @@
 """Frozen-backbone features, extracted once per (backbone, data) and cached.
 
-Extraction streams the split through Ray Data with the backbone held in a callable
+Extraction streams the splits through Ray Data with the backbone held in a callable
 class (one actor; on a GPU when the cluster has one). The result is cached as .npz
 under a key derived from the backbone's weights and the data selection, so a sweep of
 many probe configurations runs each backbone once.
@@ -8,6 +8,7 @@ many probe configurations runs each backbone once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from geodino.archive.card import load_card
-from geodino.data.config import DataConfig, resolve_bands
+from geodino.data.config import DataConfig, metadata_rows, resolve_bands
 from geodino.data.ray_data import build_dataset
 from geodino.dino.checkpoint import source_path_and_part
 from geodino.errors import ConfigError
@@ -96,13 +97,45 @@ def cache_key(source: str, arch, patch_size, data: DataConfig, features: Feature
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def extract_features(source: str, data: DataConfig, features: FeatureConfig, cache_dir: str,
-                     arch: str | None = None, patch_size: int | None = None) -> tuple[dict, bool]:
-    """{"features", "labels", "names"} for one split, and whether it came from the cache."""
-    path = os.path.join(cache_dir, cache_key(source, arch, patch_size, data, features) + ".npz")
-    if os.path.exists(path):
-        with np.load(path, allow_pickle=False) as stored:
-            return {key: stored[key] for key in stored.files}, True
+def cache_path(source: str, data: DataConfig, features: FeatureConfig, cache_dir: str, arch, patch_size) -> str:
+    return os.path.join(cache_dir, cache_key(source, arch, patch_size, data, features) + ".npz")
+
+
+def extract_splits(source: str, splits: dict[str, DataConfig], features: FeatureConfig, cache_dir: str,
+                   arch: str | None = None, patch_size: int | None = None) -> tuple[dict[str, dict], list[str]]:
+    """Features of several splits of one metadata table, and which were extracted (not cached).
+
+    The splits not in the cache are extracted in one pass: one pipeline and one backbone actor instead of one
+    per split (each costs an actor start and a model load). The cache stays one file per split."""
+    result, missing = {}, []
+    for split, data in splits.items():
+        path = cache_path(source, data, features, cache_dir, arch, patch_size)
+        if os.path.exists(path):
+            with np.load(path, allow_pickle=False) as stored:
+                result[split] = {key: stored[key] for key in stored.files}
+        else:
+            missing.append(split)
+    if not missing:
+        return result, []
+    combined = dataclasses.replace(splits[missing[0]], split=None) if len(missing) > 1 else splits[missing[0]]
+    rows = run_extractor(source, combined, features, arch, patch_size)
+    table = metadata_rows(combined, columns=["name", "original_split", "recommended"])
+    split_of = dict(zip(table["name"].astype(str), table["original_split"].astype(str)))
+    row_splits = np.array([split_of[name] for name in rows["names"]])
+    for split in missing:
+        data = splits[split]
+        own = {key: value[row_splits == split] for key, value in rows.items()}
+        if not len(own["names"]):
+            raise ConfigError(f"{data.metadata}: the {split!r} split is empty after filters; nothing to extract")
+        result[split] = own
+        write_cache(own, cache_path(source, data, features, cache_dir, arch, patch_size))
+    return result, missing
+
+
+def run_extractor(source: str, data: DataConfig, features: FeatureConfig, arch: str | None,
+                  patch_size: int | None) -> dict[str, np.ndarray]:
+    """Features of every row `data` selects, sorted by patch name (Ray Data does not keep row order; the cache
+    does)."""
     in_chans = len(resolve_bands(load_card(data.metadata), data.bands))
     gpus = 1 if cluster_gpus() else 0
     dataset = build_dataset(data).map_batches(
@@ -122,16 +155,19 @@ def extract_features(source: str, data: DataConfig, features: FeatureConfig, cac
     if not parts["features"]:
         raise ConfigError(f"{data.metadata}: the {data.split!r} split is empty after filters; nothing to extract")
     result = {key: np.concatenate(value) for key, value in parts.items()}
-    order = np.argsort(result["names"], kind="stable")  # Ray Data does not keep row order; the cache does
-    result = {key: value[order] for key, value in result.items()}
-    os.makedirs(cache_dir, exist_ok=True)
+    order = np.argsort(result["names"], kind="stable")
+    return {key: value[order] for key, value in result.items()}
+
+
+def write_cache(result: dict[str, np.ndarray], path: str) -> None:
+    """Written whole under a temporary name, then renamed: an interrupted run never leaves half a cache file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **result)
     temporary = path + ".tmp"
     with open(temporary, "wb") as handle:
         handle.write(buffer.getvalue())
     os.replace(temporary, path)
-    return result, False
 
 
 def fitted_image_size(source: str, data: DataConfig, requested: int | None, arch: str | None = None,

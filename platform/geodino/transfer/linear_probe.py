@@ -20,7 +20,7 @@ from geodino.outputs import claim_outputs
 from geodino.ray_cluster import init_ray
 from geodino.storage import default_home, first_location_problem
 from geodino.transfer.contract import contract_of, resolve_inputs
-from geodino.transfer.features import FeatureConfig, extract_features, fitted_image_size, source_identity
+from geodino.transfer.features import FeatureConfig, extract_splits, fitted_image_size, source_identity
 from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, evaluate_probe, train_probe, validation_from_train
 
 
@@ -100,16 +100,13 @@ def split_features(source: str, cfg: LinearProbeConfig) -> tuple[dict[str, dict]
 
     A dataset without a validation split (EuroSAT's subset has none) gets a seeded 10 % of train.
     """
-    extracted, result = 0, {}
-    features = cfg.features()
-    for split in SPLITS:
-        data = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split=split, bands=cfg.bands,
-                          normalize=cfg.normalize)
-        if split == "validation" and dataset_size(data) == 0:
-            continue
-        result[split], cached = extract_features(source, data, features, cfg.resolved_cache_dir(),
-                                                 arch=cfg.arch, patch_size=cfg.patch_size)
-        extracted += not cached
+    splits = {split: DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split=split, bands=cfg.bands,
+                                normalize=cfg.normalize) for split in SPLITS}
+    if dataset_size(splits["validation"]) == 0:
+        del splits["validation"]
+    result, extracted_splits = extract_splits(source, splits, cfg.features(), cfg.resolved_cache_dir(),
+                                              arch=cfg.arch, patch_size=cfg.patch_size)
+    extracted = len(extracted_splits)
     if "validation" not in result:
         train = result["train"]
         keep, held_out = validation_from_train(len(train["features"]), seed=cfg.seed)
