@@ -3,7 +3,6 @@ for real as a two-"host" job on 127.0.0.1."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -57,8 +56,9 @@ def test_dry_run_builds_an_smddp_job_and_sends_nothing(monkeypatch):
                                            "LocalPath": CHECKPOINT_LOCAL_PATH}
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 36000, "MaxWaitTimeInSeconds": 72000}
-    assert re.fullmatch(r"763104351884\.dkr\.ecr\.us-east-1\.amazonaws\.com/pytorch-training:[\d.]+-gpu-py3\d+",
-                        request["AlgorithmSpecification"]["TrainingImage"])
+    # SMDDP ships in the SMP v2 image, not in the PyTorch training images after 2.2 (AWS's SMDDP table)
+    assert request["AlgorithmSpecification"]["TrainingImage"] == (
+        "658645717510.dkr.ecr.us-east-1.amazonaws.com/smdistributed-modelparallel:2.4.1-gpu-py311-cu121")
     uploads = [call for call in result["dry_run_calls"] if call.startswith("s3.PutObject")]
     assert any(call.endswith("/code/experiments/sagemaker_entry.py") for call in uploads)
     assert any(call.endswith("/sm_drivers/distributed.json") for call in uploads)  # MPI: SMDDP's launcher
@@ -82,6 +82,12 @@ def test_multi_host_ray_job_checkpoints_straight_to_s3(monkeypatch):
     assert request["HyperParameters"]["storage_path"] == f"s3://{S3_BUCKET}/jobs/j/checkpoints"
     assert "checkpoint_dir" not in request["HyperParameters"]
     assert "distributed.json" not in json.dumps(request)
+    assert request["AlgorithmSpecification"]["TrainingImage"] == (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-gpu-py312")  # nccl: Ray Train's image
+    elsewhere = job_request(SageMakerJobConfig(**PRETRAIN, instance_type="ml.p5.48xlarge", backend="smddp",
+                                               region="eu-west-1", dry_run=True, job_name="k"))["CreateTrainingJob"]
+    assert elsewhere["AlgorithmSpecification"]["TrainingImage"] == (
+        "658645717510.dkr.ecr.eu-west-1.amazonaws.com/smdistributed-modelparallel:2.4.1-gpu-py311-cu121")
 
 
 def test_real_submission_uploads_code_to_s3_and_stops_at_create_training_job(s3_endpoint):
@@ -130,6 +136,12 @@ def test_host_requirements_pin_what_constraints_pin():
         if line and not line.startswith("#"):
             name, version = line.split("==")
             assert pins[name.split("[")[0]] == version, line
+            assert name not in ("torch", "torchvision"), "the AWS image's torch (SMDDP's 2.4.1) must stay"
+    # What does pull torch in (timm) takes any version, so pip keeps the image's (cluster/README.md has the
+    # resolver's dry run against torch 2.4.1).
+    from importlib.metadata import requires
+
+    assert {"torch", "torchvision"} <= set(requires("timm"))
 
 
 def test_submit_script_dry_run_prints_the_request(monkeypatch, capsys):

@@ -74,9 +74,11 @@ class SageMakerJobConfig:
         "under --output_path")
     job_name: str | None = flag(None, "Training job name; default: geodino-TASK-TIMESTAMP")
     input_mode: str = flag("FastFile", "FastFile streams the many small files on demand; File copies them first", choices=INPUT_MODES)
-    framework_version: str = flag("2.8.0", "PyTorch version of the AWS training image")
-    py_version: str = flag("py312", "Python version of the AWS training image")
-    image_uri: str | None = flag(None, "Container image to run instead of the AWS PyTorch image")
+    framework_version: str | None = flag(
+        None, "PyTorch version of the AWS image; default: 2.8.0 (PyTorch training image) for nccl/gloo, 2.4.1 "
+        "(the SMP v2 image, which ships SMDDP) for smddp")
+    py_version: str | None = flag(None, "Python version of the AWS image; default: py312 for nccl/gloo, py311 for smddp")
+    image_uri: str | None = flag(None, "Container image to run instead of the AWS image chosen for --backend")
     region: str | None = flag(None, "AWS region; default: the session's")
     max_run_hours: float = flag(72.0, "Hours before SageMaker stops the job")
     spot: bool = flag(False, "Use managed spot instances (restarted jobs resume from --checkpoint_s3_uri)")
@@ -167,9 +169,25 @@ def hyperparameters(cfg: SageMakerJobConfig, checkpoint_uri: str) -> dict[str, s
     return values
 
 
+# The image each backend needs, as (SDK framework key, PyTorch version, Python version, CUDA tag). SMDDP is not
+# preinstalled in the PyTorch training images after 2.2; AWS's SMDDP table lists v2.5.0 (PyTorch 2.4.1) in the
+# SMP v2 image smdistributed-modelparallel:2.4.1-gpu-py311-cu121. cluster/README.md has the evidence.
+IMAGES = {"smddp": ("pytorch-smp", "2.4.1", "py311", "cu121"), "nccl": ("pytorch", "2.8.0", "py312", None),
+          "gloo": ("pytorch", "2.8.0", "py312", None)}
+
+
+def training_image(cfg: SageMakerJobConfig, region: str) -> str:
+    """The AWS image URI for --backend in this region, from the SDK's own image table."""
+    from sagemaker.core import image_uris
+
+    framework, version, python, cuda = IMAGES[cfg.backend]
+    return image_uris.retrieve(framework, region, version=cfg.framework_version or version,
+                               py_version=cfg.py_version or python, instance_type=cfg.instance_type,
+                               image_scope="training", container_version=cuda)
+
+
 def build_model_trainer(cfg: SageMakerJobConfig, session=None):
     """A ModelTrainer for the job; nothing is sent until its train() runs."""
-    from sagemaker.core import image_uris
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.training.configs import (
         CheckpointConfig,
@@ -185,9 +203,7 @@ def build_model_trainer(cfg: SageMakerJobConfig, session=None):
     name = job_name(cfg)
     session = session or Session(default_bucket=bucket_of(cfg.output_path))
     region = cfg.region or session.boto_region_name
-    image = cfg.image_uri or image_uris.retrieve("pytorch", region, version=cfg.framework_version,
-                                                 py_version=cfg.py_version, instance_type=cfg.instance_type,
-                                                 image_scope="training")
+    image = cfg.image_uri or training_image(cfg, region)
     max_run = int(cfg.max_run_hours * 3600)
     stopping = StoppingCondition(max_runtime_in_seconds=max_run)
     if cfg.spot:
