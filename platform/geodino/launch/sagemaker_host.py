@@ -27,6 +27,7 @@ from geodino.cli import parse_config, parse_config_and_given
 from geodino.dino.config import PretrainConfig
 from geodino.launch.run import run_pretraining
 from geodino.launch.sagemaker_job import BACKENDS, TASKS
+from geodino.ray_cluster import init_ray
 from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe
 
 RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
@@ -112,6 +113,9 @@ def start_ray_node(args: list[str], env: dict | None = None) -> subprocess.Popen
     Not `ray stop`: that stops every Ray instance on the machine, other jobs' included.
     """
     command = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--block", "--disable-usage-stats", *args]
+    # On SIGTERM Ray drains the node for up to 30 s (for Serve replicas behind live proxies). A geodino host is
+    # stopped when its job is over, so the drain only waited out its timeout: 20 s of a billed host per stop.
+    env = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **(os.environ if env is None else env)}
     return subprocess.Popen(command, start_new_session=True, env=env)
 
 
@@ -163,7 +167,7 @@ def run_head_host(env: SageMakerEnv, task: str, task_argv: list[str], timeout_s:
     try:
         wait_for_port(address, env.ray_port, timeout_s)
         os.environ["RAY_ADDRESS"] = f"{address}:{env.ray_port}"
-        ray.init()
+        init_ray()  # joins RAY_ADDRESS, with geodino's Ray log level
         wait_for_nodes(len(env.hosts), timeout_s)
         resources = ray.cluster_resources()
         print(f"Ray cluster ready: {len(env.hosts)} hosts, {resources.get('CPU', 0):g} CPUs, "
