@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
               f"network at random init{top1}: DINO is {verdict} random init")
     print(f"checkpoint (DINO format): {result.checkpoint_dir}/checkpoint.pth  (stored at {result.storage_checkpoint})")
     print(f"teacher backbone (timm keys): {result.backbone_file}")
-    print(f"TensorBoard: tensorboard --logdir {os.path.dirname(result.checkpoint_dir)} --host 127.0.0.1")
+    print(f"TensorBoard (every run and sweep in this storage): tensorboard --logdir {config.resolved_storage()} "
+          "--host 127.0.0.1")
     # The probe looks at whole images at the size the teacher saw its global crops (as the k-NN monitor does).
     print(f"next: python {script_path('linear_probe.py')} --pretrained_weights {result.backbone_file} "
           f"--arch {config.arch} --patch_size {config.patch_size} --image_size {config.global_crops_size} "

@@ -32,7 +32,8 @@ def test_packages_import_in_one_direction():
     """archive at the bottom; data on archive; dino on nothing of those; launch and transfer on top."""
     tool = import_graph_tool()
     packages = tool.package_graph(tool.module_graph())
-    top_level = {"geodino.storage", "geodino.errors", "geodino.metrics", "geodino.cli", "geodino.ray_cluster"}
+    top_level = {"geodino.storage", "geodino.errors", "geodino.metrics", "geodino.cli", "geodino.ray_cluster",
+                 "geodino.tracking"}
     assert packages["geodino.archive"] <= top_level
     assert packages["geodino.data"] <= top_level | {"geodino.archive"}
     assert packages["geodino.dino"] <= top_level

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from geodino.dino.checkpoint import (BACKBONE_FILE, CHECKPOINT_FILE, CONTRACT_FILE, data_contract, plain_values,
-                                     read_checkpoint, source_path_and_part, strip_prefixes, write_checkpoint)
+from geodino.dino.checkpoint import (
+    BACKBONE_FILE,
+    CHECKPOINT_FILE,
+    CONTRACT_FILE,
+    data_contract,
+    plain_values,
+    read_checkpoint,
+    source_path_and_part,
+    strip_prefixes,
+    write_checkpoint,
+)
 
 ARGS = {"arch": "vit_tiny", "patch_size": 8, "global_crops_size": 96, "in_chans": 4, "epochs": 3,
         "inputs": {"bands": ["B04", "B03", "B02", "B08"], "rgb": False, "normalize": "stats", "pixel_max": 2750.0,

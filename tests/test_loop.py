@@ -6,7 +6,9 @@ each breakage of the loop shows as a tensor that is not what it must be.
 
 import copy
 import dataclasses
+import json
 import os
+import re
 import socket
 
 import numpy as np
@@ -32,7 +34,7 @@ def image_batches(count=8, batch=4, seed=0):
 
 def config(tmp_path, **changes) -> PretrainConfig:
     return PretrainConfig(**{**TINY, "epochs": 1, "batch_size_per_gpu": 4, "knn_every": 0,
-                             "output_dir": str(tmp_path / "out"), **changes})
+                             "output_dir": str(tmp_path / "out"), "storage_path": str(tmp_path / "runs"), **changes})
 
 
 def tensors_equal(a: dict, b: dict) -> bool:
@@ -102,6 +104,26 @@ def test_logged_lr_wd_and_momentum_are_the_schedules_at_each_epoch_end(tmp_path)
         assert metrics["lr"] == pytest.approx(lr)
         assert metrics["wd"] == pytest.approx(cosine(0.04, 0.4, it, total))
         assert metrics["momentum_teacher"] == pytest.approx(cosine(0.95, 1.0, it, total))
+
+
+def test_progress_inside_an_epoch_and_the_log_in_the_runs_folder(tmp_path, capsys):
+    """Without a terminal, rank 0 prints a plain progress line (steps, images/s, ETA) every --progress_every_s;
+    log.txt and the events land in STORAGE/RUN_NAME, not in --output_dir."""
+    cfg = config(tmp_path, epochs=2, progress_every_s=1e-9, run_name="watched")
+    dino_loop(cfg, BatchRuntime(image_batches()), steps_per_epoch=2, inputs=RGB)
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line for line in lines if " step " in line]
+    assert len(progress) == 2, lines
+    for epoch, line in enumerate(progress):
+        assert re.fullmatch(rf"epoch +{epoch}  step 1/2  [\d.]+ img/s  ETA 0m0\ds", line), line
+    assert sum(line.startswith("epoch ") and "loss" in line for line in lines) == 2  # one line per epoch
+    run = tmp_path / "runs" / "watched"
+    assert [json.loads(line)["epoch"] for line in open(run / "log.txt")] == [0, 1]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*")) and not (tmp_path / "out" / "log.txt").exists()
+
+    quiet = config(tmp_path, progress_every_s=0, run_name="quiet")
+    dino_loop(quiet, BatchRuntime(image_batches()), steps_per_epoch=2, inputs=RGB)
+    assert " step " not in capsys.readouterr().err
 
 
 def test_weight_decay_only_on_weight_matrices_and_the_last_layer_frozen_in_epoch_zero(tmp_path):

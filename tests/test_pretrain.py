@@ -27,7 +27,7 @@ def test_two_gloo_workers_learn_survive_a_sigkill_checkpoint_and_resume(ray_sess
     from test_reliability import log_epochs, ray_train_worker_pids, wait_for_checkpoints
 
     config = PretrainConfig(**TINY, metadata_dir=eurosat_metadata, epochs=3, batch_size_per_gpu=8, num_workers=2,
-                            max_failures=2, storage_path=str(tmp_path / "runs"), run_name="gloo2")
+                            max_failures=2, keep_checkpoints=2, storage_path=str(tmp_path / "runs"), run_name="gloo2")
     log = tmp_path / "runs" / "gloo2" / "log.txt"
     killed = {}
 
@@ -83,14 +83,16 @@ def test_two_gloo_workers_learn_survive_a_sigkill_checkpoint_and_resume(ray_sess
     final = read_checkpoint(resumed.checkpoint_dir)
     assert final["epoch"] == 4
     assert {int(v["step"]) for v in final["optimizer"]["state"].values()} == {4 * 5}  # nothing applied twice
+    kept = sorted((tmp_path / "runs" / "gloo2").glob("checkpoint_*/checkpoint.pth"))
+    assert [read_checkpoint(str(path.parent))["epoch"] for path in kept] == [3, 4]  # --keep_checkpoints 2: the newest
 
 
 @pytest.mark.timeout(600)
-def test_twelve_band_bigearthnet_run(ray_session, ben_v1_metadata, tmp_path):
+def test_twelve_band_bigearthnet_run(ray_session, ben_v1_metadata, tmp_path, monkeypatch):
     """12 bands, with the crops made in Ray Data's CPU tasks (--crops_on data) and --limit 2 patches."""
     config = PretrainConfig(**{**TINY, "knn_every": 1}, metadata_dir=str(ben_v1_metadata), bands="all",
                             normalize="stats", epochs=1, batch_size_per_gpu=1, storage_path=str(tmp_path / "runs"),
-                            run_name="s2", crops_on="data", limit=2)
+                            run_name="s2", crops_on="data", limit=2, mlflow_tracking_uri=str(tmp_path / "mlruns"))
     result = run_pretraining(config)
     state = read_checkpoint(result.checkpoint_dir)
     assert {int(v["step"]) for v in state["optimizer"]["state"].values()} == {2}  # 2 patches, batch 1: 2 steps
@@ -102,6 +104,18 @@ def test_twelve_band_bigearthnet_run(ray_session, ben_v1_metadata, tmp_path):
     assert 0 <= epoch["knn_ap"] <= 1 and 0 <= epoch["knn_random_ap"] <= 1
     assert state["teacher"]["backbone.patch_embed.proj.weight"].shape[1] == 12
     assert torch.isfinite(torch.tensor(result.metrics[0]["loss"]))
+    # --mlflow_tracking_uri: the run in MLflow's file store (written by the Ray Train worker), read back with
+    # MLflow's own client, which like `mlflow ui` needs the file store allowed.
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+
+    client = MlflowClient(f"file://{tmp_path / 'mlruns'}")
+    [run] = client.search_runs([client.get_experiment_by_name("geodino").experiment_id])
+    assert run.info.run_name == "s2" and run.info.status == "FINISHED"
+    assert run.data.params["bands"] == "all" and run.data.params["arch"] == "vit_tiny"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "knn_ap")] == [
+        (0, pytest.approx(epoch["knn_ap"]))]
 
 
 def test_batch_larger_than_the_dataset_is_refused_before_starting():
@@ -144,7 +158,7 @@ def test_torchrun_launcher_runs_the_same_loop_without_ray(eurosat_metadata, tmp_
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                    str(REPO / "experiments" / "pretrain.py"), "--launcher", "torchrun", "--backend", "gloo",
                    f"--metadata_dir={eurosat_metadata}", f"--epochs={epochs}", "--batch_size_per_gpu=8",
-                   f"--storage_path={tmp_path / 'runs'}", "--run_name=plain", *flags]
+                   f"--storage_path={tmp_path / 'runs'}", "--run_name=plain", "--keep_checkpoints=2", *flags]
         env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "OMP_NUM_THREADS": "1"}
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=500)
 
@@ -164,3 +178,5 @@ def test_torchrun_launcher_runs_the_same_loop_without_ray(eurosat_metadata, tmp_
     assert final["metrics"][:2] == state["metrics"] and len(final["metrics"]) == 3
     log = [json.loads(line) for line in open(run_dir / "log.txt")]
     assert [m["epoch"] for m in log] == [0, 1, 2]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_000002",
+                                                                         "checkpoint_epoch_000003"]  # keep 2

@@ -72,6 +72,15 @@ def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_p
     assert [m["epoch"] for m in resumed.metrics] == [0, 1]
     assert resumed.metrics[0] == first.metrics[0]  # epoch 0 came from S3, it was not trained again
     assert read_checkpoint(resumed.checkpoint_dir)["epoch"] == 2
+    # log.txt and TensorBoard's events live in the run's S3 folder, read back as users read them: TensorBoard's
+    # own reader on the s3:// logdir (both sessions' event files), not a local ./runs on the driver.
+    logged = [json.loads(line)["epoch"] for line in storage.read_bytes(f"{runs}/s3run/log.txt").decode().splitlines()]
+    assert logged == [0, 1] and not (tmp_path / "local" / "log.txt").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(f"{runs}/s3run/tensorboard").Reload()
+    assert [event.step for event in events.Scalars("pretrain/loss")] == [0, 1]
+    assert events.Scalars("pretrain/loss")[1].value == pytest.approx(resumed.metrics[1]["loss"])
 
     # The credentials reached S3 through the standard chain; none of what the run wrote holds them.
     written = [p for p in Path(tmp_path).rglob("*") if p.is_file()]

@@ -11,6 +11,7 @@ import torch
 from conftest import EUROSAT, FAKE_SECRET
 
 from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.dino.config import PretrainConfig
 from geodino.dino.models import create_backbone
 from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe, split_features, with_image_size
 from geodino.transfer.sweep import SweepConfig, run_sweep
@@ -37,7 +38,8 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), weights)
     config = SweepConfig(backbones=["random=random:vit_tiny/16", f"file={weights}"], metadata_dir=metadata,
                          lrs=[0.001, 0.1], weight_decays=[0.0], epochs=4, n_last_blocks=1,
-                         storage_path=str(tmp_path / "sweeps"), run_name="s", cache_dir=str(tmp_path / "cache"))
+                         storage_path=str(tmp_path / "sweeps"), run_name="s", cache_dir=str(tmp_path / "cache"),
+                         mlflow_tracking_uri=str(tmp_path / "mlruns"))
     result = run_sweep(config)
     assert result["extractions"] == 4  # 2 backbones x (train, test); validation is carved from train
     assert len(result["trials"]) == 4
@@ -56,6 +58,19 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     with open(result["paths"]["comparison.png"], "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "average precision" in open(result["paths"]["comparison.md"]).read()
+    # --mlflow_tracking_uri: a run per trial (Ray Tune's MLflow logger) and a summary run holding the outputs.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"file://{tmp_path / 'mlruns'}")
+    runs = client.search_runs([client.get_experiment_by_name("geodino").experiment_id])
+    summary = [run for run in runs if run.info.run_name == "s comparison"]
+    trial_runs = [run for run in runs if run.data.tags.get("geodino.sweep") == "s"]
+    assert len(summary) == 1 and len(trial_runs) == 4
+    assert {float(run.data.params["lr"]) for run in trial_runs} == {0.001, 0.1}
+    assert all("val_ap_macro" in run.data.metrics for run in trial_runs)
+    assert summary[0].data.metrics["random/test_ap_macro"] == pytest.approx(table.loc["random", "test_ap_macro"])
+    artefacts = {item.path for item in client.list_artifacts(summary[0].info.run_id)}
+    assert {"comparison.csv", "comparison.png", "trials.csv"} <= artefacts
     # Features are cached: a second sweep over the same backbones runs no backbone at all. Its trials with a
     # label fraction that leaves one patch fail; they are listed with their reason, not dropped.
     again = run_sweep(SweepConfig(**{**config.__dict__, "run_name": "s2", "lrs": [0.05], "label_fractions": [1.0, 0.01]}))
@@ -66,6 +81,21 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     assert list(again["table"]["status"]) == ["ok", "ok"] and again["failed_backbones"] == []
     trials_csv = pd.read_csv(again["paths"]["trials.csv"])
     assert len(trials_csv) == 4 and (trials_csv["status"] == "error").sum() == 2
+    # One `tensorboard --logdir` over the project's storage shows a pretraining run's curves beside the sweeps'
+    # trials (TensorBoard's own multiplexer finds the runs the way the dashboard does).
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    from geodino.dino.run_log import RunLog
+
+    pretraining = RunLog(PretrainConfig(storage_path=str(tmp_path), run_name="dino_run"))
+    pretraining.epoch({"epoch": 0, "loss": 5.5, "lr": 1e-4, "teacher_entropy": 3.0, "max_entropy": 6.9,
+                       "images_per_s": 10.0})
+    pretraining.close()
+    dashboard = EventMultiplexer().AddRunsFromDirectory(str(tmp_path)).Reload()
+    tags = {run: set(found["scalars"]) for run, found in dashboard.Runs().items()}
+    assert tags["dino_run/tensorboard"] >= {"pretrain/loss", "pretrain/teacher_entropy"}
+    trial_runs = [run for run in tags if run.startswith("sweeps/s/")]  # the first sweep's 4 trials
+    assert len(trial_runs) == 4 and all("ray/tune/val_ap_macro" in tags[run] for run in trial_runs), tags
     # Tune's results, TensorBoard events and the tables hold no credential of the environment.
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) > 20

@@ -12,9 +12,27 @@ import os
 
 import ray
 
+from geodino.errors import ConfigError
+
 # Ray Data keeps at least this share of the cluster's CPUs (and at least one CPU).
 DATA_CPU_SHARE = 0.5
 MIN_WORKER_CPUS = 0.1
+
+
+RAY_LOG_LEVEL_VARIABLE = "GEODINO_RAY_LOG_LEVEL"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def ray_log_level() -> str:
+    """The level of Ray's own logs in this job's processes: ERROR unless GEODINO_RAY_LOG_LEVEL says otherwise.
+
+    On a busy machine Ray Train and Ray Data log hundreds of lines per run (a report per epoch, a plan per
+    dataset, a warning per second when the state API is slow); geodino prints its own progress, so Ray's are
+    turned down through Ray's logging configuration, and GEODINO_RAY_LOG_LEVEL=INFO brings them back."""
+    level = os.environ.get(RAY_LOG_LEVEL_VARIABLE, "ERROR").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{RAY_LOG_LEVEL_VARIABLE}={level}: give one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -24,10 +42,11 @@ def init_ray(num_cpus: int | None = None) -> None:
     """
     if ray.is_initialized():
         return
+    logging_config = ray.LoggingConfig(log_level=ray_log_level())
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(logging_config=logging_config)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, logging_config=logging_config)
 
 
 def actor_cpus(actors: int = 1, cluster_cpus: float | None = None) -> float:

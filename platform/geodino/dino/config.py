@@ -15,6 +15,7 @@ from geodino.cli import flag
 from geodino.dino.augment import AUGMENTATIONS, MultiCropConfig
 from geodino.dino.models import ARCHS
 from geodino.errors import ConfigError
+from geodino.tracking import absolute_tracking_uri, check_tracking_uri
 
 # Every flag of pretraining that takes one of a few values, and those values (checked before anything starts).
 CHOICES = {
@@ -31,8 +32,8 @@ CHOICES = {
 POSITIVE = ("patch_size", "out_dim", "batch_size_per_gpu", "epochs", "global_crops_size", "local_crops_size",
             "num_workers", "knn_samples", "lr", "teacher_temp", "warmup_teacher_temp")
 NOT_NEGATIVE = ("local_crops_number", "warmup_epochs", "freeze_last_layer", "saveckp_freq", "knn_every", "max_failures",
-                "warmup_teacher_temp_epochs", "min_lr", "weight_decay", "weight_decay_end", "clip_grad",
-                "drop_path_rate", "koleo_weight", "jitter")
+                "keep_checkpoints", "progress_every_s", "warmup_teacher_temp_epochs", "min_lr", "weight_decay",
+                "weight_decay_end", "clip_grad", "drop_path_rate", "koleo_weight", "jitter")
 
 
 @dataclass
@@ -153,6 +154,9 @@ class PretrainConfig:
         "The run's folder; running again with the same name resumes it. Default: from the preset, arch "
         "and patch size")
     max_failures: int = flag(0, "Times Ray Train restarts failed workers, each time from the latest checkpoint")
+    keep_checkpoints: int = flag(
+        3, "Checkpoints kept in the run's folder, the newest always among them (a damaged newest one falls back "
+        "to the one before); 0 keeps every one")
     nonfinite_loss: str = flag(
         "stop",
         "stop: raise on a NaN or inf loss, keeping the last checkpoint; skip: drop that step on every "
@@ -179,6 +183,13 @@ class PretrainConfig:
     knn_samples: int = flag(1000, "Training images in the k-NN monitor's bank (queries: half as many)")
     preset: str | None = flag(
         None, "Named recipe to start from: seed, bigearthnet120, small_cpu or demo; flags you type win over it")
+    progress_every_s: float = flag(
+        30.0, "Inside an epoch, rank 0 reports steps, images/s and ETA: a bar in a terminal, else a line every N "
+        "seconds (0: only the line per epoch)")
+    mlflow_tracking_uri: str | None = flag(
+        None, "Also track the run in MLflow: a folder (file store), http(s):// server or SageMaker MLflow ARN; "
+        "parameters once, metrics per epoch; a restart continues the same MLflow run")
+    mlflow_experiment: str = flag("geodino", "MLflow experiment of the run (with --mlflow_tracking_uri)")
 
     def validate(self) -> None:
         """Refuse values that cannot work, naming the flag, before data, Ray or weights are touched."""
@@ -213,6 +224,7 @@ class PretrainConfig:
             "metadata_dir", "data_dir", "checkpoint_dir", "output_dir", "storage_path")})
         if problem:
             raise ConfigError(problem)
+        check_tracking_uri(self.mlflow_tracking_uri)
         if self.drop_path_rate >= 1:
             raise ConfigError(f"--drop_path_rate must be below 1 (0.1 for ViT-S), not {self.drop_path_rate}")
 
@@ -221,7 +233,7 @@ class PretrainConfig:
         its session's artifacts folder), where a relative `runs` or metadata path would mean something else."""
         changes = {name: storage.absolute(getattr(self, name)) for name in
                    ("metadata_dir", "data_dir", "checkpoint_dir", "output_dir", "storage_path") if getattr(self, name)}
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes, mlflow_tracking_uri=absolute_tracking_uri(self.mlflow_tracking_uri))
 
     def resolved_run_name(self) -> str:
         return self.run_name or f"dino_{self.arch}_p{self.patch_size}"

@@ -23,7 +23,7 @@ from geodino.dino.checkpoint import plain_values
 from geodino.dino.config import InputSpec, PretrainConfig
 from geodino.dino.loss import koleo_loss
 from geodino.dino.monitors import COLLAPSE_EPOCHS, CollapseWarning, KnnMonitor, collapse_state, teacher_entropies
-from geodino.dino.run_log import RunLog
+from geodino.dino.run_log import RunLog, StepProgress
 from geodino.dino.runtime import Runtime
 from geodino.dino.state import DinoState
 from geodino.errors import GeodinoError
@@ -102,6 +102,8 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
     steps_per_epoch, plan, device = state.steps_per_epoch, state.plan, runtime.device
     started = time.perf_counter()
     losses, koleos, entropies, batch_entropies, waited, skipped = [], [], [], [], 0.0, 0
+    progress = StepProgress(epoch, steps_per_epoch, cfg.batch_size_per_gpu * runtime.world_size,
+                            cfg.progress_every_s if runtime.rank == 0 else 0)
     fetch_started = time.perf_counter()
     for step, batch in enumerate(runtime.epoch_batches(epoch)):
         if step >= steps_per_epoch:
@@ -144,7 +146,9 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
                                                    state.dino_loss.teacher_temp_schedule[epoch])
         entropies.append(per_sample)
         batch_entropies.append(batch_mean)
+        progress.update(step + 1)
         fetch_started = time.perf_counter()
+    progress.close()
 
     if not losses:
         raise NonFiniteLossError(f"epoch {epoch}: every one of its {skipped} steps had a non-finite loss")

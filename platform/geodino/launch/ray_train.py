@@ -32,7 +32,7 @@ from geodino.dino.config import InputSpec, PretrainConfig, steps_per_epoch_for
 from geodino.dino.loop import dino_loop
 from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
-from geodino.ray_cluster import cluster_gpus, init_ray, object_store_bytes, worker_cpus
+from geodino.ray_cluster import cluster_gpus, init_ray, object_store_bytes, ray_log_level, worker_cpus
 
 
 class RayTrainRuntime:
@@ -173,6 +173,8 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
             name=cfg.resolved_run_name(),
             storage_path=cfg.resolved_storage(),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints or None),  # newest kept
+            logging_config=ray.train.LoggingConfig(log_level=ray_log_level()),  # the epoch lines are geodino's
         ),
     )
     result = trainer.fit()

@@ -63,6 +63,7 @@ class TorchRuntime:
                                  num_workers=loader_workers, pin_memory=use_gpu,
                                  persistent_workers=loader_workers > 0)
         self.run_dir = os.path.join(cfg.resolved_storage(), cfg.resolved_run_name())
+        self.keep = cfg.keep_checkpoints
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
@@ -87,16 +88,24 @@ class TorchRuntime:
             write_checkpoint(partial, state, teacher_backbone)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
+            for older in checkpoints(self.run_dir)[:-self.keep] if self.keep else []:
+                shutil.rmtree(older)
         if self.world_size > 1:
             dist.barrier()  # nobody starts the next epoch (or exits) before the checkpoint is in place
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
+def checkpoints(run_dir: str) -> list[str]:
+    """The run's complete checkpoint folders, oldest first."""
     if not os.path.isdir(run_dir):
-        return None
+        return []
     names = sorted(name for name in os.listdir(run_dir) if name.startswith(CHECKPOINT_PREFIX)
                    and not name.endswith(".partial") and os.path.exists(os.path.join(run_dir, name, CHECKPOINT_FILE)))
-    return os.path.join(run_dir, names[-1]) if names else None
+    return [os.path.join(run_dir, name) for name in names]
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def with_local_gpu(cfg: PretrainConfig) -> PretrainConfig:

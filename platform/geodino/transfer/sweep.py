@@ -28,6 +28,7 @@ from geodino.errors import ConfigError
 from geodino.metrics import knn_report
 from geodino.outputs import claim_outputs
 from geodino.ray_cluster import cluster_gpus, init_ray
+from geodino.tracking import MLflowRun, check_tracking_uri, tune_callbacks
 from geodino.transfer.backbones import parse_named
 from geodino.transfer.linear_probe import LinearProbeConfig, check_num_labels, split_features, with_image_size
 from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, evaluate_probe, train_probe
@@ -67,6 +68,10 @@ class SweepConfig:
     output_dir: str | None = flag(None, "Where the table and plot go; default: the sweep's folder")
     cache_dir: str | None = flag(None, "Folder for cached features; default: $GEODINO_HOME/features (~/.cache/geodino)")
     seed: int = flag(0, "Random seed of the probes")
+    mlflow_tracking_uri: str | None = flag(
+        None, "Also track the sweep in MLflow (folder, http(s):// server or SageMaker MLflow ARN): one run per "
+        "trial through Ray Tune's MLflow logger, and a summary run with the comparison table and plot")
+    mlflow_experiment: str = flag("geodino", "MLflow experiment of the sweep (with --mlflow_tracking_uri)")
 
     def validate(self) -> None:
         """Refuse a grid that cannot work before any feature is extracted; the per-backbone values (epochs, batch,
@@ -82,6 +87,7 @@ class SweepConfig:
                 raise ConfigError(f"--{name} must each be {wanted}, not {' '.join(map(str, bad)) or 'empty'}")
         dataclasses.replace(self.probe_base(), lr=self.lrs[0], epochs=self.epochs,
                             batch_size_per_gpu=self.batch_size_per_gpu).validate()
+        check_tracking_uri(self.mlflow_tracking_uri)
 
     def probe_base(self) -> LinearProbeConfig:
         return LinearProbeConfig(metadata_dir=self.metadata_dir, data_dir=self.data_dir, bands=self.bands,
@@ -147,11 +153,15 @@ def run_sweep(cfg: SweepConfig) -> dict:
         tune_config=tune.TuneConfig(
             scheduler=ASHAScheduler(metric=METRIC, mode="max", max_t=cfg.epochs, grace_period=max(1, cfg.epochs // 5)),
         ),
-        run_config=tune.RunConfig(name=cfg.run_name, storage_path=storage.absolute(cfg.storage_path), verbose=0),
+        run_config=tune.RunConfig(name=cfg.run_name, storage_path=storage.absolute(cfg.storage_path), verbose=0,
+                                  callbacks=tune_callbacks(cfg.mlflow_tracking_uri, cfg.mlflow_experiment,
+                                                           cfg.run_name)),
     )
     trials = trial_table(tuner.fit(), cfg.epochs)
     table, per_class = compare(trials, features, card, cfg)
     outputs = write_outputs(table, per_class, trials, cfg, paths)
+    if cfg.mlflow_tracking_uri:
+        track_comparison(table, cfg, paths)
     failed = sorted(set(table.loc[table["status"] != "ok", "backbone"]))
     return {"table": table, "per_class": per_class, "trials": trials, "extractions": extractions,
             "failed_backbones": failed, **outputs}
@@ -242,6 +252,16 @@ def write_outputs(table: pd.DataFrame, per_class: pd.DataFrame, trials: pd.DataF
                      f"{markdown(per_class, index=True)}\n\nconfig: `{json.dumps(asdict(cfg))}`\n")
     plot(table, per_class, paths["comparison.png"])
     return {"paths": paths}
+
+
+def track_comparison(table: pd.DataFrame, cfg: SweepConfig, paths: dict[str, str]) -> None:
+    """The sweep's summary run in MLflow: its settings, each backbone's test AP, the tables and plot as artefacts."""
+    summary = MLflowRun(cfg.mlflow_tracking_uri, cfg.mlflow_experiment, f"{cfg.run_name} comparison", asdict(cfg))
+    for _, row in table.iterrows():
+        summary.log_metrics({f"{row['backbone']}/{key}": row[key] for key in row.index if key.startswith(("test_", "knn_"))},
+                            step=0)
+    summary.log_artifacts(list(paths.values()))
+    summary.finish()
 
 
 def plot(table: pd.DataFrame, per_class: pd.DataFrame, path: str) -> None:
