@@ -8,6 +8,7 @@ what is left after Ray Data's share, fractional if need be.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -42,11 +43,24 @@ def init_ray(num_cpus: int | None = None) -> None:
     """
     if ray.is_initialized():
         return
-    logging_config = ray.LoggingConfig(log_level=ray_log_level())
+    level = ray_log_level()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_config=logging_config)
+        ray.init(logging_config=ray.LoggingConfig(log_level=level))
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, logging_config=logging_config)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 logging_config=ray.LoggingConfig(log_level=level))
+    quiet_ray_data(level)
+
+
+def quiet_ray_data(level: str) -> None:
+    """Ray Data's console lines (a plan and a start per dataset execution, each epoch) at `level`; its log files
+    under the session folder keep everything."""
+    from ray.data import DataContext
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console; its file handlers keep every level
+            handler.setLevel(level)
+    DataContext.get_current().print_on_execution_start = level in ("DEBUG", "INFO")
 
 
 def actor_cpus(actors: int = 1, cluster_cpus: float | None = None) -> float:

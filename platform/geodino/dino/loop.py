@@ -9,7 +9,6 @@ launch machinery.
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -23,7 +22,7 @@ from geodino.dino.checkpoint import plain_values
 from geodino.dino.config import InputSpec, PretrainConfig
 from geodino.dino.loss import koleo_loss
 from geodino.dino.monitors import COLLAPSE_EPOCHS, CollapseWarning, KnnMonitor, collapse_state, teacher_entropies
-from geodino.dino.run_log import RunLog, StepProgress
+from geodino.dino.run_log import RunLog, StepProgress, say
 from geodino.dino.runtime import Runtime
 from geodino.dino.state import DinoState
 from geodino.errors import GeodinoError
@@ -58,7 +57,7 @@ def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, input
         state.load_state_dict(checkpoint)
         start_epoch, history = checkpoint["epoch"], list(checkpoint.get("metrics", []))
         if runtime.rank == 0:
-            print(f"resuming at epoch {start_epoch} from the run's latest checkpoint", flush=True)
+            say(f"resuming at epoch {start_epoch} from the run's latest checkpoint")
 
     log = RunLog(cfg) if runtime.rank == 0 else None
     for epoch in range(start_epoch, cfg.epochs):
@@ -75,7 +74,7 @@ def dino_loop(cfg: PretrainConfig, runtime: Runtime, steps_per_epoch: int, input
                 f"{metrics['teacher_entropy']:.3f} of max {metrics['max_entropy']:.3f}, batch-mean entropy "
                 f"{metrics['teacher_batch_entropy']:.3f}) for {COLLAPSE_EPOCHS} epochs; "
                 "check --teacher_temp, --momentum_teacher and --lr, or the augmentations", CollapseWarning, stacklevel=1)
-            print(f"WARNING: teacher output collapsed ({collapse}) at epoch {epoch}", file=sys.stderr, flush=True)
+            say(f"WARNING: teacher output collapsed ({collapse}) at epoch {epoch}")
         if log is not None:
             log.epoch(metrics)
 

@@ -26,6 +26,14 @@ LOG_FILE = "log.txt"
 EVENTS_FOLDER = "tensorboard"
 
 
+def say(line: str) -> None:
+    """One console line from the training process, written to the stream itself: in a Ray Train worker
+    `print` is patched to log through Ray Train's logger and also tees to the stream, which showed every
+    line twice."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_folder(cfg: PretrainConfig) -> str:
     """The run's storage folder: checkpoints, settings.json, log.txt and TensorBoard events."""
     return storage.join(cfg.resolved_storage(), cfg.resolved_run_name())
@@ -60,7 +68,7 @@ class RunLog:
             self.upload()
         if self.mlflow:
             self.mlflow.log_metrics(metrics, step=metrics["epoch"])
-        print(epoch_line(metrics), file=sys.stderr, flush=True)
+        say(epoch_line(metrics))
 
     def upload(self) -> None:
         """Copy log.txt and the event files to the run's s3:// folder (whole files: they are small)."""
@@ -110,8 +118,7 @@ class StepProgress:
         if self.every_s <= 0 or now - self.last_line < self.every_s or done >= self.steps:
             return
         self.last_line = now
-        print(progress_line(self.epoch, done, self.steps, self.images_per_step, now - self.started),
-              file=sys.stderr, flush=True)
+        say(progress_line(self.epoch, done, self.steps, self.images_per_step, now - self.started))
 
     def close(self) -> None:
         if self.bar is not None:

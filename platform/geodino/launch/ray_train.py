@@ -8,6 +8,7 @@ checkpoints reported to Ray, which copies them to the run's storage, local or S3
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import posixpath
 import sys
@@ -91,6 +92,8 @@ def train_dino(loop_config: dict) -> None:
     """Ray Train's per-worker function."""
     cfg = PretrainConfig(**loop_config["pretrain"])
     torch.set_num_threads(loop_config["threads"])  # the CPUs this worker holds, fractions rounded
+    # Ray Train logs a report per epoch through a logger under the root, which it sets to INFO in its workers.
+    logging.getLogger().setLevel(loop_config["ray_log_level"])
     runtime = RayTrainRuntime(cfg)
     knn = knn_monitor(cfg) if runtime.rank == 0 else None
     dino_loop(cfg, runtime, loop_config["steps_per_epoch"], InputSpec(**loop_config["inputs"]), knn)
@@ -164,7 +167,7 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
     trainer = TorchTrainer(
         train_dino,
         train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "inputs": asdict(inputs),
-                           "threads": max(1, round(cpus))},
+                           "threads": max(1, round(cpus)), "ray_log_level": ray_log_level()},
         datasets={"train": dataset},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
