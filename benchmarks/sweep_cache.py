@@ -30,14 +30,23 @@ from geodino.transfer.sweep import METRIC, SweepConfig, run_sweep  # noqa: E402
 GRID = dict(lrs=[0.01, 0.1, 1.0], weight_decays=[0.0, 0.0001], label_fractions=[0.1, 1.0])
 
 
-def packed_eurosat(root: Path) -> str:
+def packed_eurosat(root: Path, per_class: int | None = None) -> str:
+    """EuroSAT prepared and packed: all 3,000 images, or `per_class` per class and split (--tiny)."""
+    import pandas as pd
+
     from geodino.archive.pack import PackConfig, pack
     from geodino.archive.prepare import PrepareConfig, prepare
 
-    metadata = root / "eurosat" / "metadata.parquet"
-    if not (root / "eurosat" / "pack" / "pack.json").exists():
-        prepare(PrepareConfig(archive=str(EUROSAT / "labels.csv"), out=str(metadata), workers=2))
-        pack(PackConfig(metadata=str(metadata), out_dir=str(root / "eurosat" / "pack"), workers=2))
+    folder = root / ("eurosat" if per_class is None else f"eurosat-{per_class}-per-class")
+    metadata = folder / "metadata.parquet"
+    if not (folder / "pack" / "pack.json").exists():
+        table = pd.read_csv(EUROSAT / "labels.csv")
+        if per_class is not None:
+            table = table.groupby(["split", "label"]).head(per_class)
+        folder.mkdir(parents=True, exist_ok=True)
+        table.to_csv(folder / "labels.csv", index=False)
+        prepare(PrepareConfig(archive=str(folder / "labels.csv"), out=str(metadata), data_dir=str(EUROSAT), workers=2))
+        pack(PackConfig(metadata=str(metadata), out_dir=str(folder / "pack"), workers=2))
     return str(metadata)
 
 
@@ -111,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="/tmp/geodino-sweep-bench")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--tiny", action="store_true", help="one configuration per backbone, 2 epochs: checks the code")
+    parser.add_argument("--tiny", action="store_true", help="one configuration per backbone, 2 epochs, 6 images per class and split: checks the code")
     args = parser.parse_args(argv)
     grid = GRID if not args.tiny else dict(lrs=[0.1], weight_decays=[0.0], label_fractions=[1.0])
     epochs = args.epochs if not args.tiny else 2
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    metadata = packed_eurosat(root)
+    metadata = packed_eurosat(root, per_class=6 if args.tiny else None)
     from geodino.dino.models import create_backbone
 
     other = root / "vit_tiny_seed1.pth"  # a second backbone, as a plain state-dict file
@@ -147,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if own_ray:
         ray.shutdown()
 
-    print(f"\nProbe sweep on EuroSAT (2,400 train / 600 test), {len(result['trials'])} + {trials} trials, "
+    print(f"\nProbe sweep on EuroSAT ({'60 train / 60 test' if args.tiny else '2,400 train / 600 test'}), "
+          f"{len(result['trials'])} + {trials} trials, "
           f"{epochs} probe epochs, ASHA, {os.cpu_count()} cores")
     print("| sweep | backbone runs | wall s | vs cached |\n| --- | --- | --- | --- |")
     print(f"| (a) features extracted once per backbone and split, cached | {result['extractions']} | "
