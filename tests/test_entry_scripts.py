@@ -8,6 +8,7 @@ RAY_ADDRESS, as a job submitted to a cluster does.
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -89,6 +90,12 @@ def test_the_main_job_and_the_command_it_prints_next(ray_address, tmp_path):
     out = run("pretrain.py", "--epochs", "1", "--warmup_epochs", "0", cwd=tmp_path, env=home, ray_address=ray_address)
     assert "k-NN on held-out labelled images: AP" in out.stdout and "for the same network at random init" in out.stdout
     assert "--use_gpu auto: the Ray cluster has 0 GPUs, so training runs on the CPU" in out.stdout
+    # A quiet console: each epoch line once, none of Ray Train's report dicts or Ray Data's plans
+    console = out.stdout + out.stderr
+    epoch_lines = [line for line in console.splitlines() if re.search(r"epoch +0  loss \d", line)]
+    assert len(epoch_lines) == 1, console[-3000:]
+    for noise in ("Reporting training result", "Execution plan of Dataset", "PlacementGroupCleaner"):
+        assert noise not in console, noise
     next_line = [line for line in out.stdout.splitlines() if line.startswith("next: ")][-1]
     command = shlex.split(next_line[len("next: "):])
     assert command[:2] == ["python", str(EXPERIMENTS / "linear_probe.py")]  # outside the checkout: absolute
