@@ -33,6 +33,25 @@ def test_class_without_positives_is_left_out_of_macro_and_reported():
     assert result["ap_micro"] == pytest.approx((1 + 2 / 3) / 2)
 
 
+def test_classes_without_positives_counted_per_class_and_nan_when_none_has_one():
+    # 3 classes over 4 rows: class 0 has positives, classes 1 and 2 none; rows 1-3 are all negative
+    targets = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    scores = np.random.default_rng(0).random((4, 3))
+    assert average_precision(targets, scores)["classes_without_positives"] == 2
+    nothing = average_precision(np.zeros((3, 2)), np.random.default_rng(1).random((3, 2)))
+    assert math.isnan(nothing["ap_macro"]) and math.isnan(nothing["ap_micro"])
+    assert nothing["classes_without_positives"] == 2
+
+
+def test_f1_counts_a_probability_at_the_threshold_and_scores_an_empty_class_zero():
+    targets = np.array([[1, 0], [0, 0]])
+    at_threshold = f1_at(targets, np.array([[0.5, 0.0], [0.0, 0.0]]), threshold=0.5)
+    # class 0: predicted at exactly 0.5 -> F1 1; class 1: never true, never predicted -> 0 (zero_division=0)
+    assert at_threshold == {"f1_macro": pytest.approx(0.5), "f1_micro": pytest.approx(1.0)}
+    nothing = f1_at(np.zeros((2, 2)), np.zeros((2, 2)))
+    assert nothing == {"f1_macro": 0.0, "f1_micro": 0.0}
+
+
 def test_f1_top1_and_report():
     targets = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
     probabilities = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.9, 0.05, 0.05]])

@@ -61,9 +61,10 @@ def classification_report(targets: np.ndarray, scores: np.ndarray, probabilities
 
 
 @torch.no_grad()
-def knn_scores(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray, k: int = 20,
-               temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
-    """DINO's weighted k-NN: cosine neighbours vote with weight exp(similarity / T); scores per class in [0, 1]."""
+def knn_scores(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray, k: int,
+               temperature: float, chunk: int = 1024) -> np.ndarray:
+    """DINO's weighted k-NN: cosine neighbours vote with weight exp(similarity / T); scores per class in [0, 1].
+    k and T have one default, knn_report's (DINO's 20 and 0.07); queries go in chunks to bound memory."""
     bank = F.normalize(torch.from_numpy(train_features).float(), dim=1)
     bank_labels = torch.from_numpy(train_labels).float()
     k = min(k, len(bank))
