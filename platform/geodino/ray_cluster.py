@@ -47,6 +47,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_config=ray.LoggingConfig(log_level=level))
     else:
+        # The local cluster's processes inherit this environment: Ray Data's actors (the per-epoch split
+        # coordinator) configure their logger from it at import, which no logging call from here reaches.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", level)
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  logging_config=ray.LoggingConfig(log_level=level))
     quiet_ray_data(level)
