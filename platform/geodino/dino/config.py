@@ -241,6 +241,10 @@ class PretrainConfig:
     def resolved_storage(self) -> str:
         return storage.absolute(self.checkpoint_dir or self.storage_path)
 
+    def resolved_run_dir(self) -> str:
+        """The run's storage folder: checkpoints, settings.json, log.txt and TensorBoard events."""
+        return storage.join(self.resolved_storage(), self.resolved_run_name())
+
     def resolved_output_dir(self) -> str:
         if self.output_dir:
             return os.path.abspath(self.output_dir)

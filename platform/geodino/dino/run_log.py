@@ -34,18 +34,13 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
-def run_folder(cfg: PretrainConfig) -> str:
-    """The run's storage folder: checkpoints, settings.json, log.txt and TensorBoard events."""
-    return storage.join(cfg.resolved_storage(), cfg.resolved_run_name())
-
-
 class RunLog:
     """log.txt (one JSON line per epoch, as DINO writes it) and tensorboard/ in the run's storage folder."""
 
     def __init__(self, cfg: PretrainConfig):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = run_folder(cfg)
+        self.run_dir = cfg.resolved_run_dir()
         self.remote = storage.is_uri(self.run_dir)
         self.folder = tempfile.mkdtemp(prefix="geodino-run-log-") if self.remote else self.run_dir
         os.makedirs(self.folder, exist_ok=True)

@@ -42,7 +42,7 @@ def check_same_run(cfg: PretrainConfig) -> None:
     """A restart resumes the run folder's latest checkpoint; one made with another architecture, head or input
     would fail deep inside a worker as a tensor size mismatch, or, worse, mix two runs. Say so here instead,
     and record this run's settings for the next restart."""
-    run_dir = storage.join(cfg.resolved_storage(), cfg.resolved_run_name())
+    run_dir = cfg.resolved_run_dir()
     settings_path = storage.join(run_dir, RUN_SETTINGS)
     wanted = {name: getattr(cfg, name) for name in SHAPING}
     if storage.exists(settings_path) and holds_checkpoints(run_dir):

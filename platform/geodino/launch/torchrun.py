@@ -62,7 +62,7 @@ class TorchRuntime:
         self.loader = DataLoader(dataset, batch_size=cfg.batch_size_per_gpu, sampler=self.sampler, drop_last=True,
                                  num_workers=loader_workers, pin_memory=use_gpu,
                                  persistent_workers=loader_workers > 0)
-        self.run_dir = os.path.join(cfg.resolved_storage(), cfg.resolved_run_name())
+        self.run_dir = cfg.resolved_run_dir()
         self.keep = cfg.keep_checkpoints
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
