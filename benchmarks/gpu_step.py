@@ -23,11 +23,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "platform"))
 
 from geodino.dino.augment import MultiCrop, MultiCropConfig  # noqa: E402
+from geodino.dino.flops import peak_tflops  # noqa: E402
 from geodino.dino.loss import DINOLoss  # noqa: E402
 from geodino.dino.models import build_student_teacher  # noqa: E402
-
-# Dense bf16 tensor-core peaks (vendor data sheets), for MFU.
-PEAK_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0}
 
 
 @dataclass
@@ -38,13 +36,6 @@ class Variant:
     sdpa: bool = True
     fused_adamw: bool = False
     crops_on: str = "gpu"  # gpu | cpu
-
-
-def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((value for key, value in PEAK_TFLOPS.items() if key in name), None)
 
 
 def build(args, variant: Variant, device: torch.device):

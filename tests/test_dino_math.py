@@ -191,3 +191,22 @@ def test_multicrop_shapes_blur_and_solarize():
     torch.testing.assert_close(solarize(x, 1.0, 0.5), torch.tensor([0.2, 0.5, 0.1]).reshape(1, 1, 1, 3))
     torch.testing.assert_close(solarize(-x, 1.0, 0.0), -x)
     torch.testing.assert_close(solarize(x, 1.0, 0.0), -x)
+
+
+def test_step_flops_counted_on_the_meta_device_are_those_of_a_real_step():
+    """MFU's numerator: the count on shapes alone matches FlopCounterMode on a real CPU step (attention's backward
+    is counted through another kernel on meta, hence not exactly)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from geodino.dino.flops import dino_step_flops
+
+    sizes = [32, 32, 16, 16]
+    counted = dino_step_flops("vit_tiny", 8, 3, 256, 4, sizes)
+    student, teacher = build_student_teacher("vit_tiny", 8, 3, 256, True, 0.0)
+    crops = [torch.rand(4, 3, size, size) for size in sizes]
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            teacher_output = teacher(crops[:2])
+        DINOLoss(256, 4, 0.04, 0.04, 0, 1)(student(crops), teacher_output, 0).backward()
+    assert counted == pytest.approx(counter.get_total_flops(), rel=0.02)
+    assert dino_step_flops("vit_tiny", 8, 3, 256, 8, sizes) == pytest.approx(2 * counted)

@@ -152,6 +152,70 @@ def test_weight_decay_only_on_weight_matrices_and_the_last_layer_frozen_in_epoch
     assert not torch.equal(state.student_plain.state_dict()["head.last_layer.weight_v"], before)
 
 
+def reference_epoch(state: DinoState, cfg: PretrainConfig, multicrop: MultiCrop, batches,
+                    epoch: int) -> tuple[list[float], int]:
+    """The step as facebookresearch/dino's main_dino.py writes it: Python loops over the parameters for clipping
+    and the EMA, the loss checked on the host before the backward pass. The loop's own step (foreach kernels, no
+    host sync for bookkeeping, the check after backward) must land on the same tensors. Returns the losses and
+    how many gradients were clipped."""
+    losses, clipped = [], 0
+    for step, batch in enumerate(batches):
+        it = epoch * state.steps_per_epoch + step
+        for i, group in enumerate(state.optimizer.param_groups):
+            group["lr"] = float(state.plan["lr"][it])
+            if i == 0:
+                group["weight_decay"] = float(state.plan["wd"][it])
+        crops = multicrop(batch["image"])
+        teacher_output = state.teacher(crops[:2])
+        student_output, _ = state.student(crops, with_features=True)
+        loss = state.dino_loss(student_output, teacher_output, epoch)
+        assert np.isfinite(loss.item())
+        state.optimizer.zero_grad()
+        loss.backward()
+        for parameter in state.student.parameters():
+            if parameter.grad is not None:
+                factor = cfg.clip_grad / (parameter.grad.data.norm(2) + 1e-6)
+                if factor < 1:
+                    parameter.grad.data.mul_(factor)
+                    clipped += 1
+        if epoch < cfg.freeze_last_layer:
+            for name, parameter in state.student.named_parameters():
+                if "last_layer" in name:
+                    parameter.grad = None
+        state.optimizer.step()
+        momentum = float(state.plan["momentum"][it])
+        with torch.no_grad():
+            for p_student, p_teacher in zip(state.student.parameters(), state.teacher.parameters()):
+                p_teacher.mul_(momentum).add_((1 - momentum) * p_student.detach())
+        losses.append(loss.item())
+    return losses, clipped
+
+
+def test_the_optimised_step_lands_on_the_reference_steps_tensors(tmp_path):
+    # clip_grad small enough that most gradients are clipped and some are not; the last layer frozen in epoch 0
+    cfg = config(tmp_path, epochs=2, clip_grad=0.05, freeze_last_layer=1, momentum_teacher=0.9, norm_last_layer=False)
+    multicrop = MultiCrop(cfg.multicrop(RGB))
+    batches = image_batches(count=12)
+    states, clipped = [], 0
+    for _ in range(2):
+        torch.manual_seed(0)
+        states.append(DinoState.create(cfg, 3, multicrop.ncrops, BatchRuntime(batches), steps_per_epoch=3))
+    optimised, reference = states
+    for epoch in range(2):
+        torch.manual_seed(epoch)  # the same crops for both
+        metrics = train_one_epoch(optimised, BatchRuntime(batches), cfg, multicrop, epoch)
+        torch.manual_seed(epoch)
+        losses, clipped_now = reference_epoch(reference, cfg, multicrop, batches, epoch)
+        clipped += clipped_now
+        assert metrics["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    for ours, theirs in ((optimised.student, reference.student), (optimised.teacher, reference.teacher),
+                         (optimised.dino_loss, reference.dino_loss)):
+        for key, value in ours.state_dict().items():
+            torch.testing.assert_close(value, theirs.state_dict()[key], rtol=1e-5, atol=1e-6, msg=key)
+    parameters = sum(1 for p in reference.student.parameters())
+    assert 0 < clipped < 6 * parameters  # some gradients were clipped and some were not: both branches compared
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_steps_run_on_cpu(tmp_path, precision):
     cfg = config(tmp_path, precision=precision)

@@ -20,8 +20,9 @@ from torch import nn
 from geodino.dino.augment import MultiCrop
 from geodino.dino.checkpoint import plain_values
 from geodino.dino.config import InputSpec, PretrainConfig
+from geodino.dino.flops import peak_tflops
 from geodino.dino.loss import koleo_loss
-from geodino.dino.monitors import COLLAPSE_EPOCHS, CollapseWarning, KnnMonitor, collapse_state, teacher_entropies
+from geodino.dino.monitors import COLLAPSE_EPOCHS, CollapseWarning, KnnMonitor, collapse_state, teacher_entropy_pair
 from geodino.dino.run_log import RunLog, StepProgress, say
 from geodino.dino.runtime import Runtime
 from geodino.dino.state import DinoState
@@ -100,7 +101,7 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
     """One pass over this process's batches: multi-crop, teacher on the globals, student on all, step, EMA."""
     steps_per_epoch, plan, device = state.steps_per_epoch, state.plan, runtime.device
     started = time.perf_counter()
-    losses, koleos, entropies, batch_entropies, waited, skipped = [], [], [], [], 0.0, 0
+    losses, koleos, entropies, waited, skipped = [], [], [], 0.0, 0
     progress = StepProgress(epoch, steps_per_epoch, cfg.batch_size_per_gpu * runtime.world_size,
                             cfg.progress_every_s if runtime.rank == 0 else 0)
     fetch_started = time.perf_counter()
@@ -125,6 +126,9 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
                 batch = crops[0].shape[0]
                 koleo = sum(koleo_loss(student_features[i * batch:(i + 1) * batch]) for i in range(2))
             loss = dino + cfg.koleo_weight * koleo
+        backward(state, loss)
+        # The step's one wait for the device: after the backward pass is queued, so the device is never idle
+        # while the host queues the backward kernels.
         if not all_finite(loss, runtime.world_size):
             if cfg.nonfinite_loss != "skip":
                 raise NonFiniteLossError(
@@ -133,18 +137,18 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
                     "fp16, or --nonfinite_loss skip to drop such steps."
                 )
             state.dino_loss.center.copy_(center_before)
+            state.optimizer.zero_grad(set_to_none=True)
             skipped += 1  # every worker skips together, so DDP's all-reduce stays in step
             fetch_started = time.perf_counter()
             continue
 
-        optimizer_step(state, loss, cfg, epoch)
+        optimizer_step(state, cfg, epoch)
         update_teacher(state.student_plain, state.teacher, float(plan["momentum"][it]))
-        losses.append(dino.item())
-        koleos.append(koleo.item())
-        per_sample, batch_mean = teacher_entropies(teacher_output, state.dino_loss.center,
-                                                   state.dino_loss.teacher_temp_schedule[epoch])
-        entropies.append(per_sample)
-        batch_entropies.append(batch_mean)
+        # Per-step values stay on the device until the epoch ends: no host sync for bookkeeping.
+        losses.append(dino.detach().float())
+        koleos.append(koleo.detach().float())
+        entropies.append(teacher_entropy_pair(teacher_output, state.dino_loss.center,
+                                              state.dino_loss.teacher_temp_schedule[epoch]))
         progress.update(step + 1)
         fetch_started = time.perf_counter()
     progress.close()
@@ -156,16 +160,18 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
                            f"{steps_per_epoch} expected")
     seconds = time.perf_counter() - started
     last_it = (epoch + 1) * steps_per_epoch - 1
+    loss, koleo = (torch.stack(values).double().mean().item() for values in (losses, koleos))
+    per_sample_entropy, batch_entropy = torch.stack(entropies).double().mean(0).tolist()
     metrics = {
         "epoch": epoch,
-        "loss": float(np.mean(losses)),  # the DINO loss (without --koleo_weight's term)
-        "koleo": float(np.mean(koleos)),
+        "loss": loss,  # the DINO loss (without --koleo_weight's term)
+        "koleo": koleo,
         "lr": float(plan["lr"][last_it]),
         "wd": float(plan["wd"][last_it]),
         "momentum_teacher": float(plan["momentum"][last_it]),
-        "teacher_entropy": float(np.mean(entropies)),  # per sample: near log(out_dim) is uniform collapse
-        "teacher_batch_entropy": float(np.mean(batch_entropies)),  # of the batch mean: near 0 is one prototype
-        "kl": float(np.mean(losses) - np.mean(entropies)),  # loss = H(teacher) + KL(teacher || student)
+        "teacher_entropy": per_sample_entropy,  # per sample: near log(out_dim) is uniform collapse
+        "teacher_batch_entropy": batch_entropy,  # of the batch mean: near 0 is one prototype
+        "kl": loss - per_sample_entropy,  # loss = H(teacher) + KL(teacher || student)
         "max_entropy": math.log(cfg.out_dim),
         "images_per_s": steps_per_epoch * cfg.batch_size_per_gpu * runtime.world_size / seconds,
         "data_wait_fraction": waited / seconds,
@@ -174,6 +180,12 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
     }
     if device.type == "cuda":
         metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        metrics["images_per_s_per_gpu"] = metrics["images_per_s"] / runtime.world_size
+    if state.flops_per_step:
+        metrics["tflops_per_gpu"] = state.flops_per_step * steps_per_epoch / seconds / 1e12
+        peak = peak_tflops(device)
+        if peak:
+            metrics["mfu"] = metrics["tflops_per_gpu"] / peak
     return metrics
 
 
@@ -195,34 +207,39 @@ def all_finite(loss: torch.Tensor, world_size: int) -> bool:
     return bool(finite.item())
 
 
-def optimizer_step(state: DinoState, loss: torch.Tensor, cfg: PretrainConfig, epoch: int) -> None:
-    """Backward, per-parameter clipping, the frozen last layer, the AdamW step (through the fp16 scaler if any)."""
+def backward(state: DinoState, loss: torch.Tensor) -> None:
+    """Gradients of this step's loss (scaled, under fp16)."""
     state.optimizer.zero_grad(set_to_none=True)
+    (loss if state.scaler is None else state.scaler.scale(loss)).backward()
+
+
+def optimizer_step(state: DinoState, cfg: PretrainConfig, epoch: int) -> None:
+    """Per-parameter clipping, the frozen last layer, the AdamW step (through the fp16 scaler if any)."""
     student, scaler = state.student_plain, state.scaler
+    if scaler is not None and cfg.clip_grad:
+        scaler.unscale_(state.optimizer)  # clip the true gradients
+    if cfg.clip_grad:
+        clip_gradients(student, cfg.clip_grad)
+    cancel_last_layer_gradients(epoch, student, cfg.freeze_last_layer)
     if scaler is None:
-        loss.backward()
-        if cfg.clip_grad:
-            clip_gradients(student, cfg.clip_grad)
-        cancel_last_layer_gradients(epoch, student, cfg.freeze_last_layer)
         state.optimizer.step()
     else:
-        scaler.scale(loss).backward()
-        if cfg.clip_grad:
-            scaler.unscale_(state.optimizer)
-            clip_gradients(student, cfg.clip_grad)
-        cancel_last_layer_gradients(epoch, student, cfg.freeze_last_layer)
         scaler.step(state.optimizer)
         scaler.update()
 
 
+@torch.no_grad()
 def clip_gradients(model: nn.Module, clip: float) -> None:
-    """DINO clips each parameter's gradient norm separately."""
-    for parameter in model.parameters():
-        if parameter.grad is not None:
-            norm = parameter.grad.data.norm(2)
-            factor = clip / (norm + 1e-6)
-            if factor < 1:
-                parameter.grad.data.mul_(factor)
+    """DINO clips each parameter's gradient norm separately: factor clip / (norm + 1e-6) where it is below 1.
+
+    All parameters at once (torch._foreach_*): a Python loop would wait on the device once per parameter.
+    """
+    grads = [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads, 2))
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(factors.unbind()))
 
 
 def cancel_last_layer_gradients(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
@@ -236,7 +253,7 @@ def cancel_last_layer_gradients(epoch: int, model: nn.Module, freeze_last_layer:
 
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
-    """The teacher is an exponential moving average of the student."""
-    for p_student, p_teacher in zip(student.parameters(), teacher.parameters()):
-        p_teacher.mul_(momentum).add_((1 - momentum) * p_student.detach())
-
+    """The teacher is an exponential moving average of the student: t = m t + (1 - m) s, for all tensors at once."""
+    teacher_params = list(teacher.parameters())
+    torch._foreach_mul_(teacher_params, momentum)
+    torch._foreach_add_(teacher_params, [p.detach() for p in student.parameters()], alpha=1 - momentum)

@@ -40,13 +40,20 @@ class CollapseWarning(UserWarning):
 
 
 @torch.no_grad()
-def teacher_entropies(teacher_output: torch.Tensor, center: torch.Tensor, temp: float) -> tuple[float, float]:
-    """(mean per-sample entropy, entropy of the batch-mean distribution) of the teacher, in nats."""
+def teacher_entropy_pair(teacher_output: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
+    """(mean per-sample entropy, entropy of the batch-mean distribution) of the teacher, in nats, as one tensor
+    on the teacher's device: the loop sums them per epoch without a host sync per step."""
     probs = F.softmax((teacher_output.float() - center) / temp, dim=-1)
     per_sample = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
     mean = probs.mean(0)
     batch_mean = -(mean * torch.log(mean.clamp_min(1e-12))).sum()
-    return float(per_sample), float(batch_mean)
+    return torch.stack([per_sample, batch_mean])
+
+
+def teacher_entropies(teacher_output: torch.Tensor, center: torch.Tensor, temp: float) -> tuple[float, float]:
+    """teacher_entropy_pair as two floats."""
+    per_sample, batch_mean = teacher_entropy_pair(teacher_output, center, temp).tolist()
+    return per_sample, batch_mean
 
 
 def collapse_state(history: list[dict]) -> str | None:

@@ -88,7 +88,10 @@ def epoch_line(metrics: dict) -> str:
             f"(batch {metrics.get('teacher_batch_entropy', float('nan')):.2f})")
     if "knn_ap" in metrics:
         line += f"  kNN AP {metrics['knn_ap']:.3f} (random init {metrics['knn_random_ap']:.3f})"
-    return line + f"  {metrics['images_per_s']:.1f} img/s"
+    line += f"  {metrics['images_per_s']:.1f} img/s"
+    if "mfu" in metrics:
+        line += f"  MFU {metrics['mfu']:.1%}"
+    return line
 
 
 class StepProgress:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from geodino.dino.config import PretrainConfig
+from geodino.dino.flops import dino_step_flops
 from geodino.dino.loss import DINOLoss
 from geodino.dino.models import build_student_teacher
 from geodino.dino.schedules import schedules
@@ -49,6 +50,7 @@ class DinoState:
     amp_dtype: torch.dtype | None
     plan: dict[str, np.ndarray]  # per-iteration lr, wd and teacher momentum
     steps_per_epoch: int
+    flops_per_step: float | None = None  # model FLOPs of one step of this process, counted on a GPU for MFU
 
     @property
     def student_plain(self) -> nn.Module:
@@ -60,16 +62,24 @@ class DinoState:
         """Fresh networks (student and teacher identical), loss, AdamW and schedules, on the runtime's device."""
         student, teacher = build_student_teacher(cfg.arch, cfg.patch_size, in_chans, cfg.out_dim, cfg.norm_last_layer,
                                                  cfg.drop_path_rate)
+        if cfg.compile:  # in place: parameter names and checkpoints stay those of the plain modules
+            student.compile()
+            teacher.compile()
         teacher = teacher.to(runtime.device)
         student = runtime.prepare_model(student)
         plain = student.module if hasattr(student, "module") else student
         dino_loss = DINOLoss(cfg.out_dim, ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
                              cfg.warmup_teacher_temp_epochs, cfg.epochs).to(runtime.device)
-        optimizer = torch.optim.AdamW(param_groups(plain))  # lr and wd are set by the schedules
+        # lr and wd are set by the schedules; on a GPU one fused kernel updates every parameter
+        optimizer = torch.optim.AdamW(param_groups(plain), fused=runtime.device.type == "cuda")
         amp_dtype = autocast_dtype(cfg.precision, runtime.device)
         scaler = torch.amp.GradScaler(runtime.device.type) if amp_dtype == torch.float16 else None
+        flops = None
+        if runtime.device.type == "cuda":
+            crop_sizes = [cfg.global_crops_size] * 2 + [cfg.local_crops_size] * cfg.local_crops_number
+            flops = dino_step_flops(cfg.arch, cfg.patch_size, in_chans, cfg.out_dim, cfg.batch_size_per_gpu, crop_sizes)
         return cls(student, teacher, dino_loss, optimizer, scaler, amp_dtype,
-                   schedules(cfg, steps_per_epoch, runtime.world_size), steps_per_epoch)
+                   schedules(cfg, steps_per_epoch, runtime.world_size), steps_per_epoch, flops)
 
     def state_dict(self) -> dict:
         """The trained parts under facebookresearch/dino's checkpoint keys."""
