@@ -6,7 +6,9 @@ Builds (or reuses) an archive of BigEarthNet v1 patch folders replicated from th
   (a) the seed's access pattern: a torch Dataset opening B04/B03/B02 with rasterio per sample,
       a DataLoader with one worker per core;
   (b) geodino's Ray Data pipeline over the GeoTIFFs;
-  (c) geodino's Ray Data pipeline over the packed shards;
+  (c) geodino's Ray Data pipeline over the packed shards: float32 out of the tasks; (c2) the pack's uint16
+      out of the tasks, normalised by the consumer (what Ray Train's workers do, on their device); (c3) the
+      same with the split materialised in the object store first (--cache_data), i.e. epochs after the first;
   (d) the torchrun launcher's DataLoader over the pack (no Ray);
 each delivering float32 (64, 3, 120, 120) batches scaled to [0, 1]. Also: peak RSS of prepare and pack
 (at two archive sizes, to see whether memory grows with the archive), and multi-crop augmentation
@@ -16,6 +18,7 @@ throughput on one CPU core.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -70,13 +73,17 @@ def timed(make_batches, samples: int) -> tuple[float, int]:
     """
     started = time.perf_counter()
     seen = 0
-    for batch in make_batches():
+    batches = iter(make_batches())
+    for batch in batches:
         images = batch["image"] if isinstance(batch, dict) else batch
         assert images.dtype == torch.float32 and images.shape[1:] == (3, 120, 120), images.shape
         seen += images.shape[0]
         if seen >= samples:
             break
-    return seen / (time.perf_counter() - started), seen
+    rate = seen / (time.perf_counter() - started)
+    if hasattr(batches, "close"):  # stop a Ray Data iterator now, not when collected after ray.shutdown()
+        batches.close()
+    return rate, seen
 
 
 def run_with_peak_rss(script: str, *args: str) -> tuple[float, float, float]:
@@ -130,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=5000, help="a smaller archive, for memory vs archive size")
     parser.add_argument("--samples", type=int, default=16000, help="samples timed per data path")
     parser.add_argument("--root", default="/tmp/geodino-bench")
+    parser.add_argument("--stats", action="store_true", help="print Ray Data's per-operator statistics of each path")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     root = Path(args.root)
@@ -142,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from geodino.archive.card import load_card
-    from geodino.data.config import DataConfig
+    from geodino.data.config import DataConfig, normalizer, resolve_bands
     from geodino.data.indexed import PatchDataset
+    from geodino.data.normalize import Normalizer
     from geodino.data.ray_data import build_dataset
 
     names = sorted(os.listdir(archive))
@@ -154,15 +163,27 @@ def main(argv: list[str] | None = None) -> int:
 
     card = load_card(str(metadata))
     everything = dict(metadata=str(metadata), split=None, recommended_only=False)
-    for label, data_dir in (("(b) geodino Ray Data over GeoTIFFs", card["data_root"]),
-                            ("(c) geodino Ray Data over packed shards", None)):
+    offset, scale = normalizer(card, resolve_bands(card, "rgb"), "max")
+    normalize = Normalizer(offset, scale, True, torch.device("cpu"))  # what Ray Train's workers do on their device
+    stats = {}
+    for label, data_dir, raw, cached in (("(b) geodino Ray Data over GeoTIFFs", card["data_root"], False, False),
+                                         ("(c) geodino Ray Data over packed shards, float32", None, False, False),
+                                         ("(c2) the same, uint16 normalised by the consumer", None, True, False),
+                                         ("(c3) the same, split cached in the object store (epoch 2 on)", None, True,
+                                          True)):
         own_ray = not ray.is_initialized()  # a test passes its Ray in; a benchmark run starts a fresh one per path
         if own_ray:
             ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
             ray.data.DataContext.get_current().enable_progress_bars = False
-        dataset = build_dataset(DataConfig(**everything, data_dir=data_dir)).select_columns(["image"])
-        rates[label] = timed(lambda: dataset.iter_torch_batches(batch_size=BATCH), args.samples)
+        dataset = build_dataset(DataConfig(**everything, data_dir=data_dir), raw=raw).select_columns(["image"])
+        if cached:  # what --cache_data does: read and decode once; timed from the second epoch on
+            dataset = dataset.materialize()
+        rates[label] = timed(lambda: ({"image": normalize(batch["image"])}
+                                      for batch in dataset.iter_torch_batches(batch_size=BATCH)), args.samples)
+        stats[label] = dataset.stats()
         if own_ray:
+            del dataset  # its executor must not outlive this Ray (collected later, it ends the process)
+            gc.collect()
             ray.shutdown()
     in_memory = PatchDataset(DataConfig(**everything))
     rates["(d) torchrun launcher: pack in memory, DataLoader"] = timed(
@@ -174,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| path | samples | samples/s (start-up included) | vs (a) |\n| --- | --- | --- | --- |")
     for label, (rate, seen) in rates.items():
         print(f"| {label} | {seen} | {rate:.0f} | {rate / seed:.1f}x |")
+
+    if args.stats:
+        for label, text in stats.items():
+            print(f"\nRay Data's own statistics, {label}:\n{text}")
 
     print("\nMemory: peak RSS (MB) of the main process and of the largest worker process")
     print("| step | patches | seconds | main | worker |\n| --- | --- | --- | --- | --- |")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import BEN_V1_LISTS, EUROSAT
 
 from geodino.archive.card import load_card
@@ -20,7 +21,10 @@ from geodino.archive.pixels import PatchReadError, read_patch
 from geodino.archive.prepare import PrepareConfig, prepare
 from geodino.data.config import DataConfig
 from geodino.data.indexed import PatchDataset
+from geodino.data.normalize import Normalizer
 from geodino.data.ray_data import build_dataset
+from geodino.dino.config import PretrainConfig
+from geodino.launch.inputs import input_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +73,15 @@ def test_packed_bigearthnet_streams_the_same_tensors_as_the_geotiffs(ray_session
     np.testing.assert_array_equal(all_rows(metadata, data_dir=card["data_root"])["image"], from_files["image"])
     with pytest.raises(ValueError, match=r"packs the bands .*not \['B11'\].*--data_dir"):
         build_dataset(DataConfig(metadata=metadata, bands="B04,B11"))
+
+    # Training reads a pack raw (uint16, half of float32's bytes) and normalises on its device: the same tensors.
+    for normalize in ("max", "stats"):
+        config = DataConfig(metadata=metadata, split=None, recommended_only=False, normalize=normalize)
+        decoded, raw = (build_dataset(config, raw=raw).take_batch(6) for raw in (False, True))
+        decoded, raw = (torch.from_numpy(batch["image"][np.argsort(batch["name"])]) for batch in (decoded, raw))
+        assert raw.dtype == torch.uint16 and decoded.dtype == torch.float32
+        inputs = input_spec(PretrainConfig(metadata_dir=metadata, normalize=normalize))
+        assert torch.equal(Normalizer(*inputs.normalizer(), torch.device("cpu"))(raw), decoded), normalize
 
 
 def test_torchrun_dataset_reads_the_pack_without_ray(ben_v1_metadata, tmp_path):

@@ -38,12 +38,17 @@ def read_pixels(
 
 
 def decode_packed(table, shape: list[int], dtype: str, channels: list[int], classes: list[str],
-                  offset: np.ndarray, scale: np.ndarray, clip: bool) -> dict:
-    """Pack rows in (an Arrow table), the same columns read_pixels gives out."""
-    raw = binary_as_array(table.column("pixels"), shape, dtype)
-    images = (raw if channels == list(range(shape[0])) else raw[:, channels]).astype(np.float32)
+                  offset: np.ndarray, scale: np.ndarray, clip: bool, raw: bool = False) -> dict:
+    """Pack rows in (an Arrow table), the same columns read_pixels gives out.
+
+    raw: the pixels stay in the pack's integer type (a half or a quarter of float32's bytes through the object
+    store and the cache); the consumer normalises them on its device with Normalizer.
+    """
+    pixels = binary_as_array(table.column("pixels"), shape, dtype)
+    images = pixels if channels == list(range(shape[0])) else pixels[:, channels]
     return {
-        "image": normalize_in_place(images, offset, scale, clip),
+        "image": np.ascontiguousarray(images) if raw else normalize_in_place(images.astype(np.float32), offset,
+                                                                               scale, clip),
         "labels": np.stack([multi_hot(labels, classes) for labels in table.column("labels").to_pylist()]),
         "name": np.asarray(table.column("name").to_pylist()),
     }

@@ -1,7 +1,8 @@
 """The Ray Data pipeline: metadata parquet + pixel archive -> stream of training-ready tensors.
 
 Rows come out as ``{"image": float32 (C, H, W), "labels": float32 multi-hot (K,),
-"name": str}``. Only the metadata is read up front; pixels are read in
+"name": str}``; with ``raw=True`` a pack's images keep its integer type, for a consumer that normalises
+them on its device (``geodino.data.normalize.Normalizer``). Only the metadata is read up front; pixels are read in
 ``map_batches`` tasks as the consumer pulls, so memory does not grow with the
 archive.
 """
@@ -29,8 +30,12 @@ def _filtered(dataset: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset
     return dataset.limit(config.limit) if config.limit else dataset
 
 
-def build_dataset(config: DataConfig) -> ray.data.Dataset:
-    """A lazily evaluated Ray Dataset of one split; nothing is read until it is iterated."""
+def build_dataset(config: DataConfig, raw: bool = False) -> ray.data.Dataset:
+    """A lazily evaluated Ray Dataset of one split; nothing is read until it is iterated.
+
+    raw: a pack's pixels are handed on undecoded (an archive of files, whose files may differ in type, is
+    always decoded to float32): training reads every row every epoch, so bytes moved are what limits it.
+    """
     card = load_card(config.metadata)
     bands = resolve_bands(card, config.bands)
     offset, scale = normalizer(card, bands, config.normalize)
@@ -44,7 +49,7 @@ def build_dataset(config: DataConfig) -> ray.data.Dataset:
         return _filtered(dataset, config).map_batches(
             decode_packed, batch_size=PACKED_BATCH, batch_format="pyarrow",
             fn_kwargs={"shape": manifest["shape"], "dtype": manifest["dtype"],
-                       "channels": packed_channels(manifest, bands, data_root), **common})
+                       "channels": packed_channels(manifest, bands, data_root), "raw": raw, **common})
     parquet = metadata_file(config.metadata)
     rows = check_metadata_columns(parquet)
     fs, inner = storage.filesystem(parquet)

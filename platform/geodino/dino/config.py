@@ -10,6 +10,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from geodino import storage
 from geodino.cli import flag
 from geodino.dino.augment import AUGMENTATIONS, MultiCropConfig
@@ -52,6 +54,13 @@ class InputSpec:
     @property
     def in_chans(self) -> int:
         return len(self.bands)
+
+    def normalizer(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(offset, scale, clip) that turned raw pixels into the network's input: normalised = (raw - offset) / scale."""
+        if self.normalize == "stats":
+            return np.asarray(self.band_mean, np.float32), np.asarray(self.band_std, np.float32), False
+        count = len(self.bands)
+        return np.zeros(count, np.float32), np.full(count, self.pixel_max, np.float32), True
 
 
 @dataclass

@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from dataclasses import asdict
 
+import numpy as np
 import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
@@ -24,8 +25,11 @@ from ray.data import DataContext
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
-from geodino.data.config import DataConfig, dataset_size
+from geodino.archive.card import load_card
+from geodino.archive.packed import packed_manifest
+from geodino.data.config import DataConfig, dataset_size, pixel_root
 from geodino.data.indexed import labelled_images
+from geodino.data.normalize import Normalizer
 from geodino.data.ray_data import build_dataset
 from geodino.dino.augment import crop_columns
 from geodino.dino.checkpoint import read_checkpoint, write_checkpoint
@@ -39,21 +43,25 @@ from geodino.ray_cluster import cluster_gpus, init_ray, object_store_bytes, ray_
 class RayTrainRuntime:
     """What the loop needs from Ray Train: rank, device, DDP, this worker's data shard, checkpoints."""
 
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg: PretrainConfig, inputs: InputSpec):
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         self.shard = ray.train.get_dataset_shard("train")
         self.cfg = cfg
+        self.normalize = Normalizer(*inputs.normalizer(), self.device)  # a pack's raw pixels, on the device
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return ray.train.torch.prepare_model(model)  # DDP when world_size > 1; moves to the device
 
     def epoch_batches(self, epoch: int):
         cfg = self.cfg
-        return self.shard.iter_torch_batches(batch_size=cfg.batch_size_per_gpu, drop_last=True, prefetch_batches=2,
-                                             local_shuffle_buffer_size=cfg.batch_size_per_gpu * 4,
-                                             local_shuffle_seed=cfg.seed + epoch)
+        batches = self.shard.iter_torch_batches(batch_size=cfg.batch_size_per_gpu, drop_last=True, prefetch_batches=2,
+                                                local_shuffle_buffer_size=cfg.batch_size_per_gpu * 4,
+                                                local_shuffle_seed=cfg.seed + epoch)
+        if cfg.crops_on == "data":  # Ray Data made the crops from normalised images
+            return batches
+        return ({"image": self.normalize(batch["image"])} for batch in batches)
 
     def latest_state(self) -> dict | None:
         """The newest checkpoint of this run that loads; a damaged one is reported and skipped."""
@@ -94,21 +102,29 @@ def train_dino(loop_config: dict) -> None:
     torch.set_num_threads(loop_config["threads"])  # the CPUs this worker holds, fractions rounded
     # Ray Train logs a report per epoch through a logger under the root, which it sets to INFO in its workers.
     logging.getLogger().setLevel(loop_config["ray_log_level"])
-    runtime = RayTrainRuntime(cfg)
+    inputs = InputSpec(**loop_config["inputs"])
+    runtime = RayTrainRuntime(cfg, inputs)
     knn = knn_monitor(cfg) if runtime.rank == 0 else None
-    dino_loop(cfg, runtime, loop_config["steps_per_epoch"], InputSpec(**loop_config["inputs"]), knn)
+    dino_loop(cfg, runtime, loop_config["steps_per_epoch"], inputs, knn)
 
 
 CACHE_SHARE = 0.3  # --cache_data auto: cache a split whose decoded tensors fit in this share of the object store
 
 
-def cache_split(cfg: PretrainConfig, data_config: DataConfig, rows: int) -> bool:
-    """Whether to materialise the training split in the object store (--cache_data)."""
+def cache_split(cfg: PretrainConfig, data_config: DataConfig, rows: int, item_bytes: int) -> bool:
+    """Whether to materialise the training split in the object store (--cache_data); `item_bytes` per pixel value
+    as the pipeline hands them on (float32, or a pack's own type)."""
     if cfg.cache_data != "auto":
         return cfg.cache_data == "on"
     sample, _ = labelled_images(dataclasses.replace(data_config, limit=None), count=1)
-    decoded = rows * sample[0].numel() * 4  # float32 images, as the pipeline hands them on
-    return decoded < CACHE_SHARE * object_store_bytes()
+    return rows * sample[0].numel() * item_bytes < CACHE_SHARE * object_store_bytes()
+
+
+def raw_dtype(data_config: DataConfig) -> str | None:
+    """The pack's pixel type when the split is read from a pack (handed on raw), else None."""
+    card = load_card(data_config.metadata)
+    manifest = packed_manifest(data_config.metadata, pixel_root(data_config, card))
+    return manifest["dtype"] if manifest else None
 
 
 def with_cluster_gpus(cfg: PretrainConfig) -> PretrainConfig:
@@ -144,8 +160,10 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
     inputs = input_spec(cfg)
     rows = dataset_size(data_config)
     steps = steps_per_epoch_for(rows, cfg)
-    cached = cache_split(cfg, data_config, rows)
-    dataset = build_dataset(data_config).select_columns(["image"])
+    pixel_type = raw_dtype(data_config) if cfg.crops_on == "device" else None
+    raw = pixel_type is not None  # a pack's pixels go to the workers as they are, normalised on their device
+    cached = cache_split(cfg, data_config, rows, np.dtype(pixel_type).itemsize if raw else 4)
+    dataset = build_dataset(data_config, raw=raw).select_columns(["image"])
     if cached:  # read and decode once; every epoch then streams the blocks from the object store
         dataset = dataset.materialize()
     dataset = dataset.randomize_block_order(seed=cfg.seed)
