@@ -5,6 +5,9 @@
 * ``PatchDataset`` (``indexed``): the same samples as a map-style torch Dataset, for the
   torchrun/mpirun launcher on machines without Ray.
 
+* ``normalize.Normalizer``: raw pack pixels to normalised float32 on the training device (Ray Train's
+  workers receive a pack's uint16/uint8 pixels, a half or a quarter of float32's bytes).
+
 Both take a ``DataConfig`` (``config``: metadata, split, bands, normalisation) and decode pixels with
 the same code (``decode``). This package's face imports without Ray, so the torchrun path can use it;
 the Ray pipeline is imported from its module.
