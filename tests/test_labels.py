@@ -15,6 +15,27 @@ def test_mapping_matches_the_19_class_labels_shipped_with_real_patches():
         assert to_ben19(entry["labels_43"]) == [c for c in BEN19_CLASSES if c in entry["labels_19"]], name
 
 
+def official_nomenclature() -> dict:
+    """The 43 -> 19 mapping and both class orders as bigearthnet-common 2.8.0 (kai-tub, Apache-2.0) copied them from
+    TU Berlin's label_indices.json: an independent source of every name, read from its file without importing it."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("bigearthnet_common")
+    tree = ast.parse((Path(spec.submodule_search_locations[0]) / "constants.py").read_text())
+    values = {node.targets[0].id: node.value for node in tree.body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    return {name: ast.literal_eval(values[name]) for name in ("OLD2NEW_LABELS_DICT", "NEW_LABELS_ORIGINAL_ORDER")}
+
+
+def test_every_name_order_and_mapping_equals_the_official_label_indices():
+    official = official_nomenclature()
+    assert BEN43_CLASSES == tuple(official["OLD2NEW_LABELS_DICT"])  # its keys are in the original order
+    assert BEN19_CLASSES == official["NEW_LABELS_ORIGINAL_ORDER"]
+    assert BEN43_TO_19 == official["OLD2NEW_LABELS_DICT"]
+
+
 def test_nomenclature_sizes_order_and_dropped_classes():
     assert len(BEN43_CLASSES) == 43 and len(BEN19_CLASSES) == 19
     assert BEN19_CLASSES[4] == "Pastures"  # the seed's printed list lost it
