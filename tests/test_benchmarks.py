@@ -12,6 +12,7 @@ def test_gpu_step_benchmark_runs_at_tiny_size_on_cpu():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| bf16 eager, fused AdamW, crops on CPU | 4 |" in out.stdout
     assert "120-px native BigEarthNet setting" in out.stdout
+    assert "| geodino's loop (train_one_epoch), bf16 | 4 |" in out.stdout
 
 
 def test_data_benchmark_runs_at_tiny_size(ray_session, tmp_path, capsys):

@@ -158,10 +158,10 @@ def train_one_epoch(state: DinoState, runtime: Runtime, cfg: PretrainConfig, mul
     if len(losses) + skipped < steps_per_epoch:
         raise RuntimeError(f"epoch {epoch}: the data shard gave {len(losses) + skipped} batches, "
                            f"{steps_per_epoch} expected")
-    seconds = time.perf_counter() - started
-    last_it = (epoch + 1) * steps_per_epoch - 1
     loss, koleo = (torch.stack(values).double().mean().item() for values in (losses, koleos))
     per_sample_entropy, batch_entropy = torch.stack(entropies).double().mean(0).tolist()
+    seconds = time.perf_counter() - started  # after the sync above: the epoch's last step has finished
+    last_it = (epoch + 1) * steps_per_epoch - 1
     metrics = {
         "epoch": epoch,
         "loss": loss,  # the DINO loss (without --koleo_weight's term)
