@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geodino.dino.monitors import KnnMonitor, KnnSets, collapse_state, teacher_entropies
+from geodino.dino.monitors import KnnMonitor, KnnSets, collapse_state, teacher_entropy_pair
 from geodino.metrics import knn_report
 from geodino.transfer.backbones import load_backbone
 
@@ -32,16 +32,16 @@ def sharp_and_diverse():
 
 
 def epoch_of(teacher_output) -> dict:
-    per_sample, batch_mean = teacher_entropies(teacher_output, torch.zeros(1, K), temp=0.04)
+    per_sample, batch_mean = teacher_entropy_pair(teacher_output, torch.zeros(1, K), temp=0.04).tolist()
     return {"teacher_entropy": per_sample, "teacher_batch_entropy": batch_mean, "max_entropy": math.log(K)}
 
 
 def test_entropies_of_the_three_cases():
-    per_sample, batch_mean = teacher_entropies(one_prototype(), torch.zeros(1, K), 0.04)
+    per_sample, batch_mean = teacher_entropy_pair(one_prototype(), torch.zeros(1, K), 0.04).tolist()
     assert per_sample < 1e-3 and batch_mean < 1e-3
-    per_sample, batch_mean = teacher_entropies(uniform(), torch.zeros(1, K), 0.04)
+    per_sample, batch_mean = teacher_entropy_pair(uniform(), torch.zeros(1, K), 0.04).tolist()
     assert per_sample == pytest.approx(math.log(K), rel=1e-3) and batch_mean == pytest.approx(math.log(K), rel=1e-3)
-    per_sample, batch_mean = teacher_entropies(sharp_and_diverse(), torch.zeros(1, K), 0.04)
+    per_sample, batch_mean = teacher_entropy_pair(sharp_and_diverse(), torch.zeros(1, K), 0.04).tolist()
     assert per_sample < 1e-3 and batch_mean == pytest.approx(math.log(BATCH), rel=1e-3)
 
 

@@ -50,12 +50,6 @@ def teacher_entropy_pair(teacher_output: torch.Tensor, center: torch.Tensor, tem
     return torch.stack([per_sample, batch_mean])
 
 
-def teacher_entropies(teacher_output: torch.Tensor, center: torch.Tensor, temp: float) -> tuple[float, float]:
-    """teacher_entropy_pair as two floats."""
-    per_sample, batch_mean = teacher_entropy_pair(teacher_output, center, temp).tolist()
-    return per_sample, batch_mean
-
-
 def collapse_state(history: list[dict]) -> str | None:
     """'one_prototype' or 'uniform' when the last COLLAPSE_EPOCHS epochs all collapsed the same way."""
     recent = history[-COLLAPSE_EPOCHS:]
