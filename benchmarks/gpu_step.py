@@ -127,47 +127,27 @@ def run_variant(args, variant: Variant, batch: int, device: torch.device) -> dic
         return {"variant": variant.name, "batch": batch, "images_per_s": None, "error": "out of memory"}
 
 
-class SyntheticRuntime:
-    """geodino.dino.Runtime over the same random batch, already on the device: the loop's step with no data wait."""
-
-    def __init__(self, device: torch.device, images: torch.Tensor, steps: int):
-        self.rank, self.world_size, self.device = 0, 1, device
-        self.batches = [{"image": images}] * steps
-
-    def prepare_model(self, model):
-        return model.to(self.device)
-
-    def epoch_batches(self, epoch: int):
-        return self.batches
-
-    def latest_state(self):
-        return None
-
-    def report(self, metrics, state, teacher_backbone):
-        pass
-
-
 def measure_loop(args, batch: int, device: torch.device, compile: bool) -> dict:
     """What users run: geodino's train_one_epoch (clipping, EMA, schedules, entropies, the finite check), one epoch
     of warm-up (compiling) and one timed; its own images/s and MFU, as the per-epoch metrics report them."""
     from geodino.dino import DinoState, PretrainConfig
     from geodino.dino.augment import MultiCrop
     from geodino.dino.loop import train_one_epoch
+    from geodino.dino.runtime import BatchRuntime
 
     cfg = PretrainConfig(arch=args.arch, patch_size=args.patch, out_dim=args.out_dim, batch_size_per_gpu=batch,
                          global_crops_size=args.global_size, local_crops_size=args.local_size,
                          local_crops_number=args.local_number, epochs=2, warmup_epochs=0, compile=compile,
                          precision="bf16", knn_every=0, progress_every_s=0)
     torch.manual_seed(0)
-    runtime = SyntheticRuntime(device, torch.rand(batch, 3, args.image_size, args.image_size, device=device),
-                               args.steps)
+    images = torch.rand(batch, 3, args.image_size, args.image_size, device=device)  # on the device: no data wait
+    runtime = BatchRuntime([{"image": images}] * args.steps, device)
     multicrop = MultiCrop(cfg.multicrop())
     state = DinoState.create(cfg, 3, multicrop.ncrops, runtime, steps_per_epoch=args.steps)
     if state.flops_per_step is None:  # counted on a GPU only; the CPU smoke run counts here
         from geodino.dino.flops import dino_step_flops
 
-        state.flops_per_step = dino_step_flops(cfg.arch, cfg.patch_size, 3, cfg.out_dim, batch,
-                                               [cfg.global_crops_size] * 2 + [cfg.local_crops_size] * cfg.local_crops_number)
+        state.flops_per_step = dino_step_flops(cfg.arch, cfg.patch_size, 3, cfg.out_dim, batch, multicrop.config.crop_sizes)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_one_epoch(state, runtime, cfg, multicrop, epoch=0)  # compiling, autotuning, allocator warm-up

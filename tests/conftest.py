@@ -129,30 +129,6 @@ def eurosat_metadata(tmp_path_factory) -> str:
     return result.metadata_path
 
 
-class BatchRuntime:
-    """A geodino.dino.Runtime over given batches: one process, CPU, no checkpoints (drives the loop in tests)."""
-
-    def __init__(self, batches, device: str = "cpu", checkpoint: dict | None = None):
-        import torch
-
-        self.rank, self.world_size, self.device = 0, 1, torch.device(device)
-        self.batches = batches
-        self.checkpoint = checkpoint
-        self.reports = []
-
-    def prepare_model(self, model):
-        return model.to(self.device)
-
-    def epoch_batches(self, epoch):
-        return self.batches
-
-    def latest_state(self):
-        return self.checkpoint
-
-    def report(self, metrics, state, teacher_backbone):
-        self.reports.append((metrics, state))
-
-
 @pytest.fixture(scope="session")
 def ben30_metadata(tmp_path_factory) -> Path:
     """The 30 real multi-label BigEarthNet patches (14 of the 19 classes) written back in the native layout

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import BatchRuntime
 from test_pretrain import TINY
 
 from geodino.dino import DinoState, PretrainConfig, dino_loop
@@ -23,6 +22,7 @@ from geodino.dino.augment import MultiCrop
 from geodino.dino.config import InputSpec
 from geodino.dino.loop import train_one_epoch
 from geodino.dino.models import build_student_teacher
+from geodino.dino.runtime import BatchRuntime
 
 RGB = InputSpec(bands=("red", "green", "blue"), rgb=True, zero_level=(0.0, 0.0, 0.0))
 

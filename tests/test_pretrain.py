@@ -131,10 +131,10 @@ def test_non_finite_loss_stops_naming_epoch_and_step(ray_session):
     """A poisoned batch (NaN pixels) through the real loop body, fed by a real Ray Dataset."""
     import numpy as np
     import ray
-    from conftest import BatchRuntime
 
     from geodino.dino.augment import MultiCrop
     from geodino.dino.loop import NonFiniteLossError, train_one_epoch
+    from geodino.dino.runtime import BatchRuntime
     from geodino.dino.state import DinoState
 
     cfg = PretrainConfig(**TINY, batch_size_per_gpu=2, epochs=1)

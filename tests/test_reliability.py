@@ -47,10 +47,10 @@ def ray_train_worker_pids() -> list[int]:
 
 def test_poisoned_batch_can_be_skipped_instead(ray_session):
     import ray
-    from conftest import BatchRuntime
 
     from geodino.dino.augment import MultiCrop
     from geodino.dino.loop import train_one_epoch
+    from geodino.dino.runtime import BatchRuntime
     from geodino.dino.state import DinoState
 
     cfg = PretrainConfig(**TINY, batch_size_per_gpu=2, epochs=1, nonfinite_loss="skip")

@@ -73,6 +73,11 @@ class MultiCropConfig:
     jitter: float | None = None  # overrides the recipe's brightness and contrast spread (0: off)
     band_jitter: float | None = None  # overrides the recipe's per-band gain spread
 
+    @property
+    def crop_sizes(self) -> list[int]:
+        """The side of each crop, the two global ones first."""
+        return [self.global_crops_size] * 2 + [self.local_crops_size] * self.local_crops_number
+
     def photometric(self) -> Photometric:
         if self.augment not in RECIPES:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {self.augment!r}")

@@ -2,7 +2,8 @@
 
 Two implementations exist: ``geodino.launch.ray_train.RayTrainRuntime`` (Ray Train workers fed by Ray
 Data, checkpoints handed to Ray) and ``geodino.launch.torchrun.TorchRuntime`` (processes started by
-torchrun or mpirun, a torch DataLoader, checkpoints in a local folder). A test can write a third.
+torchrun or mpirun, a torch DataLoader, checkpoints in a local folder). ``BatchRuntime`` below drives the loop
+over batches already in memory, in one process: the tests and the GPU step benchmark use it.
 """
 
 from __future__ import annotations
@@ -30,3 +31,25 @@ class Runtime(Protocol):
 
     def report(self, metrics: dict, state: dict | None, teacher_backbone: dict | None) -> None:
         """Every rank reports each epoch; rank 0 passes the checkpoint to keep when one is due."""
+
+
+class BatchRuntime:
+    """A Runtime over given batches: one process, no DDP, checkpoints kept in `reports` instead of written."""
+
+    def __init__(self, batches: Iterable[dict], device: str | torch.device = "cpu", checkpoint: dict | None = None):
+        self.rank, self.world_size, self.device = 0, 1, torch.device(device)
+        self.batches = batches
+        self.checkpoint = checkpoint
+        self.reports: list[tuple[dict, dict | None]] = []
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def epoch_batches(self, epoch: int) -> Iterable[dict]:
+        return self.batches
+
+    def latest_state(self) -> dict | None:
+        return self.checkpoint
+
+    def report(self, metrics: dict, state: dict | None, teacher_backbone: dict | None) -> None:
+        self.reports.append((metrics, state))

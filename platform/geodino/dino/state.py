@@ -76,8 +76,8 @@ class DinoState:
         scaler = torch.amp.GradScaler(runtime.device.type) if amp_dtype == torch.float16 else None
         flops = None
         if runtime.device.type == "cuda":
-            crop_sizes = [cfg.global_crops_size] * 2 + [cfg.local_crops_size] * cfg.local_crops_number
-            flops = dino_step_flops(cfg.arch, cfg.patch_size, in_chans, cfg.out_dim, cfg.batch_size_per_gpu, crop_sizes)
+            flops = dino_step_flops(cfg.arch, cfg.patch_size, in_chans, cfg.out_dim, cfg.batch_size_per_gpu,
+                                    cfg.multicrop().crop_sizes)
         return cls(student, teacher, dino_loss, optimizer, scaler, amp_dtype,
                    schedules(cfg, steps_per_epoch, runtime.world_size), steps_per_epoch, flops)
 
