@@ -11,6 +11,13 @@ os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Ray Train's own knobs, set before any Ray starts so every worker, `ray start` and entry script inherits them.
+# Each Ray Train run here is seconds of training inside ~30 s of start-up, so two fixed costs matter: the controller
+# notices a finished worker group only at its next health check (every 2 s by default), and a PreemptionWatcher
+# actor (a process of its own, ~4 s to start on 2 cores) watches for node drains that a single machine never has.
+# Measured on one 1-epoch run: 40 s -> 32 s. Users' runs keep Ray's defaults.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def free_port() -> int:
