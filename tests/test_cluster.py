@@ -73,6 +73,9 @@ def test_kuberay_rayjob_uses_only_rayjob_fields():
                for c in g["template"]["spec"]["containers"])
 
 
+POLL_S = 0.5  # how often the job-submit test asks the head; each wait below is written as its deadline in s
+
+
 @pytest.mark.timeout(600)
 def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -89,12 +92,12 @@ def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_pat
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         client = None
-        for _ in range(240):
+        for _ in range(int(120 / POLL_S)):
             try:
                 client = JobSubmissionClient(address)
                 break
             except Exception:  # the dashboard takes a few seconds to answer
-                time.sleep(0.5)
+                time.sleep(POLL_S)
         assert client is not None, "the dashboard never answered"
         flags = ["--metadata_dir", str(ben_v1_metadata), "--arch", "vit_tiny", "--patch_size", "8", "--out_dim", "64",
                  "--global_crops_size", "32", "--local_crops_size", "16", "--local_crops_number", "2", "--epochs", "1",
@@ -103,19 +106,19 @@ def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_pat
         command = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address,
                    "--no-wait", "--working-dir", str(REPO), "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
                    "python", "experiments/pretrain.py", *flags]
-        for _ in range(120):  # the head's job agent starts a little after its dashboard
+        for _ in range(int(60 / POLL_S)):  # the head's job agent starts a little after its dashboard
             submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
             if "No available agent" not in submitted.stderr:
                 break
-            time.sleep(0.5)
+            time.sleep(POLL_S)
         assert submitted.returncode == 0, submitted.stderr[-2000:]
         job_id = [line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line][0]
         status = None
-        for _ in range(1000):
+        for _ in range(int(500 / POLL_S)):
             status = client.get_job_status(job_id)
             if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
                 break
-            time.sleep(0.5)
+            time.sleep(POLL_S)
         logs = client.get_job_logs(job_id)
         assert status == JobStatus.SUCCEEDED, logs[-3000:]
         assert "finished 1 epochs" in logs

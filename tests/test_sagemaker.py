@@ -227,10 +227,11 @@ def test_two_host_job_survives_a_spot_interruption_and_its_model_is_probed(ben_v
 
     from geodino.dino.checkpoint import read_checkpoint
 
+    epochs = 2  # the spot interruption comes after epoch 0's checkpoint; the restart runs the rest
     hosts = ["127.0.0.1", "localhost"]  # two names for this machine, as algo-1 and algo-2 would be
     pretrain = ["--task", "pretrain", "--backend", "gloo", "--arch", "vit_tiny", "--patch_size", "8",
                 "--out_dim", "64", "--global_crops_size", "32", "--local_crops_size", "16",
-                "--local_crops_number", "2", "--batch_size_per_gpu", "1", "--num_workers", "2", "--epochs", "2",
+                "--local_crops_number", "2", "--batch_size_per_gpu", "1", "--num_workers", "2", "--epochs", str(epochs),
                 "--warmup_epochs", "0", "--saveckp_freq", "1", "--checkpoint_dir", str(tmp_path / "checkpoints"),
                 "--run_name", "sm", "--knn_every", "0", "--freeze_last_layer", "0"]
     channels = {"metadata": ben_v1_metadata.parent}
@@ -242,18 +243,18 @@ def test_two_host_job_survives_a_spot_interruption_and_its_model_is_probed(ben_v
 
     logs = finish_hosts(start_hosts(hosts, pretrain, channels, tmp_path, "restarted"), hosts, tmp_path, "restarted")
     assert "head of" in logs["127.0.0.1"] and "resuming at epoch" in logs["127.0.0.1"]
-    assert "pretraining finished: 2 epochs" in logs["127.0.0.1"]
+    assert f"pretraining finished: {epochs} epochs" in logs["127.0.0.1"]
     assert "has finished; leaving" in logs["localhost"]
     current = "/tmp/ray/ray_current_cluster"  # the job's Ray stayed in its own temp folder
     assert not os.path.exists(current) or "ray-sm-" not in open(current).read()
     final = read_checkpoint(str(tmp_path / "model" / "final"))
-    assert final["epoch"] == 2 and [m["epoch"] for m in final["metrics"]] == [0, 1]
+    assert final["epoch"] == epochs and [m["epoch"] for m in final["metrics"]] == list(range(epochs))
     from geodino.data.config import DataConfig, dataset_size
     from geodino.dino.config import PretrainConfig, steps_per_epoch_for
 
     patches = dataset_size(DataConfig(metadata=str(ben_v1_metadata), split="train"))
     steps_per_epoch = steps_per_epoch_for(patches, PretrainConfig(batch_size_per_gpu=1, num_workers=2))
-    assert {int(v["step"]) for v in final["optimizer"]["state"].values()} == {2 * steps_per_epoch}  # none twice
+    assert {int(v["step"]) for v in final["optimizer"]["state"].values()} == {epochs * steps_per_epoch}  # none twice
 
     probe = ["--task", "probe", "--epochs", "2", "--batch_size_per_gpu", "8"]
     channels = {"metadata": ben30_metadata.parent, "dino_checkpoint": tmp_path / "model" / "final"}
