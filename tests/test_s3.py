@@ -49,7 +49,11 @@ def test_raster_reads_follow_the_endpoint(s3_archive):
 
 
 @pytest.mark.timeout(600)
-def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_path):
+def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_path, monkeypatch):
+    """The archive, the metadata, the run and its checkpoints all on S3: a 12-band run with the
+    crops made in Ray Data's tasks (--crops_on data), --limit 2 patches, the k-NN monitor and MLflow; then its
+    newest checkpoint is cut short on S3 and the same command with more epochs (a warm restart, Ray Data
+    reading every epoch: --cache_data off) goes back to the one before and continues."""
     metadata = f"s3://{S3_BUCKET}/prepared/metadata.parquet"
     result = prepare(PrepareConfig(archive=s3_archive, out=metadata, splits_dir=str(BEN_V1_LISTS),
                                    exclusions_dir=str(BEN_V1_LISTS), workers=1))
@@ -61,26 +65,55 @@ def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_p
     assert batch["image"].shape == (3, 3, 120, 120) and 0 < batch["image"].mean() < 1
 
     runs = f"s3://{S3_BUCKET}/runs"
-    config = PretrainConfig(**TINY, metadata_dir=metadata, epochs=1, batch_size_per_gpu=2, storage_path=runs,
-                            run_name="s3run", output_dir=str(tmp_path / "local"))
+    config = PretrainConfig(**{**TINY, "knn_every": 1}, metadata_dir=metadata, bands="all", normalize="stats",
+                            crops_on="data", limit=2, epochs=2, batch_size_per_gpu=1, storage_path=runs,
+                            run_name="s3run", output_dir=str(tmp_path / "local"),
+                            mlflow_tracking_uri=str(tmp_path / "mlruns"))
     first = run_pretraining(config)
     stored = s3_files(f"{runs}/s3run")
-    assert any(path.endswith("checkpoint.pth") for path in stored), stored
+    assert sum(path.endswith("checkpoint.pth") for path in stored) == 2, stored
     assert first.storage_checkpoint.startswith(f"{S3_BUCKET}/runs/s3run")
+    state = read_checkpoint(first.checkpoint_dir)
+    assert {int(v["step"]) for v in state["optimizer"]["state"].values()} == {4}  # 2 patches, batch 1: 2 steps
+    assert state["args"]["in_chans"] == 12 and state["teacher"]["backbone.patch_embed.proj.weight"].shape[1] == 12
+    assert state["args"]["inputs"]["rgb"] is False and len(state["args"]["inputs"]["zero_level"]) == 12
+    epoch = first.metrics[0]  # the same monitors as an RGB run: entropies, KL, k-NN against random init
+    assert epoch["kl"] == pytest.approx(epoch["loss"] - epoch["teacher_entropy"])
+    assert 0 < epoch["teacher_batch_entropy"] <= epoch["max_entropy"]
+    assert 0 <= epoch["knn_ap"] <= 1 and 0 <= epoch["knn_random_ap"] <= 1
 
-    resumed = run_pretraining(PretrainConfig(**{**config.__dict__, "epochs": 2}))
-    assert [m["epoch"] for m in resumed.metrics] == [0, 1]
-    assert resumed.metrics[0] == first.metrics[0]  # epoch 0 came from S3, it was not trained again
-    assert read_checkpoint(resumed.checkpoint_dir)["epoch"] == 2
+    # The newest checkpoint cut short, as a kill while uploading leaves it (boto3: one GET for the whole object;
+    # pyarrow's ranged reads of moto's server take minutes for a 170 MB file)
+    bucket, _, key = f"{first.storage_checkpoint}/checkpoint.pth".partition("/")
+    whole = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=whole[:len(whole) // 3])
+    resumed = run_pretraining(PretrainConfig(**{**config.__dict__, "epochs": 3, "cache_data": "off"}))
+    assert [m["epoch"] for m in resumed.metrics] == [0, 1, 2]
+    assert resumed.metrics[0] == first.metrics[0]  # epoch 0 came from the intact checkpoint on S3
+    final = read_checkpoint(resumed.checkpoint_dir)
+    assert final["epoch"] == 3 and {int(v["step"]) for v in final["optimizer"]["state"].values()} == {6}
     # log.txt and TensorBoard's events live in the run's S3 folder, read back as users read them: TensorBoard's
-    # own reader on the s3:// logdir (both sessions' event files), not a local ./runs on the driver.
+    # own reader on the s3:// logdir (both sessions' event files), not a local ./runs on the driver. Epoch 1
+    # is there twice: its checkpoint was damaged, so it ran again.
     logged = [json.loads(line)["epoch"] for line in storage.read_bytes(f"{runs}/s3run/log.txt").decode().splitlines()]
-    assert logged == [0, 1] and not (tmp_path / "local" / "log.txt").exists()
+    assert logged == [0, 1, 1, 2] and not (tmp_path / "local" / "log.txt").exists()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(f"{runs}/s3run/tensorboard").Reload()
-    assert [event.step for event in events.Scalars("pretrain/loss")] == [0, 1]
-    assert events.Scalars("pretrain/loss")[1].value == pytest.approx(resumed.metrics[1]["loss"])
+    events = EventAccumulator(f"{runs}/s3run/tensorboard").Reload().Scalars("pretrain/loss")
+    assert [event.step for event in events] == [0, 1, 1, 2]
+    assert events[-1].value == pytest.approx(resumed.metrics[2]["loss"])
+    # --mlflow_tracking_uri: one MLflow run (the restart continued it), written by the Ray Train worker and read
+    # back with MLflow's own client, which like `mlflow ui` needs the file store allowed.
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(f"file://{tmp_path / 'mlruns'}")
+    [run] = client.search_runs([client.get_experiment_by_name("geodino").experiment_id])
+    assert run.info.run_name == "s3run" and run.info.status == "FINISHED"
+    assert run.data.params["bands"] == "all" and run.data.params["arch"] == "vit_tiny"
+    knn = client.get_metric_history(run.info.run_id, "knn_ap")
+    assert sorted(m.step for m in knn) == [0, 1, 1, 2]
+    assert max(knn, key=lambda m: (m.step, m.timestamp)).value == pytest.approx(resumed.metrics[2]["knn_ap"])
 
     # The credentials reached S3 through the standard chain; none of what the run wrote holds them.
     written = [p for p in Path(tmp_path).rglob("*") if p.is_file()]
