@@ -3,6 +3,7 @@ for real as a two-"host" job on 127.0.0.1."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -173,11 +174,19 @@ def test_submit_script_dry_run_prints_the_request(monkeypatch, capsys):
         assert message in printed.err and len(printed.err.strip().splitlines()) == 1, printed.err
 
 
-def start_hosts(hosts: list[str], hyperparameters: list[str], channels: dict, tmp_path, tag: str) -> list:
+@pytest.fixture
+def ray_temp():
+    """The hosts' Ray folder: not /tmp/ray (`ray start` records its cluster there, and the next local ray.init()
+    would try to join it), short (Ray's socket paths must fit 107 bytes), and removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="ray-sm-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_hosts(hosts: list[str], hyperparameters: list[str], channels: dict, tmp_path, tag: str,
+                ray_temp: str) -> list:
     """Start sagemaker_entry.py once per "host" with SageMaker's environment, as SageMaker starts a job."""
     port = free_port()
-    # Not /tmp/ray: `ray start` records its cluster there, and the next local ray.init() would try to join it.
-    ray_temp = tempfile.mkdtemp(prefix="ray-sm-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     processes = []
     for host in hosts:
         config = tmp_path / f"{tag}-{host}-resourceconfig.json"
@@ -218,7 +227,8 @@ def terminate_instances(processes: list) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_two_host_job_survives_a_spot_interruption_and_its_model_is_probed(ben_v1_metadata, ben30_metadata, tmp_path):
+def test_two_host_job_survives_a_spot_interruption_and_its_model_is_probed(ben_v1_metadata, ben30_metadata, tmp_path,
+                                                                           ray_temp):
     """Two processes with SageMaker's environment form a Ray cluster and pretrain with gloo; after the first
     checkpoint every process of both hosts is SIGKILLed (a spot interruption); SageMaker's restart (the same
     command, the same checkpoint folder) resumes from that checkpoint and both hosts exit 0. The probe task then
@@ -235,13 +245,13 @@ def test_two_host_job_survives_a_spot_interruption_and_its_model_is_probed(ben_v
                 "--warmup_epochs", "0", "--saveckp_freq", "1", "--checkpoint_dir", str(tmp_path / "checkpoints"),
                 "--run_name", "sm", "--knn_every", "0", "--freeze_last_layer", "0"]
     channels = {"metadata": ben_v1_metadata.parent}
-    interrupted = start_hosts(hosts, pretrain, channels, tmp_path, "interrupted")
+    interrupted = start_hosts(hosts, pretrain, channels, tmp_path, "interrupted", ray_temp)
     wait_for_checkpoints(tmp_path / "checkpoints" / "sm", 1, alive=lambda: interrupted[0].poll() is None)
     terminate_instances(interrupted)
     first_log = (tmp_path / "interrupted-127.0.0.1.log").read_text()
     assert "Ray cluster ready: 2 hosts, 2 CPUs" in first_log and "pretraining finished" not in first_log
 
-    logs = finish_hosts(start_hosts(hosts, pretrain, channels, tmp_path, "restarted"), hosts, tmp_path, "restarted")
+    logs = finish_hosts(start_hosts(hosts, pretrain, channels, tmp_path, "restarted", ray_temp), hosts, tmp_path, "restarted")
     assert "head of" in logs["127.0.0.1"] and "resuming at epoch" in logs["127.0.0.1"]
     assert f"pretraining finished: {epochs} epochs" in logs["127.0.0.1"]
     assert "has finished; leaving" in logs["localhost"]
@@ -258,7 +268,7 @@ def test_two_host_job_survives_a_spot_interruption_and_its_model_is_probed(ben_v
 
     probe = ["--task", "probe", "--epochs", "2", "--batch_size_per_gpu", "8"]
     channels = {"metadata": ben30_metadata.parent, "dino_checkpoint": tmp_path / "model" / "final"}
-    logs = finish_hosts(start_hosts(["127.0.0.1"], probe, channels, tmp_path, "probe"), ["127.0.0.1"], tmp_path,
+    logs = finish_hosts(start_hosts(["127.0.0.1"], probe, channels, tmp_path, "probe", ray_temp), ["127.0.0.1"], tmp_path,
                         "probe")
     printed = json.loads(next(line for line in logs["127.0.0.1"].splitlines() if line.startswith('{"linear_test"')))
     report = json.loads((tmp_path / "model" / "metrics.json").read_text())  # SM_MODEL_DIR: uploaded as model.tar.gz
