@@ -79,8 +79,14 @@ def test_label_fractions_are_seeded_subsets():
         label_subset(50, 0.01, seed=0)  # one patch would give NaN standardisation, then scikit-learn's "NaN" error
     with pytest.raises(ValueError):
         label_subset(10, 0.0, 0)
+    assert (label_subset(10, 1.0, seed=0) == np.arange(10)).all()  # all labels: every row, in order
+    for outside in (0.0, -0.5, 1.01):
+        with pytest.raises(ValueError, match=rf"^label fraction must be in \(0, 1\], not {outside}$"):
+            label_subset(10, outside, 0)
     train, validation = validation_from_train(100, 0.1, seed=0)
     assert len(validation) == 10 and not set(train) & set(validation) and len(train) + len(validation) == 100
+    train, validation = validation_from_train(4)  # 10 % of 4 rounds to none: one row is still held out
+    assert len(validation) == 1 and sorted([*train, *validation]) == [0, 1, 2, 3]
 
 
 def test_single_label_ap_ranks_by_softmax_probability_not_logit():
@@ -98,8 +104,39 @@ def test_single_label_ap_ranks_by_softmax_probability_not_logit():
     assert average_precision(targets, features)["ap_per_class"] == [0.5, 1.0]  # what ranking by logits gave
 
 
-@pytest.mark.parametrize("task", ["single_label", "multi_label"])
-def test_the_probe_separates_separable_features_perfectly(task):
+def test_the_probe_standardises_with_the_training_rows_statistics_and_starts_as_dinos_does():
+    """DINO's linear evaluation: features standardised with the training set's mean and spread (a constant
+    feature gets a floor, not a division by zero), a linear layer from N(0, 0.01) weights and zero biases."""
+    import torch
+
+    from geodino.transfer.probe import ProbeConfig, train_probe
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(loc=3.0, scale=2.0, size=(40, 6)).astype(np.float32)
+    features[:, 5] = 7.0  # a feature that never varies
+    labels = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 40)]
+    probe = train_probe(features, labels, "single_label", ProbeConfig(lr=0.0, epochs=1, batch_size=8))
+    np.testing.assert_allclose(probe.mean.numpy(), features.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(probe.std.numpy()[:5], features.std(0, ddof=1)[:5], rtol=1e-5)
+    assert 0 < probe.std[5] <= 1e-5
+    with torch.no_grad():
+        probe.linear.weight.copy_(torch.eye(2, 6))
+        probe.linear.bias.zero_()
+        at_mean, one_spread_up = probe(probe.mean[None]), probe((probe.mean + probe.std)[None])
+    torch.testing.assert_close(at_mean, torch.zeros(1, 2))
+    torch.testing.assert_close(one_spread_up, torch.ones(1, 2))
+
+    with pytest.raises(ValueError, match="^optimizer must be sgd or adamw, not 'sdg'$"):
+        train_probe(features, labels, "single_label", ProbeConfig(optimizer="sdg"))
+
+    fresh = LinearProbe(torch.zeros(384), torch.ones(384), 1000)
+    assert 0.0095 < fresh.linear.weight.std().item() < 0.0105 and abs(fresh.linear.weight.mean().item()) < 1e-3
+    assert not fresh.linear.bias.any()
+
+
+@pytest.mark.parametrize("task, optimizer", [("single_label", "sgd"), ("multi_label", "sgd"),
+                                             ("single_label", "adamw")])
+def test_the_probe_separates_separable_features_perfectly(task, optimizer):
     """Classes on separate directions of feature space: a working probe reaches AP 1 and top-1 1."""
     from geodino.transfer.probe import ProbeConfig, train_probe
 
@@ -109,7 +146,8 @@ def test_the_probe_separates_separable_features_perfectly(task):
     if task == "multi_label":
         labels = np.maximum(labels, np.eye(classes, dtype=np.float32)[rng.integers(0, classes, count)])
     features = (labels @ rng.normal(size=(classes, 32)) * 3 + rng.normal(scale=0.1, size=(count, 32))).astype(np.float32)
-    probe = train_probe(features[:150], labels[:150], task, ProbeConfig(lr=0.1, epochs=60, batch_size=32))
+    probe = train_probe(features[:150], labels[:150], task, ProbeConfig(lr=0.1 if optimizer == "sgd" else 0.01, epochs=60, batch_size=32,
+                                                                     optimizer=optimizer))
     report = evaluate_probe(probe, features[150:], labels[150:], task)
     assert report["ap_macro"] == pytest.approx(1.0) and report["f1_macro"] == pytest.approx(1.0)
     if task == "single_label":
