@@ -146,8 +146,8 @@ def test_the_probe_separates_separable_features_perfectly(task, optimizer):
     if task == "multi_label":
         labels = np.maximum(labels, np.eye(classes, dtype=np.float32)[rng.integers(0, classes, count)])
     features = (labels @ rng.normal(size=(classes, 32)) * 3 + rng.normal(scale=0.1, size=(count, 32))).astype(np.float32)
-    probe = train_probe(features[:150], labels[:150], task, ProbeConfig(lr=0.1 if optimizer == "sgd" else 0.01, epochs=60, batch_size=32,
-                                                                     optimizer=optimizer))
+    config = ProbeConfig(lr=0.1 if optimizer == "sgd" else 0.01, epochs=60, batch_size=32, optimizer=optimizer)
+    probe = train_probe(features[:150], labels[:150], task, config)
     report = evaluate_probe(probe, features[150:], labels[150:], task)
     assert report["ap_macro"] == pytest.approx(1.0) and report["f1_macro"] == pytest.approx(1.0)
     if task == "single_label":
