@@ -75,7 +75,8 @@ def test_label_fractions_are_seeded_subsets():
     a, b = label_subset(1000, 0.1, seed=3), label_subset(1000, 0.1, seed=3)
     assert len(a) == 100 and (a == b).all() and len(set(a)) == 100
     assert len(label_subset(50, 0.04, seed=0)) == 2
-    with pytest.raises(ValueError, match="label fraction 0.01 keeps 0 of the 50 training patches.*at least 2"):
+    with pytest.raises(ValueError, match=r"^label fraction 0.01 keeps 0 of the 50 training patches; the probe needs "
+                                         r"at least 2 \(its features are standardised with their spread\): raise it$"):
         label_subset(50, 0.01, seed=0)  # one patch would give NaN standardisation, then scikit-learn's "NaN" error
     with pytest.raises(ValueError):
         label_subset(10, 0.0, 0)
@@ -132,6 +133,27 @@ def test_the_probe_standardises_with_the_training_rows_statistics_and_starts_as_
     fresh = LinearProbe(torch.zeros(384), torch.ones(384), 1000)
     assert 0.0095 < fresh.linear.weight.std().item() < 0.0105 and abs(fresh.linear.weight.mean().item()) < 1e-3
     assert not fresh.linear.bias.any()
+
+
+def test_the_probe_is_trained_with_softmax_cross_entropy_under_a_cosine_schedule_to_zero():
+    """Single-label: softmax cross-entropy, whose bias gradients sum to zero over the classes, so zero-initialised
+    biases keep summing to zero (BCE's do not). The learning rate follows a cosine to 0 over all steps: the last
+    epoch moves the weights far less than the first."""
+    import torch
+
+    from geodino.transfer.probe import ProbeConfig, train_probe
+
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(40, 8)).astype(np.float32)
+    labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    weights = []
+    probe = train_probe(features, labels, "single_label", ProbeConfig(lr=0.5, epochs=10, batch_size=8),
+                        on_epoch=lambda epoch, probe: weights.append(probe.linear.weight.detach().clone()))
+    assert abs(probe.linear.bias.sum().item()) < 1e-5 and probe.linear.bias.abs().max() > 1e-2
+    torch.manual_seed(0)  # train_probe's seed: the weights before its first epoch
+    start = LinearProbe(torch.zeros(8), torch.ones(8), 3).linear.weight.detach()
+    first_move, last_move = (weights[0] - start).norm(), (weights[-1] - weights[-2]).norm()
+    assert last_move < 0.05 * first_move, (first_move, last_move)
 
 
 @pytest.mark.parametrize("task, optimizer", [("single_label", "sgd"), ("multi_label", "sgd"),
