@@ -110,7 +110,7 @@ def test_the_probe_standardises_with_the_training_rows_statistics_and_starts_as_
     feature gets a floor, not a division by zero), a linear layer from N(0, 0.01) weights and zero biases."""
     import torch
 
-    from geodino.transfer.probe import ProbeConfig, train_probe
+    from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, train_probe
 
     rng = np.random.default_rng(1)
     features = rng.normal(loc=3.0, scale=2.0, size=(40, 6)).astype(np.float32)
@@ -129,6 +129,8 @@ def test_the_probe_standardises_with_the_training_rows_statistics_and_starts_as_
 
     with pytest.raises(ValueError, match="^optimizer must be sgd or adamw, not 'sdg'$"):
         train_probe(features, labels, "single_label", ProbeConfig(optimizer="sdg"))
+    for offered in OPTIMIZERS:  # every choice the CLIs' --optimizer offers trains
+        train_probe(features, labels, "single_label", ProbeConfig(lr=0.0, epochs=1, optimizer=offered))
 
     fresh = LinearProbe(torch.zeros(384), torch.ones(384), 1000)
     assert 0.0095 < fresh.linear.weight.std().item() < 0.0105 and abs(fresh.linear.weight.mean().item()) < 1e-3
