@@ -85,8 +85,9 @@ def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_p
     # The newest checkpoint cut short, as a kill while uploading leaves it (boto3: one GET for the whole object;
     # pyarrow's ranged reads of moto's server take minutes for a 170 MB file)
     bucket, _, key = f"{first.storage_checkpoint}/checkpoint.pth".partition("/")
-    whole = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=whole[:len(whole) // 3])
+    s3 = boto3.client("s3")
+    whole = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=whole[:len(whole) // 3])
     resumed = run_pretraining(PretrainConfig(**{**config.__dict__, "epochs": 3, "cache_data": "off"}))
     assert [m["epoch"] for m in resumed.metrics] == [0, 1, 2]
     assert resumed.metrics[0] == first.metrics[0]  # epoch 0 came from the intact checkpoint on S3
@@ -118,10 +119,10 @@ def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_p
     # The credentials reached S3 through the standard chain; none of what the run wrote holds them.
     written = [p for p in Path(tmp_path).rglob("*") if p.is_file()]
     leaks = [str(p) for p in written if FAKE_SECRET.encode() in p.read_bytes()]
-    client = boto3.client("s3")  # one GET per object: pyarrow's ranged reads of moto are slow for 170 MB
+    # one GET per object with boto3 (above): pyarrow's ranged reads of moto are slow for 170 MB
     for path in s3_files(f"s3://{S3_BUCKET}"):
         bucket, _, key = path.partition("/")
-        if FAKE_SECRET.encode() in client.get_object(Bucket=bucket, Key=key)["Body"].read():
+        if FAKE_SECRET.encode() in s3.get_object(Bucket=bucket, Key=key)["Body"].read():
             leaks.append("s3://" + path)
     assert not leaks
     assert json.dumps(read_checkpoint(resumed.checkpoint_dir)["args"]).find(FAKE_SECRET) == -1

@@ -251,7 +251,8 @@ def test_two_host_job_survives_a_spot_interruption_and_its_model_is_probed(ben_v
     first_log = (tmp_path / "interrupted-127.0.0.1.log").read_text()
     assert "Ray cluster ready: 2 hosts, 2 CPUs" in first_log and "pretraining finished" not in first_log
 
-    logs = finish_hosts(start_hosts(hosts, pretrain, channels, tmp_path, "restarted", ray_temp), hosts, tmp_path, "restarted")
+    restarted = start_hosts(hosts, pretrain, channels, tmp_path, "restarted", ray_temp)
+    logs = finish_hosts(restarted, hosts, tmp_path, "restarted")
     assert "head of" in logs["127.0.0.1"] and "resuming at epoch" in logs["127.0.0.1"]
     assert f"pretraining finished: {epochs} epochs" in logs["127.0.0.1"]
     assert "has finished; leaving" in logs["localhost"]
@@ -268,8 +269,8 @@ def test_two_host_job_survives_a_spot_interruption_and_its_model_is_probed(ben_v
 
     probe = ["--task", "probe", "--epochs", "2", "--batch_size_per_gpu", "8"]
     channels = {"metadata": ben30_metadata.parent, "dino_checkpoint": tmp_path / "model" / "final"}
-    logs = finish_hosts(start_hosts(["127.0.0.1"], probe, channels, tmp_path, "probe", ray_temp), ["127.0.0.1"], tmp_path,
-                        "probe")
+    probing = start_hosts(["127.0.0.1"], probe, channels, tmp_path, "probe", ray_temp)
+    logs = finish_hosts(probing, ["127.0.0.1"], tmp_path, "probe")
     printed = json.loads(next(line for line in logs["127.0.0.1"].splitlines() if line.startswith('{"linear_test"')))
     report = json.loads((tmp_path / "model" / "metrics.json").read_text())  # SM_MODEL_DIR: uploaded as model.tar.gz
     assert report["task"] == "multi_label" and report["rows"] == {"train": 10, "validation": 10, "test": 10}
