@@ -5,7 +5,15 @@ from conftest import BEN_V1_NPZ
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geodino.archive.labels import BEN19_CLASSES, BEN43_CLASSES, BEN43_TO_19, UnknownLabelError, multi_hot, to_ben19
+from geodino.archive.labels import (
+    BEN19_CLASSES,
+    BEN43_CLASSES,
+    BEN43_TO_19,
+    UnknownLabelError,
+    check_labels,
+    multi_hot,
+    to_ben19,
+)
 
 
 def test_mapping_matches_the_19_class_labels_shipped_with_real_patches():
@@ -49,8 +57,18 @@ def test_nomenclature_sizes_order_and_dropped_classes():
 
 
 def test_unknown_label_is_named():
-    with pytest.raises(UnknownLabelError, match="'Moon craters'"):
+    with pytest.raises(UnknownLabelError, match=r"^unknown BigEarthNet-43 label 'Moon craters'$"):
         to_ben19(["Pastures", "Moon craters"])
+
+
+def test_check_labels_keeps_known_labels_in_order_and_names_the_first_unknown_one():
+    """The BigEarthNet v2 reader's check: labels come back as a list (from any iterable, e.g. a NumPy array of a
+    parquet row), in their own order; the first name outside the classes is named with the nomenclature's size."""
+    labels = ("Marine waters", "Urban fabric")
+    assert check_labels(iter(labels), BEN19_CLASSES) == list(labels)
+    assert check_labels([], BEN19_CLASSES) == []
+    with pytest.raises(UnknownLabelError, match=r"^label 'Sea and ocean' is not one of the 19 classes$"):
+        check_labels(["Urban fabric", "Sea and ocean", "Moon craters"], BEN19_CLASSES)
 
 
 @given(st.lists(st.sampled_from(BEN43_CLASSES), max_size=8))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,10 @@ def mutate(name: str, mutmut: str, copy: Path) -> list[tuple[str, str]]:
     module, tests = MODULES[name]
     env = {**os.environ, "PYTHONPATH": str(copy / "platform"), "HF_HUB_OFFLINE": "1",
            "GEODINO_SHARED_DATA": os.environ.get("GEODINO_SHARED_DATA", str(REPO.parent / "shared" / "data"))}
-    runner = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {' '.join(tests)}"
+    # mutmut 2.5.1 counts only exit status 1 as a killed mutant; a mutant that breaks the module's import makes
+    # pytest exit 2 (collection error) and would be reported as surviving, so every failure is made a 1.
+    pytest = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {' '.join(tests)}"
+    runner = f"sh -c {shlex.quote(pytest + ' || exit 1')}"
     cache = copy / ".mutmut-cache"
     if cache.exists():
         cache.unlink()
