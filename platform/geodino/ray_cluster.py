@@ -50,6 +50,10 @@ def init_ray(num_cpus: int | None = None) -> None:
         # The local cluster's processes inherit this environment: Ray Data's actors (the per-epoch split
         # coordinator) configure their logger from it at import, which no logging call from here reaches.
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", level)
+        # Ray Train's preemption watcher (one more actor per run, polling for draining nodes) has nothing to watch
+        # on a one-machine cluster that this process owns, and its actor prints a core_worker error line on the
+        # console of every run. A value the user set is kept.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  logging_config=ray.LoggingConfig(log_level=level))
     quiet_ray_data(level)
