@@ -3,6 +3,8 @@
 With no --metadata_dir it generates the embedded demo archive, prepares it, and
 pretrains a small ViT on it with settings sized for a laptop CPU (a few minutes).
 Flags follow facebookresearch/dino's main_dino.py; `--help` lists them all.
+On a running Ray cluster (see cluster/README.md), from the checkout:
+  ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python experiments/pretrain.py ...
 Without Ray (SMDDP, or a plain PyTorch baseline):
   torchrun --nproc_per_node 8 experiments/pretrain.py --launcher torchrun --use_gpu ...
 """
@@ -10,14 +12,16 @@ Without Ray (SMDDP, or a plain PyTorch baseline):
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 
-from geodino import cli
+from geodino import cli, storage
 from geodino.archive.demo import prepared_demo
 from geodino.cli import add_dataclass_arguments, given_flags, run_entry
 from geodino.dino.config import PretrainConfig
 from geodino.dino.presets import preset_config
 from geodino.launch import run_pretraining
+from geodino.ray_cluster import SubmittedJob, submitted_job
 
 
 def script_path(name: str) -> str:
@@ -37,12 +41,45 @@ def config_from_argv(argv: list[str] | None) -> PretrainConfig:
     return preset_config(args.preset or (None if args.metadata_dir else "demo"), typed)
 
 
+def warn_of_outputs_in_the_job_copy(config: PretrainConfig, job: SubmittedJob | None) -> None:
+    """A relative --storage_path (such as the default `runs`) in a submitted job resolves inside Ray's copy of the
+    working dir, which Ray deletes when it cleans up the job's files: say so while the run can still be stopped.
+    With the run kept at an s3:// prefix, the default --output_dir (a local copy of the final checkpoint) may stay
+    scratch; one the user typed may not."""
+    if job is None:
+        return
+    store = config.resolved_storage()
+    if not storage.is_uri(store) and job.holds(store):
+        flag_name, path = "--storage_path", store
+    elif config.output_dir and job.holds(config.resolved_output_dir()):
+        flag_name, path = "--output_dir", config.resolved_output_dir()
+    else:
+        return
+    print(f"warning: {flag_name} resolves to {path}, inside this job's copy of --working-dir, which Ray deletes "
+          "when it cleans up the job's files; give an absolute folder (or s3://) that outlives the job",
+          file=sys.stderr)
+
+
+def probe_command(config: PretrainConfig, backbone_file: str, job: SubmittedJob | None) -> str:
+    """The linear probe of what this run trained, as the user types it next: on their machine after a local run,
+    as a job on the same cluster after a submitted one (the user types it in the checkout they submitted from).
+    The probe sees whole images at the size the teacher saw its global crops (as the k-NN monitor does), and
+    writes beside the run."""
+    probe_args = ["--pretrained_weights", backbone_file, "--arch", config.arch, "--patch_size", str(config.patch_size),
+                  "--image_size", str(config.global_crops_size), "--metadata_dir", config.metadata_dir,
+                  "--output_dir", os.path.join(os.path.dirname(config.resolved_output_dir()), "probe")]
+    submit = ["ray", "job", "submit", "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--"]
+    return shlex.join([*(submit if job else []), "python", script_path("linear_probe.py"), *probe_args])
+
+
 def main(argv: list[str] | None = None) -> int:
     config = config_from_argv(argv)
     config.validate()  # before the demo is generated or Ray starts
     if not config.metadata_dir:
         config = dataclasses.replace(config, metadata_dir=prepared_demo())
         print(f"no --metadata_dir: pretraining on the embedded demo archive (preset {config.preset})", file=sys.stderr)
+    job = submitted_job()
+    warn_of_outputs_in_the_job_copy(config, job)
     result = run_pretraining(config)
     if result is None:  # a rank other than 0 under torchrun / mpirun
         return 0
@@ -59,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher backbone (timm keys): {result.backbone_file}")
     print(f"TensorBoard (every run and sweep in this storage): tensorboard --logdir {config.resolved_storage()} "
           "--host 127.0.0.1")
-    # The probe looks at whole images at the size the teacher saw its global crops (as the k-NN monitor does).
-    print(f"next: python {script_path('linear_probe.py')} --pretrained_weights {result.backbone_file} "
-          f"--arch {config.arch} --patch_size {config.patch_size} --image_size {config.global_crops_size} "
-          f"--metadata_dir {config.metadata_dir}")
+    print(f"next: {probe_command(config, result.backbone_file, job)}")
     return 0
 
 

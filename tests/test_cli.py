@@ -2,6 +2,8 @@
 
 import argparse
 import dataclasses
+import json
+import shlex
 
 import pytest
 
@@ -88,6 +90,49 @@ def test_typed_flags_win_over_presets_even_when_they_equal_the_default():
 def test_an_unknown_preset_is_named():
     with pytest.raises(ValueError, match="--preset must be one of bigearthnet120, demo, seed, small_cpu, not 'fast'"):
         pretrain_script().config_from_argv(["--preset", "fast"])
+
+
+def test_a_submitted_job_prints_a_job_next_and_warns_of_outputs_in_its_working_dir_copy(tmp_path, monkeypatch,
+                                                                                     capsys):
+    """The job configuration below is what Ray's job supervisor hands a driver (RAY_JOB_CONFIG_JSON_ENV_VAR); the
+    driver runs in Ray's copy of --working-dir. tests/test_cluster.py runs the whole job on a real head."""
+    from geodino.ray_cluster import SubmittedJob, submitted_job
+
+    script = pretrain_script()
+    copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert submitted_job() is None  # a driver typed by hand
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {"job_submission_id": "raysubmit_7"}}))
+    job = submitted_job()
+    assert job == SubmittedJob("raysubmit_7", str(copy))
+
+    def warning(config, submitted=job) -> str:
+        capsys.readouterr()
+        script.warn_of_outputs_in_the_job_copy(config, submitted)
+        return capsys.readouterr().err
+
+    relative = script.config_from_argv(["--metadata_dir", "/data/m.parquet", "--storage_path", "runs"])
+    assert warning(relative).startswith(f"warning: --storage_path resolves to {copy / 'runs'}, inside this job's copy")
+    kept = dataclasses.replace(relative, storage_path=str(tmp_path / "runs"))
+    assert warning(kept) == ""
+    assert warning(dataclasses.replace(kept, output_dir="final")).startswith(
+        f"warning: --output_dir resolves to {copy / 'final'}, inside")
+    assert warning(dataclasses.replace(kept, storage_path="s3://bucket/runs")) == ""  # the run is kept on S3
+    assert warning(relative, SubmittedJob("raysubmit_8", None)) == ""  # no working dir shipped: the user's folder
+
+    backbone = str(tmp_path / "runs" / "vit_small16" / "final" / "teacher_backbone.pth")
+    by_hand = shlex.split(script.probe_command(kept, backbone, None))
+    as_job = shlex.split(script.probe_command(kept, backbone, job))
+    assert as_job == ["ray", "job", "submit", "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
+                      *by_hand]
+    assert by_hand[0] == "python" and by_hand[1].endswith("experiments/linear_probe.py")
+    given = dict(zip(by_hand[2::2], by_hand[3::2]))
+    assert given == {"--pretrained_weights": backbone, "--arch": "vit_small", "--patch_size": "16",
+                     "--image_size": "224", "--metadata_dir": "/data/m.parquet",
+                     "--output_dir": str(tmp_path / "runs" / "probe")}  # beside the run
 
 
 def options_without_help(help_text: str) -> list[str]:

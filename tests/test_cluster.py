@@ -1,6 +1,9 @@
 """Cluster configs checked against the schemas of the tools that read them, and a real `ray job submit`."""
 
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,59 +79,70 @@ def test_kuberay_rayjob_uses_only_rayjob_fields():
 POLL_S = 0.5  # how often the job-submit test asks the head; each wait below is written as its deadline in s
 
 
-@pytest.mark.timeout(600)
-def test_ray_job_submit_runs_pretraining_on_a_real_head(ben_v1_metadata, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
+def submit_until_an_agent_answers(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`ray job submit` as typed, retried while the head's job agent is not up yet (it starts a little after the
+    dashboard, and until then every submission is answered with "No available agent")."""
+    for _ in range(int(60 / POLL_S)):
+        submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        if "No available agent" not in submitted.stderr:
+            return submitted
+        time.sleep(POLL_S)
+    return submitted
+
+
+@pytest.mark.timeout(900)
+def test_the_main_job_submitted_to_a_real_head_and_the_command_it_prints_next(tmp_path):
+    """cluster/README's `ray job submit ... -- python experiments/pretrain.py` (the demo, one epoch), then exactly
+    the next command the job prints, typed in the checkout as the README says."""
+    from ray.job_submission import JobSubmissionClient
 
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the head and the client must agree on auth
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # `python` in the job = this venv's
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # `python`/`ray` = this venv's
+    env["GEODINO_HOME"] = str(tmp_path / "home")  # a job's driver inherits the environment of `ray start`
     env.pop("RAY_ADDRESS", None)
     # Its own agent port too: another Ray on this machine (the tests' own) already holds the default 52365,
     # and a head whose job agent cannot bind answers every submission with "No available agent".
     gcs_port, dashboard_port, agent_port = free_port(), free_port(), free_port()
     ray_temp = tempfile.mkdtemp(prefix="ray-job-", dir="/tmp")  # not /tmp/ray: keep ray.init() elsewhere unaffected
     head = start_ray_node(["--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                           str(dashboard_port), "--dashboard-agent-listen-port", str(agent_port), "--num-cpus", "2", "--temp-dir", ray_temp], env=env)
-    address = f"http://127.0.0.1:{dashboard_port}"
+                           str(dashboard_port), "--dashboard-agent-listen-port", str(agent_port), "--num-cpus", "2",
+                           "--temp-dir", ray_temp], env=env)
+    env["RAY_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"  # cluster/README: export RAY_ADDRESS=...
     try:
-        client = None
         for _ in range(int(120 / POLL_S)):
             try:
-                client = JobSubmissionClient(address)
+                client = JobSubmissionClient(env["RAY_ADDRESS"])
                 break
             except Exception:  # the dashboard takes a few seconds to answer
                 time.sleep(POLL_S)
-        assert client is not None, "the dashboard never answered"
-        flags = ["--metadata_dir", str(ben_v1_metadata), "--arch", "vit_tiny", "--patch_size", "8", "--out_dim", "64",
-                 "--global_crops_size", "32", "--local_crops_size", "16", "--local_crops_number", "2", "--epochs", "1",
-                 "--batch_size_per_gpu", "2", "--warmup_epochs", "0", "--storage_path", str(tmp_path / "runs"),
-                 "--run_name", "submitted", "--output_dir", str(tmp_path / "out"), "--knn_every", "0"]
-        command = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address,
-                   "--no-wait", "--working-dir", str(REPO), "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
-                   "python", "experiments/pretrain.py", *flags]
-        for _ in range(int(60 / POLL_S)):  # the head's job agent starts a little after its dashboard
-            submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
-            if "No available agent" not in submitted.stderr:
-                break
-            time.sleep(POLL_S)
-        assert submitted.returncode == 0, submitted.stderr[-2000:]
-        job_id = [line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line][0]
-        status = None
-        for _ in range(int(500 / POLL_S)):
-            status = client.get_job_status(job_id)
-            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-                break
-            time.sleep(POLL_S)
-        logs = client.get_job_logs(job_id)
-        assert status == JobStatus.SUCCEEDED, logs[-3000:]
-        assert "finished 1 epochs" in logs
+        else:
+            raise AssertionError("the dashboard never answered")
+        runs = tmp_path / "runs"
+        command = ["ray", "job", "submit", "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
+                   "python", "experiments/pretrain.py", "--epochs", "1", "--storage_path", str(runs)]  # as the README
+        job = submit_until_an_agent_answers(command, env)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
+        console = job.stdout + job.stderr  # the job's own log, tailed
+        assert "finished 1 epochs" in console and "for the same network at random init" in console
+        assert "--use_gpu auto: the Ray cluster has 0 GPUs, so training runs on the CPU" in console
+        # A quiet log to follow: each epoch line once, none of Ray Train's report dicts or Ray Data's plans
+        assert len([line for line in console.splitlines() if re.search(r"epoch +0  loss \d", line)]) == 1, console
+        for noise in ("Reporting training result", "Execution plan of Dataset", "PlacementGroupCleaner"):
+            assert noise not in console, noise
+        assert "warning: --" not in console  # an absolute --storage_path outlives the job's working-dir copy
+        job_id = [line.split("'")[1] for line in job.stdout.splitlines() if "submitted successfully" in line][0]
         runtime_env = client.get_job_info(job_id).runtime_env
         assert runtime_env["working_dir"].startswith("gcs://_ray_pkg_")  # the checkout travelled with the job
         assert runtime_env["env_vars"]["PYTHONPATH"] == "platform"
-        state = read_checkpoint(str(tmp_path / "out" / "final"))
-        assert state["epoch"] == 1 and state["args"]["arch"] == "vit_tiny"
+        state = read_checkpoint(str(runs / "demo" / "final"))
+        assert state["args"]["preset"] == "demo" and state["args"]["epochs"] == 1  # the typed flag won over the preset
+        next_line = [line for line in job.stdout.splitlines() if line.startswith("next: ")][-1]
+        probe_command = shlex.split(next_line[len("next: "):])
+        assert probe_command[:3] == ["ray", "job", "submit"] and "experiments/linear_probe.py" in probe_command
+        probe = submit_until_an_agent_answers(probe_command, env)
+        assert probe.returncode == 0, (probe.stdout + probe.stderr)[-4000:]
+        assert "knn" in probe.stdout and "linear" in probe.stdout
+        assert (runs / "probe" / "metrics.json").exists()  # beside the run, not in the job's working-dir copy
     finally:
         stop_ray_node(head)
-        import shutil
-
         shutil.rmtree(ray_temp, ignore_errors=True)

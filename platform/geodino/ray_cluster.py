@@ -8,6 +8,8 @@ what is left after Ray Data's share, fractional if need be.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 
@@ -34,6 +36,39 @@ def ray_log_level() -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"{RAY_LOG_LEVEL_VARIABLE}={level}: give one of {', '.join(LOG_LEVELS)}")
     return level
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmittedJob:
+    """This driver was started by `ray job submit`: it runs on the cluster's head, not where the user typed the
+    command, and in Ray's copy of `--working-dir` (its current folder), which Ray may delete once the job is
+    over. What a job prints as the next command, and where it may keep its outputs, follow from that."""
+
+    submission_id: str
+    working_dir: str | None  # the job's copy of --working-dir; None when the job shipped none
+
+    def holds(self, path: str) -> bool:
+        """Whether a local path lies inside the job's working-dir copy."""
+        if self.working_dir is None:
+            return False
+        inside = os.path.relpath(os.path.abspath(path), self.working_dir)
+        return inside == "." or not inside.startswith("..")
+
+
+def submitted_job() -> SubmittedJob | None:
+    """The job this driver runs as, from the job configuration Ray's job supervisor hands the driver."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        job_config = json.loads(raw)
+    except ValueError:
+        return None
+    submission_id = (job_config.get("metadata") or {}).get("job_submission_id")
+    if not submission_id:
+        return None
+    shipped = (job_config.get("runtime_env") or {}).get("working_dir")
+    return SubmittedJob(submission_id, os.getcwd() if shipped else None)
 
 
 def init_ray(num_cpus: int | None = None) -> None:
