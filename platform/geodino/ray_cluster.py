@@ -52,7 +52,7 @@ class SubmittedJob:
         if self.working_dir is None:
             return False
         inside = os.path.relpath(os.path.abspath(path), self.working_dir)
-        return inside == "." or not inside.startswith("..")
+        return inside != os.pardir and not inside.startswith(os.pardir + os.sep)
 
 
 def submitted_job() -> SubmittedJob | None:
