@@ -96,7 +96,7 @@ def test_a_submitted_job_prints_a_job_next_and_warns_of_outputs_in_its_working_d
                                                                                      capsys):
     """The job configuration below is what Ray's job supervisor hands a driver (RAY_JOB_CONFIG_JSON_ENV_VAR); the
     driver runs in Ray's copy of --working-dir. tests/test_cluster.py runs the whole job on a real head."""
-    from geodino.ray_cluster import SubmittedJob, submitted_job
+    from geodino.ray_cluster import SubmittedJob, job_runtime_env, submitted_job
 
     script = pretrain_script()
     copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
@@ -110,6 +110,12 @@ def test_a_submitted_job_prints_a_job_next_and_warns_of_outputs_in_its_working_d
     assert job == SubmittedJob("raysubmit_7", str(copy))
     assert job.holds("runs") and job.holds(str(copy / "..runs")) and job.holds(str(copy))
     assert not job.holds(str(copy.parent)) and not job.holds(f"{copy}1/runs")
+    # Ray Data's log level joins the job's runtime env, unless the job's own --runtime-env sets one
+    assert job_runtime_env("ERROR") == {"env_vars": {"RAY_DATA_LOG_LEVEL": "ERROR"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip", "env_vars": {"RAY_DATA_LOG_LEVEL": "INFO"}},
+         "metadata": {"job_submission_id": "raysubmit_7"}}))
+    assert job_runtime_env("ERROR") is None and submitted_job().env_vars == {"RAY_DATA_LOG_LEVEL": "INFO"}
 
     def warning(config, submitted=job) -> str:
         capsys.readouterr()

@@ -129,7 +129,8 @@ def test_the_main_job_submitted_to_a_real_head_and_the_command_it_prints_next(tm
         # Train's detached PlacementGroupCleaner actor may print a thread traceback here when the state API is slow,
         # as on CI's 2 busy cores: Ray's own helper, whose output a job cannot filter; the job still succeeds.)
         assert len([line for line in console.splitlines() if re.search(r"epoch +0  loss \d", line)]) == 1, console
-        for noise in ("Reporting training result", "Execution plan of Dataset"):
+        for noise in ("Reporting training result", "Execution plan of Dataset", "Progress bars disabled",
+                      "execution finished in"):
             assert noise not in console, noise
         assert "warning: --" not in console  # an absolute --storage_path outlives the job's working-dir copy
         job_id = [line.split("'")[1] for line in job.stdout.splitlines() if "submitted successfully" in line][0]

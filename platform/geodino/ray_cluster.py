@@ -46,6 +46,7 @@ class SubmittedJob:
 
     submission_id: str
     working_dir: str | None  # the job's copy of --working-dir; None when the job shipped none
+    env_vars: dict = dataclasses.field(default_factory=dict)  # those of the job's runtime env (--runtime-env)
 
     def holds(self, path: str) -> bool:
         """Whether a local path lies inside the job's working-dir copy."""
@@ -67,8 +68,20 @@ def submitted_job() -> SubmittedJob | None:
     submission_id = (job_config.get("metadata") or {}).get("job_submission_id")
     if not submission_id:
         return None
-    shipped = (job_config.get("runtime_env") or {}).get("working_dir")
-    return SubmittedJob(submission_id, os.getcwd() if shipped else None)
+    runtime_env = job_config.get("runtime_env") or {}
+    return SubmittedJob(submission_id, os.getcwd() if runtime_env.get("working_dir") else None,
+                        dict(runtime_env.get("env_vars") or {}))
+
+
+def job_runtime_env(level: str) -> dict | None:
+    """What a submitted job adds to its runtime env: Ray Data's log level for the job's own actors (the per-epoch
+    split coordinator prints a line per dataset execution otherwise), which run in processes started for the job
+    that no setting in this driver reaches. Ray merges it into the job's runtime env; a value the job's
+    --runtime-env already sets is kept (Ray refuses two values of one variable)."""
+    job = submitted_job()
+    if job is None or "RAY_DATA_LOG_LEVEL" in job.env_vars:
+        return None
+    return {"env_vars": {"RAY_DATA_LOG_LEVEL": level}}
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -80,7 +93,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     level = ray_log_level()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_config=ray.LoggingConfig(log_level=level))
+        ray.init(runtime_env=job_runtime_env(level), logging_config=ray.LoggingConfig(log_level=level))
     else:
         # The local cluster's processes inherit this environment: Ray Data's actors (the per-epoch split
         # coordinator) configure their logger from it at import, which no logging call from here reaches.
