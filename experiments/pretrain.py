@@ -41,6 +41,20 @@ def config_from_argv(argv: list[str] | None) -> PretrainConfig:
     return preset_config(args.preset or (None if args.metadata_dir else "demo"), typed)
 
 
+# A k-NN AP difference smaller than this is not called a win or a loss: on a held-out split of ~100 patches one
+# run's AP moves by about this much (the demo's k-NN AP over repeated 20-epoch runs: 0.786-0.801).
+KNN_AP_MARGIN = 0.01
+
+
+def knn_verdict(knn_ap: float, random_ap: float) -> str:
+    """The run's k-NN AP against the same network at random init, in words that claim no more than one run shows."""
+    if knn_ap - random_ap > KNN_AP_MARGIN:
+        return "ahead of random init"
+    if random_ap - knn_ap > KNN_AP_MARGIN:
+        return "BEHIND random init"
+    return f"level with random init (within {KNN_AP_MARGIN} AP, one run)"
+
+
 def warn_of_outputs_in_the_job_copy(config: PretrainConfig, job: SubmittedJob | None) -> None:
     """A relative --storage_path (such as the default `runs`) in a submitted job resolves inside Ray's copy of the
     working dir, which Ray deletes when it cleans up the job's files: say so while the run can still be stopped.
@@ -88,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{first['teacher_entropy']:.2f} -> {last['teacher_entropy']:.2f} of max {last['max_entropy']:.2f} "
           f"(batch-mean {last['teacher_batch_entropy']:.2f}), {last['images_per_s']:.1f} images/s")
     if "knn_ap" in last:
-        verdict = "ahead of" if last["knn_ap"] > last["knn_random_ap"] else "NOT ahead of"
+        verdict = knn_verdict(last["knn_ap"], last["knn_random_ap"])
         top1 = f", top-1 {last['knn_top1']:.3f} vs {last['knn_random_top1']:.3f}" if "knn_top1" in last else ""
         print(f"k-NN on held-out labelled images: AP {last['knn_ap']:.3f} vs {last['knn_random_ap']:.3f} for the same "
-              f"network at random init{top1}: DINO is {verdict} random init")
+              f"network at random init{top1}: DINO is {verdict}")
     print(f"checkpoint (DINO format): {result.checkpoint_dir}/checkpoint.pth  (stored at {result.storage_checkpoint})")
     print(f"teacher backbone (timm keys): {result.backbone_file}")
     print(f"TensorBoard (every run and sweep in this storage): tensorboard --logdir {config.resolved_storage()} "

@@ -92,6 +92,13 @@ def test_an_unknown_preset_is_named():
         pretrain_script().config_from_argv(["--preset", "fast"])
 
 
+def test_the_knn_verdict_claims_only_a_difference_beyond_the_margin():
+    verdict = pretrain_script().knn_verdict
+    assert verdict(0.801, 0.774) == "ahead of random init"
+    assert verdict(0.775, 0.774) == verdict(0.770, 0.774) == "level with random init (within 0.01 AP, one run)"
+    assert verdict(0.760, 0.774) == "BEHIND random init"
+
+
 def test_a_submitted_job_prints_a_job_next_and_warns_of_outputs_in_its_working_dir_copy(tmp_path, monkeypatch,
                                                                                      capsys):
     """The job configuration below is what Ray's job supervisor hands a driver (RAY_JOB_CONFIG_JSON_ENV_VAR); the
