@@ -117,12 +117,16 @@ def test_a_submitted_job_prints_a_job_next_and_warns_of_outputs_in_its_working_d
     assert job == SubmittedJob("raysubmit_7", str(copy))
     assert job.holds("runs") and job.holds(str(copy / "..runs")) and job.holds(str(copy))
     assert not job.holds(str(copy.parent)) and not job.holds(f"{copy}1/runs")
-    # Ray Data's log level joins the job's runtime env, unless the job's own --runtime-env sets one
+    # Ray Data's log level joins the job's runtime env, unless the driver already has one (Ray sets the job's own
+    # --runtime-env variables, and the environment of `ray start`, in the driver's environment)
+    monkeypatch.delenv("RAY_DATA_LOG_LEVEL", raising=False)
     assert job_runtime_env("ERROR") == {"env_vars": {"RAY_DATA_LOG_LEVEL": "ERROR"}}
+    monkeypatch.setenv("RAY_DATA_LOG_LEVEL", "INFO")
+    assert job_runtime_env("ERROR") is None
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert job_runtime_env("ERROR") is None  # not a submitted job: nothing added
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
-        {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip", "env_vars": {"RAY_DATA_LOG_LEVEL": "INFO"}},
-         "metadata": {"job_submission_id": "raysubmit_7"}}))
-    assert job_runtime_env("ERROR") is None and submitted_job().env_vars == {"RAY_DATA_LOG_LEVEL": "INFO"}
+        {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {"job_submission_id": "raysubmit_7"}}))
 
     def warning(config, submitted=job) -> str:
         capsys.readouterr()

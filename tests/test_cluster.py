@@ -100,6 +100,7 @@ def test_the_main_job_submitted_to_a_real_head_and_the_command_it_prints_next(tm
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # `python`/`ray` = this venv's
     env["GEODINO_HOME"] = str(tmp_path / "home")  # a job's driver inherits the environment of `ray start`
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_DATA_LOG_LEVEL", None)  # a user's shell: the tests' own local Ray set it in this process
     # Its own agent port too: another Ray on this machine (the tests' own) already holds the default 52365,
     # and a head whose job agent cannot bind answers every submission with "No available agent".
     gcs_port, dashboard_port, agent_port = free_port(), free_port(), free_port()

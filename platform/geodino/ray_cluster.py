@@ -46,7 +46,6 @@ class SubmittedJob:
 
     submission_id: str
     working_dir: str | None  # the job's copy of --working-dir; None when the job shipped none
-    env_vars: dict = dataclasses.field(default_factory=dict)  # those of the job's runtime env (--runtime-env)
 
     def holds(self, path: str) -> bool:
         """Whether a local path lies inside the job's working-dir copy."""
@@ -68,18 +67,17 @@ def submitted_job() -> SubmittedJob | None:
     submission_id = (job_config.get("metadata") or {}).get("job_submission_id")
     if not submission_id:
         return None
-    runtime_env = job_config.get("runtime_env") or {}
-    return SubmittedJob(submission_id, os.getcwd() if runtime_env.get("working_dir") else None,
-                        dict(runtime_env.get("env_vars") or {}))
+    shipped = (job_config.get("runtime_env") or {}).get("working_dir")
+    return SubmittedJob(submission_id, os.getcwd() if shipped else None)
 
 
 def job_runtime_env(level: str) -> dict | None:
     """What a submitted job adds to its runtime env: Ray Data's log level for the job's own actors (the per-epoch
     split coordinator prints a line per dataset execution otherwise), which run in processes started for the job
-    that no setting in this driver reaches. Ray merges it into the job's runtime env; a value the job's
-    --runtime-env already sets is kept (Ray refuses two values of one variable)."""
-    job = submitted_job()
-    if job is None or "RAY_DATA_LOG_LEVEL" in job.env_vars:
+    that no setting in this driver reaches. Ray merges it into the job's runtime env. A value already in this
+    driver's environment is kept, as the local branch of init_ray keeps it: Ray hands the driver both the job's
+    --runtime-env variables and the environment of `ray start` (and refuses two values of one variable)."""
+    if submitted_job() is None or "RAY_DATA_LOG_LEVEL" in os.environ:
         return None
     return {"env_vars": {"RAY_DATA_LOG_LEVEL": level}}
 
