@@ -30,7 +30,7 @@ from geodino.archive.packed import packed_manifest
 from geodino.data.config import DataConfig, dataset_size, pixel_root
 from geodino.data.indexed import labelled_images
 from geodino.data.normalize import Normalizer
-from geodino.data.ray_data import build_dataset
+from geodino.data.ray_data import build_dataset, shuffled_blocks
 from geodino.dino.augment import crop_columns
 from geodino.dino.checkpoint import read_checkpoint, write_checkpoint
 from geodino.dino.config import InputSpec, PretrainConfig, steps_per_epoch_for
@@ -120,6 +120,18 @@ def cache_split(cfg: PretrainConfig, data_config: DataConfig, rows: int, item_by
     return rows * sample[0].numel() * item_bytes < CACHE_SHARE * object_store_bytes()
 
 
+def training_dataset(data_config: DataConfig, raw: bool, cached: bool, seed: int) -> ray.data.Dataset:
+    """The split's images in an order new every epoch (reproducible from the seed), streamed or cached.
+
+    Uncached, the shards are shuffled before they are read, so training starts on the first blocks decoded;
+    cached (read and decoded once, every epoch then streams the blocks from the object store), the blocks are.
+    """
+    dataset = build_dataset(data_config, raw=raw, shuffle_seed=None if cached else seed).select_columns(["image"])
+    if cached:
+        dataset = shuffled_blocks(dataset.materialize(), seed)
+    return dataset
+
+
 def raw_dtype(data_config: DataConfig) -> str | None:
     """The pack's pixel type when the split is read from a pack (handed on raw), else None."""
     card = load_card(data_config.metadata)
@@ -163,10 +175,7 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
     pixel_type = raw_dtype(data_config) if cfg.crops_on == "device" else None
     raw = pixel_type is not None  # a pack's pixels go to the workers as they are, normalised on their device
     cached = cache_split(cfg, data_config, rows, np.dtype(pixel_type).itemsize if raw else 4)
-    dataset = build_dataset(data_config, raw=raw).select_columns(["image"])
-    if cached:  # read and decode once; every epoch then streams the blocks from the object store
-        dataset = dataset.materialize()
-    dataset = dataset.randomize_block_order(seed=cfg.seed)
+    dataset = training_dataset(data_config, raw, cached, cfg.seed)
     if cfg.crops_on == "data":
         dataset = dataset.map_batches(crop_columns, batch_size=cfg.batch_size_per_gpu,
                                       fn_kwargs={"config": cfg.multicrop(inputs)})
