@@ -8,9 +8,11 @@ Builds (or reuses) an archive of BigEarthNet v1 patch folders replicated from th
   (b) geodino's Ray Data pipeline over the GeoTIFFs;
   (c) geodino's Ray Data pipeline over the packed shards: float32 out of the tasks; (c2) the pack's uint16
       out of the tasks, normalised by the consumer (what Ray Train's workers do, on their device); (c3) the
-      same with the split materialised in the object store first (--cache_data), i.e. epochs after the first;
-  (d) the torchrun launcher's DataLoader over the pack (no Ray);
-each delivering float32 (64, 3, 120, 120) batches scaled to [0, 1]. Also: peak RSS of prepare and pack
+      same with the split materialised in the object store first (--cache_data);
+  (d) the torchrun launcher's DataLoader over the pack (no Ray; persistent workers, as the launcher's);
+each Ray path is Ray Train's own dataset (launch.ray_train.training_dataset: a new order every epoch), timed
+over --epochs whole epochs from a fresh Ray (epoch 1 includes starting Ray's workers; training sees the later
+ones), each delivering float32 (64, 3, 120, 120) batches scaled to [0, 1]. Also: peak RSS of prepare and pack
 (at two archive sizes, to see whether memory grows with the archive), and multi-crop augmentation
 throughput on one CPU core.
 """
@@ -66,7 +68,7 @@ class SeedDataset(torch.utils.data.Dataset):
 
 
 def timed(make_batches, samples: int) -> tuple[float, int]:
-    """(samples/s from creating the loader to the last of `samples` samples, samples seen).
+    """(samples/s from creating the loader to the last of `samples` samples (0: the whole epoch), samples seen).
 
     Start-up is included on purpose: Ray Data runs ahead of its consumer, so a clock started at the
     first batch would time a prefilled buffer, not the pipeline.
@@ -78,7 +80,7 @@ def timed(make_batches, samples: int) -> tuple[float, int]:
         images = batch["image"] if isinstance(batch, dict) else batch
         assert images.dtype == torch.float32 and images.shape[1:] == (3, 120, 120), images.shape
         seen += images.shape[0]
-        if seen >= samples:
+        if samples and seen >= samples:
             break
     rate = seen / (time.perf_counter() - started)
     if hasattr(batches, "close"):  # stop a Ray Data iterator now, not when collected after ray.shutdown()
@@ -135,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patches", type=int, default=20000)
     parser.add_argument("--small", type=int, default=5000, help="a smaller archive, for memory vs archive size")
-    parser.add_argument("--samples", type=int, default=16000, help="samples timed per data path")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="samples timed per epoch; 0: whole epochs (a Ray pipeline stopped early is still "
+                             "winding down when the next path shuts Ray down)")
     parser.add_argument("--epochs", type=int, default=3, help="passes timed per path; training sees the later ones")
     parser.add_argument("--root", default="/tmp/geodino-bench")
     parser.add_argument("--stats", action="store_true", help="print Ray Data's per-operator statistics of each path")
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = rates[seed_label][0][0]
     in_memory_rate = rates["(d) torchrun launcher: pack in memory, DataLoader"][-1][0]
     print(f"\nData path, {args.patches} BigEarthNet v1 patch folders, RGB 120x120, batch {BATCH}, {cores} cores; "
-          f"samples/s over {args.samples} samples per epoch, start-up included (epoch 1 from a fresh Ray or fork)")
+          f"samples/s over {args.samples or 'all'} samples per epoch, start-up included (epoch 1 from a fresh Ray or fork)")
     print("| path | epoch 1 | last epoch | last vs (a) | last vs (d) |\n| --- | --- | --- | --- | --- |")
     for label, epochs in rates.items():
         first, last = epochs[0][0], epochs[-1][0]
