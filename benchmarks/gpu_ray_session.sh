@@ -61,3 +61,5 @@ for launcher in ("torchrun", "ray"):
           f"{rates[launcher] / rates['torchrun']:.2f}x | {wait:.1%} | "
           f"{f'{statistics.mean(util):.0f} %' if util else 'n/a'} | {f'{statistics.mean(mfu):.1%}' if mfu else 'n/a'} |")
 PY
+# The loss over DINO's 65,536-wide head alone, pairwise vs one term per student crop (seconds on a GPU).
+python3 benchmarks/dino_loss.py --batch 64 2>&1 | tee "$OUT/loss.md"

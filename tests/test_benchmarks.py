@@ -15,6 +15,15 @@ def test_gpu_step_benchmark_runs_at_tiny_size_on_cpu():
     assert "| geodino's loop (train_one_epoch), bf16 | 4 |" in out.stdout
 
 
+def test_loss_benchmark_runs_at_tiny_size(capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import dino_loss
+
+    assert dino_loss.main(["--batch", "2", "--out_dim", "64", "--local_crops", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| pairwise (facebookresearch/dino) |" in out and "| geodino DINOLoss (one term per student crop) |" in out
+
+
 def test_data_benchmark_runs_at_tiny_size(ray_session, tmp_path, capsys):
     """Replicated real patches, prepare and pack in subprocesses, the four data paths through this session's Ray."""
     sys.path.insert(0, str(REPO / "benchmarks"))

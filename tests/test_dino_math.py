@@ -1,12 +1,14 @@
 """DINO's pieces checked against independent re-derivations (NumPy, hand formulas, torch.rot90)."""
 
 import socket
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import REPO
 
 from geodino.dino.augment import MultiCrop, MultiCropConfig, gaussian_blur, resized_crop, solarize
 from geodino.dino.loop import clip_gradients, update_teacher
@@ -52,6 +54,29 @@ def test_loss_and_centre_match_numpy():
         center = 0.9 * center + 0.1 * teacher.mean(0, keepdims=True)
         np.testing.assert_allclose(loss_fn.center.numpy(), center, rtol=1e-6)
     np.testing.assert_allclose(loss_fn.teacher_temp_schedule, [0.04, 0.055] + [0.07] * 8)  # one per epoch
+
+
+@pytest.mark.parametrize("ncrops", [2, 3, 12])
+def test_loss_gradients_match_the_pairwise_form(ncrops):
+    """The loss adds each student view's pairs into one term; the gradients reaching the student stay the
+    pairwise form's (facebookresearch/dino's loop, as benchmarks/dino_loss.py times it; float64, so only the order
+    of additions differs)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from dino_loss import pairwise_loss
+
+    generator = torch.Generator().manual_seed(ncrops)
+    student = torch.randn(ncrops * 5, 64, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(2 * 5, 64, generator=generator, dtype=torch.float64)
+    gradients = []
+    for loss_of in (lambda s: DINOLoss(64, ncrops, 0.04, 0.04, 0, 1)(s, teacher, 0),
+                    lambda s: pairwise_loss(s, teacher, ncrops, student_temp=0.1, teacher_temp=0.04)):
+        leaf = student.clone().requires_grad_(True)
+        loss = loss_of(leaf)
+        loss.backward()
+        gradients.append((loss.item(), leaf.grad))
+    (fused, fused_grad), (pairwise, pairwise_grad) = gradients
+    assert fused == pytest.approx(pairwise, rel=1e-12)
+    torch.testing.assert_close(fused_grad, pairwise_grad, rtol=1e-10, atol=1e-14)
 
 
 def test_centre_never_joins_the_autograd_graph():
