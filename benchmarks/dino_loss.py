@@ -2,7 +2,7 @@
 
 python benchmarks/dino_loss.py [--batch 32] [--out_dim 65536] [--local_crops 10] [--repeats 5]
 Times forward + backward of the loss alone (the head's outputs as leaves) on a GPU if there is one, else the CPU,
-one run; on a GPU also the peak memory the loss adds. Both forms give the same value and gradients
+one run; counts the memory autograd keeps for the backward pass, and on a GPU the peak memory the loss adds. Both forms give the same value and gradients
 (tests/test_dino_math.py); geodino's makes one log-softmax and one product per student crop (12 with 2 + 10
 crops) where the pairwise form makes one per (teacher view, other student view) pair (22).
 """
@@ -29,6 +29,20 @@ def pairwise_loss(student: torch.Tensor, teacher: torch.Tensor, ncrops: int, stu
     terms = [torch.sum(-t[iq] * torch.log_softmax(s[v], dim=-1), dim=-1).mean()
              for iq in range(2) for v in range(ncrops) if v != iq]
     return sum(terms) / len(terms)
+
+
+def saved_for_backward_mib(loss_of, student: torch.Tensor) -> float:
+    """MiB of distinct tensors autograd keeps between forward and backward (on any device)."""
+    storages = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        loss = loss_of(student.detach().requires_grad_(True))
+    loss.backward()
+    return sum(storages.values()) / 2**20
 
 
 def timed(loss_of, student: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -65,17 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     student = torch.randn(ncrops * args.batch, args.out_dim, device=device, generator=generator)
     teacher = torch.randn(2 * args.batch, args.out_dim, device=device, generator=generator)
     geodino = DINOLoss(args.out_dim, ncrops, 0.04, 0.04, 0, 1).to(device)
-    rows = {"pairwise (facebookresearch/dino)": timed(lambda s: pairwise_loss(s, teacher, ncrops), student,
-                                                      args.repeats),
-            "geodino DINOLoss (one term per student crop)": timed(lambda s: geodino(s, teacher, 0), student,
-                                                                  args.repeats)}
+    forms = {"pairwise (facebookresearch/dino)": lambda s: pairwise_loss(s, teacher, ncrops),
+             "geodino DINOLoss (one term per student crop)": lambda s: geodino(s, teacher, 0)}
+    rows = {label: (*timed(loss_of, student, args.repeats), saved_for_backward_mib(loss_of, student))
+            for label, loss_of in forms.items()}
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"DINO loss, batch {args.batch}, 2 + {args.local_crops} crops, out_dim {args.out_dim}, {name}, "
           f"forward + backward, mean of {args.repeats}")
-    print("| form | ms | vs pairwise | peak MiB (GPU) |\n| --- | --- | --- | --- |")
+    print("| form | ms | vs pairwise | MiB kept for backward | peak MiB (GPU) |\n| --- | --- | --- | --- | --- |")
     reference = rows["pairwise (facebookresearch/dino)"][0]
-    for label, (ms, peak) in rows.items():
-        print(f"| {label} | {ms:.1f} | {reference / ms:.2f}x | {peak:.0f} |")
+    for label, (ms, peak, saved) in rows.items():
+        print(f"| {label} | {ms:.1f} | {reference / ms:.2f}x | {saved:.0f} | {peak:.0f} |")
     return 0
 
 
