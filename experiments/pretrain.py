@@ -28,7 +28,8 @@ def script_path(name: str) -> str:
     """An entry script's path as the user can type it from where they are (absolute outside the checkout)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
+    outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)  # a folder named "..x" is inside
+    return path if outside else relative
 
 
 def config_from_argv(argv: list[str] | None) -> PretrainConfig:

@@ -3,7 +3,9 @@
 import argparse
 import dataclasses
 import json
+import os
 import shlex
+import shutil
 
 import pytest
 
@@ -90,6 +92,21 @@ def test_typed_flags_win_over_presets_even_when_they_equal_the_default():
 def test_an_unknown_preset_is_named():
     with pytest.raises(ValueError, match="--preset must be one of bigearthnet120, demo, seed, small_cpu, not 'fast'"):
         pretrain_script().config_from_argv(["--preset", "fast"])
+
+
+def test_printed_script_paths_are_relative_inside_the_checkout_and_absolute_outside(tmp_path, monkeypatch):
+    from conftest import REPO, load_module
+
+    script = pretrain_script()
+    monkeypatch.chdir(REPO)
+    assert script.script_path("linear_probe.py") == os.path.join("experiments", "linear_probe.py")
+    monkeypatch.chdir(tmp_path)
+    assert script.script_path("linear_probe.py") == str(REPO / "experiments" / "linear_probe.py")
+    copy = tmp_path / "..x" / "experiments"  # a checkout in a folder whose name starts with "..": still inside
+    copy.mkdir(parents=True)
+    shutil.copy(REPO / "experiments" / "pretrain.py", copy)
+    relocated = load_module(copy / "pretrain.py", "pretrain_in_dotdot_folder")
+    assert relocated.script_path("linear_probe.py") == os.path.join("..x", "experiments", "linear_probe.py")
 
 
 def test_the_knn_verdict_claims_only_a_difference_beyond_the_margin():
