@@ -31,7 +31,7 @@ class DINOLoss(nn.Module):
         student_v). Cross-entropy is linear in the teacher's probabilities, so the pairs of one student view add
         up to a single term against the sum of its partners (the other global view for a global crop, both for
         a local one): with 2 + 10 crops, 12 log-softmaxes and products over the K-wide head instead of 22, and
-        half the memory kept for the backward pass. The value is the pairwise one (tests/test_dino_math.py).
+        about half the memory kept for the backward pass. The value is the pairwise one (tests/test_dino_math.py).
         """
         student_log_probs = F.log_softmax(student_output / self.student_temp, dim=-1).chunk(self.ncrops)
         temp = self.teacher_temp_schedule[epoch]
