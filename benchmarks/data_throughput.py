@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 
     seed = rates[seed_label][0][0]
     in_memory_rate = rates["(d) torchrun launcher: pack in memory, DataLoader"][-1][0]
+    per_epoch = f"the first {args.samples} samples of each epoch" if args.samples else "whole epochs"
     print(f"\nData path, {args.patches} BigEarthNet v1 patch folders, RGB 120x120, batch {BATCH}, {cores} cores; "
-          f"samples/s over {args.samples or 'all'} samples per epoch, start-up included (epoch 1 from a fresh Ray or fork)")
+          f"samples/s over {per_epoch}, start-up included (epoch 1 from a fresh Ray or fork)")
     print("| path | epoch 1 | last epoch | last vs (a) | last vs (d) |\n| --- | --- | --- | --- | --- |")
     for label, epochs in rates.items():
         first, last = epochs[0][0], epochs[-1][0]
