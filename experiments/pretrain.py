@@ -27,9 +27,7 @@ from geodino.ray_cluster import SubmittedJob, submitted_job
 def script_path(name: str) -> str:
     """An entry script's path as the user can type it from where they are (absolute outside the checkout)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    relative = os.path.relpath(path)
-    outside = relative == os.pardir or relative.startswith(os.pardir + os.sep)  # a folder named "..x" is inside
-    return path if outside else relative
+    return os.path.relpath(path) if storage.lies_inside(path, os.getcwd()) else path
 
 
 def config_from_argv(argv: list[str] | None) -> PretrainConfig:

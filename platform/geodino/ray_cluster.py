@@ -15,6 +15,7 @@ import os
 
 import ray
 
+from geodino import storage
 from geodino.errors import ConfigError
 
 # Ray Data keeps at least this share of the cluster's CPUs (and at least one CPU).
@@ -49,10 +50,7 @@ class SubmittedJob:
 
     def holds(self, path: str) -> bool:
         """Whether a local path lies inside the job's working-dir copy."""
-        if self.working_dir is None:
-            return False
-        inside = os.path.relpath(os.path.abspath(path), self.working_dir)
-        return inside != os.pardir and not inside.startswith(os.pardir + os.sep)
+        return self.working_dir is not None and storage.lies_inside(path, self.working_dir)
 
 
 def submitted_job() -> SubmittedJob | None:

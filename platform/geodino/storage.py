@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pathlib
 import posixpath
 import re
 from urllib.parse import urlparse
@@ -55,6 +56,12 @@ def first_location_problem(places: dict[str, str | None]) -> str | None:
 def absolute(path: str) -> str:
     """A local path made absolute (workers may run in another folder); a URI as it is."""
     return str(path) if is_uri(path) else os.path.abspath(path)
+
+
+def lies_inside(path: str, folder: str) -> bool:
+    """Whether a local path is `folder` or under it, by name after making both absolute (a child named "..x" is
+    inside: a test of the relative path's first characters would call it outside)."""
+    return pathlib.PurePath(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 def default_home() -> str:
