@@ -39,7 +39,7 @@ def read_pixels(
 
 def decode_packed(table, shape: list[int], dtype: str, channels: list[int], classes: list[str],
                   offset: np.ndarray, scale: np.ndarray, clip: bool, raw: bool = False) -> dict:
-    """Pack rows in (an Arrow table), the same columns read_pixels gives out.
+    """Pack rows in (an Arrow table or record batch), the same columns read_pixels gives out.
 
     raw: the pixels stay in the pack's integer type (a half or a quarter of float32's bytes through the object
     store and the cache); the consumer normalises them on its device with Normalizer.
