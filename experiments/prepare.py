@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit non-zero when any patch is rejected")
     parser.add_argument("--stats_patches", type=int, default=1000,
                         help="training patches sampled for band mean/std and the pixel scale")
-    parser.add_argument("--pixel_max", type=float, help="value --normalize max maps to 1 (default: 2750 for "
+    parser.add_argument("--pixel_max", type=cli.finite_float, help="value --normalize max maps to 1 (default: 2750 for "
                         "Sentinel-2, 255 for 8-bit images, else the 99.9th percentile of sampled training pixels)")
     parser.add_argument("--pack", metavar="DIR", help="also write the --bands of every patch into Parquet shards "
                         "in DIR (local or s3://): training then opens no per-patch files. Rerun to continue")

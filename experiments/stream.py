@@ -9,9 +9,10 @@ import time
 import numpy as np
 
 from geodino import cli
+from geodino.archive.card import load_card
 from geodino.archive.demo import prepared_demo
 from geodino.archive.splits import SPLITS
-from geodino.data.config import NORMALIZATIONS, DataConfig
+from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, resolve_bands
 from geodino.data.ray_data import build_dataset
 from geodino.ray_cluster import init_ray
 
@@ -32,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch_size_per_gpu {args.batch_size} must be at least 1 and --batches {args.batches} at "
                      "least 0 (0: all)")
     metadata = args.metadata_dir or prepared_demo()
+    config = DataConfig(metadata=metadata, data_dir=args.data_dir, split=args.split, bands=args.bands,
+                        normalize=args.normalize)
+    resolve_bands(load_card(metadata), args.bands)  # a wrong metadata path or band named before Ray starts
+    if dataset_size(config) == 0:
+        parser.error(f"--split {args.split}: {metadata} holds no recommended patches of that split")
     init_ray()
-    dataset = build_dataset(DataConfig(metadata=metadata, data_dir=args.data_dir, split=args.split,
-                                       bands=args.bands, normalize=args.normalize))
+    dataset = build_dataset(config)
     started, seen, label_counts = time.perf_counter(), 0, None
     for index, batch in enumerate(dataset.iter_batches(batch_size=args.batch_size)):
         seen += len(batch["name"])
@@ -52,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_entry("stream.py", main))

@@ -56,23 +56,41 @@ def main(argv: list[str] | None = None) -> int:
         from geodino.transfer.contract import resolve_inputs
         from geodino.transfer.visualize import plot_attention
 
-        init_ray()
         card = load_card(args.metadata_dir)
         inputs = resolve_inputs(args.pretrained_weights, card, args.bands, args.normalize, None, args.force,
                                 "visualize.py")
         args.bands, args.normalize = inputs.bands, inputs.normalize
         in_chans = len(resolve_bands(card, args.bands))
-        dataset = build_dataset(DataConfig(metadata=args.metadata_dir, data_dir=args.data_dir, split=args.split,
-                                           bands=args.bands, normalize=args.normalize, recommended_only=False))
+        data = DataConfig(metadata=args.metadata_dir, data_dir=args.data_dir, split=args.split, bands=args.bands,
+                          normalize=args.normalize, recommended_only=False)
+        check_images(parser, data, args.images)
+        init_ray()
+        dataset = build_dataset(data)
         if args.images:
-            wanted = set(args.images)
-            dataset = dataset.filter(lambda row: row["name"] in wanted)
+            from ray.data.expressions import col
+
+            dataset = dataset.filter(expr=col("name").is_in(sorted(set(args.images))))
         rows = dataset.take(len(args.images) or args.count)
         images = torch.from_numpy(np.stack([row["image"] for row in rows]))
         backbone = load_backbone(args.pretrained_weights, args.arch, args.patch_size, in_chans)
         print(plot_attention(backbone.model, images, [row["name"] for row in rows],
                              paths["attention.png"]))
     return 0
+
+
+def check_images(parser: argparse.ArgumentParser, data, names: list[str]) -> None:
+    """--images named from the metadata before Ray starts: a name not in the split would otherwise leave
+    nothing to draw, found only after reading the whole split."""
+    from geodino.data.config import metadata_rows
+
+    present = set(metadata_rows(data, columns=["name", "original_split", "recommended"])["name"])
+    if not present:
+        parser.error(f"--split {data.split}: {data.metadata} holds no patches of that split")
+    unknown = [name for name in names if name not in present]
+    if unknown:
+        parser.error(f"--images: {len(unknown)} of {len(names)} names are not patches of the {data.split} split "
+                     f"(e.g. {unknown[0]!r}; it holds e.g. {sorted(present)[0]!r}); use the metadata's name column, "
+                     "or another --split")
 
 
 if __name__ == "__main__":

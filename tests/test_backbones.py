@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from geodino.dino.models import build_student_teacher, create_backbone
+from geodino.errors import ConfigError
 from geodino.transfer.backbones import BackboneMismatchError, load_backbone, parse_named
 
 
@@ -60,6 +61,41 @@ def test_mismatches_are_named(tmp_path):
         load_backbone(str(path), in_chans=12)
 
 
+def test_weights_made_for_another_image_size_keep_their_position_embeddings(tmp_path):
+    """A ViT trained on 64-px crops has 4x4 + 1 position embeddings, not DINO's 14x14 + 1: it loads as what it
+    is and gives, at 64 px, exactly the features of the model that saved it."""
+    import timm
+
+    torch.manual_seed(0)
+    trained = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64).eval()
+    torch.save(trained.state_dict(), tmp_path / "at64.pth")
+    images = torch.rand(2, 3, 64, 64)
+    loaded = load_backbone(str(tmp_path / "at64.pth"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(images), trained(images))
+    state = trained.state_dict()
+    torch.save({**state, "pos_embed": state["pos_embed"][:, :15]}, tmp_path / "odd.pth")
+    with pytest.raises(BackboneMismatchError, match="15 tokens, not a class token and a square grid"):
+        load_backbone(str(tmp_path / "odd.pth"))
+    wider = {**state, "blocks.0.mlp.fc1.weight": torch.zeros(1024, 192)}
+    torch.save(wider, tmp_path / "wider.pth")
+    with pytest.raises(BackboneMismatchError, match=r"does not fit a vit_tiny/16 \(size mismatch for blocks.0.mlp"):
+        load_backbone(str(tmp_path / "wider.pth"))
+
+
+def test_an_empty_or_cut_off_weights_file_is_called_so(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(BackboneMismatchError, match="empty.pth: the file is empty"):
+        load_backbone(str(tmp_path / "empty.pth"))
+    torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:100_000])
+    with pytest.raises(BackboneMismatchError, match="cut.pth: refused to load .*cut off or damaged"):
+        load_backbone(str(tmp_path / "cut.pth"))
+    (tmp_path / "notes.pth").write_text("my weights are elsewhere")
+    with pytest.raises(BackboneMismatchError, match="notes.pth: refused to load .*not a PyTorch checkpoint"):
+        load_backbone(str(tmp_path / "notes.pth"))
+
+
 class Exploit:
     def __reduce__(self):
         return (os.system, ("touch /tmp/geodino-pwned",))
@@ -71,6 +107,9 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
         pickle.dump({"teacher": Exploit()}, handle)
     with pytest.raises(BackboneMismatchError, match="refused to load"):
         load_backbone(str(path))
+    torch.save({"teacher": Exploit()}, tmp_path / "evil-torch.pth")
+    with pytest.raises(BackboneMismatchError, match="unpickling it would run code"):
+        load_backbone(str(tmp_path / "evil-torch.pth"))
     assert not os.path.exists("/tmp/geodino-pwned")
 
 
@@ -85,6 +124,16 @@ def test_random_baseline_and_names():
     assert parse_named("ben=runs/dino") == ("ben", "runs/dino")
     assert parse_named("random:vit_small") == ("random:vit_small", "random:vit_small")
     assert parse_named("imagenet=timm:vit_small_patch16_224.dino") == ("imagenet", "timm:vit_small_patch16_224.dino")
+    for spec in ("=random:vit_tiny", "ours=", " = "):
+        with pytest.raises(ConfigError, match="give NAME=SOURCE"):
+            parse_named(spec)
+
+
+def test_a_weights_file_whose_name_holds_an_equals_sign_is_a_source(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lr=0.1.pth").write_bytes(b"")
+    assert parse_named("lr=0.1.pth") == ("lr=0.1.pth", "lr=0.1.pth")
+    assert parse_named("fast=lr=0.1.pth") == ("fast", "lr=0.1.pth")
 
 
 def test_a_run_folder_loads_its_final_teacher(tmp_path):

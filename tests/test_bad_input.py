@@ -174,7 +174,8 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
         {"path": sources[0].name, "label": "Forest", "split": "test"},  # row 7: row 2's path
         {"path": "small.jpg", "label": "Forest", "split": "train"},  # row 8: 32 px among 64 px images
     ])
-    table.to_csv(tmp_path / "table.csv", index=False)
+    text = table.to_csv(index=False).replace(",", ", ")  # typed by hand: a space after each comma
+    (tmp_path / "table.csv").write_text(text)
     done = prepare_cli(tmp_path / "table.csv", "--out", tmp_path / "m.parquet", "--workers", "1")
     assert done.returncode == 0, done.stderr
     frame = pd.read_parquet(tmp_path / "m.parquet").set_index("path")

@@ -257,6 +257,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
     hashed = f"{tmp}/exp#3.pth"
     with open(hashed, "wb") as handle:
         handle.write(b"not a checkpoint")
+    damaged = damaged_inputs(metadata, tmp)
     other_run = os.path.join(tmp, "runs", "other")
     os.makedirs(os.path.join(other_run, "checkpoint_2026-11-27_10-00-00.000000"))
     with open(os.path.join(other_run, "settings.json"), "w") as handle:
@@ -306,7 +307,65 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [table, "--workers", "-1", "--out", f"{tmp}/m.parquet"], "--workers must be 0"),
         ("prepare.py", [table, "--splits_dir", f"{tmp}/nowhere", "--out", f"{tmp}/m.parquet"], "--splits_dir"),
         ("prepare.py", [table, "--out", "s3:/bucket/m.parquet"], "--out 's3:/bucket/m.parquet' is not a well-formed"),
+        # values float() takes but no run can use
+        ("pretrain.py", ["--lr", "nan", *data], "argument --lr: expected a finite number, not 'nan'"),
+        ("pretrain.py", ["--global_crops_scale", "0.4", "inf", *data], "expected a finite number, not 'inf'"),
+        ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--lrs", "0.1", "nan", *data],
+         "argument --lrs: expected a finite number"),
+        ("prepare.py", [table, "--pixel_max", "inf", "--out", f"{tmp}/m.parquet"], "expected a finite number"),
+        # files that are there but are not what the flag needs
+        ("pretrain.py", ["--metadata_dir", table], f"{table} is a file, not the metadata parquet"),
+        ("pretrain.py", ["--metadata_dir", damaged["parquet"]], "not a readable parquet file"),
+        ("stream.py", ["--metadata_dir", damaged["parquet"]], "not a readable parquet file"),
+        ("linear_probe.py", ["--pretrained_weights", "random:vit_tiny/16", "--metadata_dir", damaged["card"]],
+         "the card beside the metadata is not valid JSON"),
+        ("linear_probe.py", ["--pretrained_weights", damaged["empty"], *data], "the file is empty (0 bytes)"),
+        ("linear_probe.py", ["--pretrained_weights", damaged["sidecar"], *data],
+         "the data contract beside the weights is not valid JSON"),
+        ("predict.py", ["--probe", damaged["weights"], *weights], "not a probe written by linear_probe.py"),
+        ("predict.py", ["--probe", table, *weights], "not a PyTorch checkpoint"),
+        ("visualize.py", ["--images", "Forest_9999", "--split", "train", *weights],
+         "--images: 1 of 1 names are not patches of the train split"),
+        ("sweep_probe.py", ["--backbone", "=random:vit_tiny/16", *data], "give NAME=SOURCE"),
+        ("prepare.py", [damaged["binary_table"], "--out", f"{tmp}/m.parquet"], "not a readable table"),
+        ("prepare.py", [damaged["header_table"], "--out", f"{tmp}/m.parquet"], "the table has a header but no rows"),
+        ("prepare.py", [damaged["semicolon_table"], "--out", f"{tmp}/m.parquet"], "looks separated by ';'"),
     ]
+
+
+def damaged_inputs(metadata: str, tmp: str) -> dict[str, str]:
+    """Files that exist but are not what they claim: a cut parquet, a card that is not JSON, weights of 0 bytes,
+    a weights file whose data contract is damaged, tables that are not CSV, empty or ';'-separated."""
+    import torch
+
+    from geodino.archive.card import card_file
+    from geodino.dino.models import create_backbone
+
+    paths = {}
+    for name, damaged_file, content in (("parquet", "metadata.parquet", b"PAR1 cut"),
+                                        ("card", "metadata.json", b"{not json")):
+        folder = os.path.join(tmp, f"damaged-{name}")
+        os.makedirs(folder)
+        shutil.copy(metadata, os.path.join(folder, "metadata.parquet"))
+        shutil.copy(card_file(metadata), os.path.join(folder, "metadata.json"))
+        with open(os.path.join(folder, damaged_file), "wb") as handle:
+            handle.write(content)
+        paths[name] = os.path.join(folder, "metadata.parquet")
+    paths["empty"] = os.path.join(tmp, "empty.pth")
+    open(paths["empty"], "wb").close()
+    paths["weights"] = os.path.join(tmp, "weights.pth")
+    torch.save(create_backbone("vit_tiny", 16, 3).state_dict(), paths["weights"])
+    paths["sidecar"] = os.path.join(tmp, "with-contract.pth")
+    shutil.copy(paths["weights"], paths["sidecar"])
+    with open(os.path.join(tmp, "with-contract.json"), "w") as handle:
+        handle.write('{"bands": ')
+    tables = {"binary_table": b"\xcd\x00\xff" * 50, "header_table": b"path,label,split\n",
+              "semicolon_table": b"path;label;split\nimages/a.jpg;Forest;train\n"}
+    for name, content in tables.items():
+        paths[name] = os.path.join(tmp, f"{name}.csv")
+        with open(paths[name], "wb") as handle:
+            handle.write(content)
+    return paths
 
 
 def test_each_kind_of_bad_value_ends_in_one_line_and_exit_2_before_ray(eurosat_metadata, tmp_path):

@@ -59,16 +59,20 @@ def test_rgb_weights_take_rgb_images_and_say_the_scale_differs(run_folder, euros
     assert "the weights saw pixels divided by 2750, this data's are divided by 255" in capsys.readouterr().err
 
 
+PROBE_SETTINGS = {"bands": "rgb", "normalize": "max", "arch": "vit_tiny", "patch_size": 8, "n_last_blocks": 4,
+                  "avgpool_patchtokens": False, "image_size": 64}
+
+
 def test_predict_refuses_a_probe_of_other_weights_or_other_classes(run_folder, eurosat_metadata, tmp_path):
     probe = tmp_path / "probe.pth"
     card = load_card(eurosat_metadata)
     torch.save({"state_dict": {}, "classes": card["classes"], "task": card["task"], "backbone": "random:vit_tiny/8",
-                "config": {"bands": "rgb", "normalize": "max"}}, probe)
+                "config": PROBE_SETTINGS}, probe)
     config = PredictConfig(pretrained_weights=str(run_folder), probe=str(probe), metadata_dir=eurosat_metadata)
     with pytest.raises(ContractError, match="the probe was fitted on the features of random:vit_tiny/8, not of "):
         resolved(config)
     torch.save({"state_dict": {}, "classes": ["Forest", "Sea"], "task": "single_label", "backbone": "random:vit_tiny/8",
-                "config": {"bands": "rgb", "normalize": "max"}}, probe)
+                "config": PROBE_SETTINGS}, probe)
     with pytest.raises(ContractError, match="the probe's 2 classes are not this data's 10"):
         resolved(PredictConfig(pretrained_weights="random:vit_tiny/8", probe=str(probe), metadata_dir=eurosat_metadata))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import types
@@ -83,6 +84,20 @@ def auto_bool_flag(text: str) -> bool | None:
         raise argparse.ArgumentTypeError(f"expected true, false or auto, not {text!r}") from None
 
 
+def finite_float(text: str) -> float:
+    """float() takes 'nan' and 'inf', which pass every `<= 0` check and surface only as a NaN loss mid-run."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
+    return value
+
+
+ARGUMENT_TYPES = {int: int, float: finite_float, str: str}
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
     taken = {action.dest for action in parser._actions}  # flags the script spelt differently (sweep's --backbone)
@@ -103,11 +118,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         elif base is bool:
             kwargs.update(type=bool_flag, nargs="?", const=True, metavar="true|false")
         elif typing.get_origin(base) is tuple:
-            kwargs.update(type=float, nargs=len(typing.get_args(base)))
+            kwargs.update(type=finite_float, nargs=len(typing.get_args(base)))
         elif typing.get_origin(base) is list:
-            kwargs.update(type=typing.get_args(base)[0], nargs="+")
-        elif base in (int, float, str):
-            kwargs["type"] = base
+            kwargs.update(type=ARGUMENT_TYPES.get(typing.get_args(base)[0], typing.get_args(base)[0]), nargs="+")
+        elif base in ARGUMENT_TYPES:
+            kwargs["type"] = ARGUMENT_TYPES[base]
         parser.add_argument(f"--{item.name}", *item.metadata.get("aliases", ()), dest=item.name, **kwargs)
 
 

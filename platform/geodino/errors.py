@@ -23,3 +23,8 @@ class ConfigError(GeodinoError, ValueError):
 
 class MissingInputError(GeodinoError, FileNotFoundError):
     """A file or folder the user pointed at (metadata, its card, weights, an archive) is not there; names it."""
+
+
+class DamagedInputError(GeodinoError, ValueError):
+    """A file the user pointed at is there but is not what it should be (a parquet pyarrow cannot open, a card
+    that is not JSON, a table that is not CSV); names the file and how to make it again."""

@@ -9,9 +9,10 @@ given instead of the parquet (the seed's ``--metadata_dir``): it means ``FOLDER/
 from __future__ import annotations
 
 import json
+import os
 
 from geodino import storage
-from geodino.errors import MissingInputError
+from geodino.errors import DamagedInputError, MissingInputError
 
 METADATA_COLUMNS = ["name", "path", "format", "labels", "original_split", "recommended"]
 
@@ -35,16 +36,33 @@ def rejects_file(metadata: str) -> str:
     return _beside(metadata, ".rejects.csv")
 
 
+def check_is_metadata(metadata: str) -> None:
+    """A user's own table (CSV) given where prepare's output belongs is the likeliest slip: say so, with the
+    command that turns it into metadata, rather than 'TABLE.csv/metadata.json: not a directory'."""
+    if not storage.is_uri(metadata) and os.path.isfile(metadata) and not metadata.endswith(".parquet"):
+        raise MissingInputError(f"{metadata} is a file, not the metadata parquet that experiments/prepare.py "
+                                f"writes: prepare it first (python experiments/prepare.py {metadata} --out "
+                                "DIR/metadata.parquet) and give DIR/metadata.parquet")
+
+
 def load_card(metadata: str) -> dict:
+    check_is_metadata(metadata)
     card_path = card_file(metadata)
     try:
-        return json.loads(storage.read_bytes(card_path))
+        card = json.loads(storage.read_bytes(card_path))
+    except ValueError as error:  # not JSON, or not text at all
+        raise DamagedInputError(f"{card_path}: the card beside the metadata is not valid JSON ({error}); "
+                                "rerun experiments/prepare.py to write it again") from error
     except FileNotFoundError as error:
         if not storage.exists(metadata_file(metadata)):
             raise MissingInputError(f"{metadata}: no metadata parquet there; give the file (or folder) that "
                                     "experiments/prepare.py --out wrote") from error
         raise MissingInputError(f"{card_path}: the card that prepare writes next to {metadata_file(metadata)} is "
                                 "missing; rerun experiments/prepare.py") from error
+    if not isinstance(card, dict):
+        raise DamagedInputError(f"{card_path}: not a card written by experiments/prepare.py (a JSON "
+                                f"{type(card).__name__}, not an object); rerun prepare to write it again")
+    return card
 
 
 def write_card(metadata: str, card: dict) -> None:
@@ -56,14 +74,23 @@ def check_metadata_columns(metadata: str) -> int:
 
     Returns the row count, read from the same footer (one request on S3).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_is_metadata(metadata)
     parquet = metadata_file(metadata)
     fs, inner = storage.filesystem(parquet)
-    footer = pq.read_metadata(fs.open_input_file(inner))
+    try:
+        footer = pq.read_metadata(fs.open_input_file(inner))
+    except FileNotFoundError as error:
+        raise MissingInputError(f"{parquet}: no such metadata parquet; give the file (or folder) that "
+                                "experiments/prepare.py --out wrote") from error
+    except pa.ArrowInvalid as error:
+        raise DamagedInputError(f"{parquet}: not a readable parquet file ({str(error).splitlines()[0]}); it is "
+                                "damaged or was not written by experiments/prepare.py: run prepare again") from error
     present = set(footer.schema.to_arrow_schema().names)
     missing = [column for column in METADATA_COLUMNS if column not in present]
     if missing:
-        raise ValueError(f"{parquet} lacks the columns {missing}; it was not written by experiments/prepare.py "
-                         "(or by an older version): run prepare on the archive again")
+        raise DamagedInputError(f"{parquet} lacks the columns {missing}; it was not written by "
+                                "experiments/prepare.py (or by an older version): run prepare on the archive again")
     return footer.num_rows

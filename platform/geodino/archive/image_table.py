@@ -19,25 +19,37 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
+from pyarrow import ArrowInvalid
 
 from geodino import storage
 from geodino.archive.pixels import FORMAT_IMAGE, PatchReadError, read_image
-from geodino.errors import RejectedPatch
+from geodino.errors import DamagedInputError, RejectedPatch
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
                "validation": "validation", "dev": "validation", "test": "test", "testing": "test"}
 
 
 def read_image_table(table_path: str) -> pd.DataFrame:
-    if table_path.lower().endswith(".parquet"):
-        table = pd.read_parquet(table_path)
-    else:
-        table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+    """The table as text cells (CSV: spaces after a comma ignored), refused with the file named when it is not a
+    table geodino can read: not CSV or parquet, no rows, or no path and label columns."""
+    try:
+        if table_path.lower().endswith(".parquet"):
+            table = pd.read_parquet(table_path)
+        else:
+            table = pd.read_csv(table_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ArrowInvalid) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DamagedInputError(f"{table_path}: not a readable table ({reason}); give a comma-separated CSV "
+                                "(UTF-8) or a parquet file with a 'path' and a 'label' or 'labels' column") from error
     if "path" not in table.columns or not ({"labels", "label"} & set(table.columns)):
-        raise ValueError(
+        separator = next((sep for sep in ";\t|" if len(table.columns) == 1 and sep in table.columns[0]), None)
+        hint = f" (its header looks separated by {separator!r}: geodino reads commas)" if separator else ""
+        raise DamagedInputError(
             f"{table_path}: needs a 'path' column and a 'labels' (';'-separated or list) or 'label' column; "
-            f"has {list(table.columns)}"
+            f"has {list(table.columns)}{hint}"
         )
+    if table.empty:
+        raise DamagedInputError(f"{table_path}: the table has a header but no rows; add a row per image")
     return table
 
 

@@ -14,6 +14,7 @@ Files load with ``torch.load(weights_only=True)``: a pickle that would run code 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from geodino.dino.checkpoint import BACKBONE_FILE, WEIGHT_PARTS, source_path_and_part, strip_prefixes
 from geodino.dino.models import create_backbone
-from geodino.errors import GeodinoError, MissingInputError
+from geodino.errors import ConfigError, GeodinoError, MissingInputError
 
 EMBED_DIM_TO_ARCH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
 
@@ -51,9 +52,12 @@ class Backbone:
 
 
 def parse_named(spec: str) -> tuple[str, str]:
-    """'NAME=SOURCE' -> (NAME, SOURCE); a bare SOURCE is named after itself."""
+    """'NAME=SOURCE' -> (NAME, SOURCE); a bare SOURCE (also a file whose name holds '=') is named after itself."""
     name, equals, source = spec.partition("=")
-    if equals and name and not any(c in name for c in ":/"):
+    if equals and not os.path.exists(spec) and not any(c in name for c in ":/"):
+        if not name.strip() or not source.strip():
+            raise ConfigError(f"--backbone {spec!r}: give NAME=SOURCE, a name for the table and the weights "
+                              "(e.g. ours=runs/dino_vit_small_p16)")
         return name.strip(), source.strip()
     return os.path.basename(spec.rstrip("/")) or spec, spec
 
@@ -68,10 +72,7 @@ def load_state_dict_file(path: str, which: str = "teacher") -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise BackboneMismatchError(
-            f"{path}: refused to load ({type(error).__name__}). geodino loads weights with weights_only=True, so "
-            f"a file whose unpickling would run code, or that is not a torch checkpoint, is rejected."
-        ) from error
+        raise BackboneMismatchError(f"{path}: {why_unloadable(path, error)}") from error
     if isinstance(state, dict) and which in state and isinstance(state[which], dict):
         state = state[which]  # a DINO checkpoint: student/teacher wrappers
     elif isinstance(state, dict) and "state_dict" in state:
@@ -80,6 +81,20 @@ def load_state_dict_file(path: str, which: str = "teacher") -> dict:
         raise BackboneMismatchError(f"{path}: not a state dict (got {type(state).__name__})")
     state = strip_prefixes(state)
     return {k: v for k, v in state.items() if not k.startswith("head.") and torch.is_tensor(v)}
+
+
+def why_unloadable(path: str, error: Exception) -> str:
+    """What a user can do about a weights file torch.load refused: an empty or cut-off file is copied again, a
+    pickle that would run code is not loaded at all, anything else is not a PyTorch checkpoint."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty (0 bytes); copy or download it again"
+    if "GLOBAL" in str(error):  # torch names the class or function the pickle would call
+        return (f"refused to load ({type(error).__name__}): unpickling it would run code or build objects other "
+                "than tensors, and geodino loads weights with weights_only=True; save a plain state dict")
+    if isinstance(error, EOFError) or "central directory" in str(error) or "failed reading zip" in str(error):
+        return f"refused to load ({type(error).__name__}): the file is cut off or damaged; copy or download it again"
+    return (f"refused to load ({type(error).__name__}): not a PyTorch checkpoint (torch.save) that loads with "
+            "weights_only=True")
 
 
 def describe(state: dict, path: str) -> tuple[str, int, int]:
@@ -91,6 +106,25 @@ def describe(state: dict, path: str) -> tuple[str, int, int]:
     if embed_dim not in EMBED_DIM_TO_ARCH:
         raise BackboneMismatchError(f"{path}: embedding width {embed_dim} matches none of {list(EMBED_DIM_TO_ARCH.values())}")
     return EMBED_DIM_TO_ARCH[embed_dim], patch, in_chans
+
+
+def trained_size(state: dict, patch: int, path: str) -> int:
+    """The image size the position embeddings were made for (224 for DINO's, 64 for a ViT trained on 64-px
+    crops): the model is built at that size, and timm interpolates them to whatever size it is then given."""
+    position = state.get("pos_embed")
+    if position is None:
+        return 224
+    side = math.isqrt(position.shape[1] - 1)  # one class token
+    if side * side != position.shape[1] - 1:
+        raise BackboneMismatchError(f"{path}: its position embedding holds {position.shape[1]} tokens, not a class "
+                                    "token and a square grid of patches as geodino's ViTs have")
+    return side * patch
+
+
+def first_line(error: BaseException, containing: str) -> str:
+    """The line of a long PyTorch message that says what is wrong (load_state_dict lists every tensor)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if containing in line), lines[0] if lines else type(error).__name__)
 
 
 def adapt_bands(state: dict, in_chans: int) -> dict:
@@ -131,8 +165,12 @@ def load_backbone(source: str, arch: str | None = None, patch_size: int | None =
             problems.append(f"it takes {found_chans} bands but the data has {in_chans}")
     if problems:
         raise BackboneMismatchError(f"{path}: " + "; ".join(problems))
-    model = create_backbone(found_arch, found_patch, in_chans)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    model = create_backbone(found_arch, found_patch, in_chans, img_size=trained_size(state, found_patch, path))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape: another depth of MLP, other prefix tokens, ...
+        raise BackboneMismatchError(f"{path}: does not fit a {found_arch}/{found_patch} "
+                                    f"({first_line(error, 'size mismatch')})") from error
     if missing or unexpected:
         raise BackboneMismatchError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     return _frozen(Backbone(model, found_arch, found_patch, in_chans, source))

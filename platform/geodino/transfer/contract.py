@@ -59,8 +59,13 @@ def contract_of(source: str) -> dict | None:
         return dict(TIMM_CONTRACT)
     sidecar = contract_file(source)
     if sidecar and os.path.exists(sidecar):
-        with open(sidecar) as handle:
-            return json.load(handle)
+        with open(sidecar, "rb") as handle:
+            try:
+                return json.loads(handle.read())
+            except ValueError as error:  # not JSON, or not text
+                raise ContractError(f"{sidecar}: the data contract beside the weights is not valid JSON ({error}); "
+                                    "copy it again with the weights, or remove it to use the weights without "
+                                    "one") from error
     path = source_path_and_part(source)[0]
     if os.path.isfile(path) and path.endswith(".pth"):
         import torch

@@ -14,7 +14,7 @@ from geodino.archive.card import load_card
 from geodino.archive.splits import SPLITS
 from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size
-from geodino.errors import ConfigError
+from geodino.errors import ConfigError, DamagedInputError
 from geodino.metrics import knn_report
 from geodino.outputs import claim_outputs
 from geodino.ray_cluster import init_ray
@@ -133,6 +133,28 @@ def probe_image_size(source: str, cfg: LinearProbeConfig) -> int | None:
 def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
     if cfg.num_labels is not None and cfg.num_labels != len(classes):
         raise ConfigError(f"--num_labels {cfg.num_labels} but {cfg.metadata_dir} has {len(classes)} classes: {classes}")
+
+
+PROBE_KEYS = ("state_dict", "classes", "task", "config")
+PROBE_SETTINGS = ("arch", "patch_size", "n_last_blocks", "avgpool_patchtokens", "image_size", "bands", "normalize")
+
+
+def load_probe(path: str) -> dict:
+    """A probe.pth as run_linear_probe saved it, or an error naming the file and what it lacks: predict is the
+    step where a user hands over a file, and a wrong one must not end in a KeyError inside a Ray actor."""
+    from geodino.transfer.backbones import why_unloadable
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise DamagedInputError(f"--probe {path}: {why_unloadable(path, error)}") from error
+    lacking = [key for key in PROBE_KEYS if not isinstance(saved, dict) or key not in saved]
+    lacking += [key for key in PROBE_SETTINGS if not lacking and key not in saved["config"]]
+    if lacking:
+        raise DamagedInputError(f"--probe {path}: not a probe written by linear_probe.py (it has no "
+                                f"{', '.join(repr(key) for key in lacking)}); give the probe.pth in linear_probe.py's "
+                                "--output_dir")
+    return saved
 
 
 def run_linear_probe(cfg: LinearProbeConfig) -> dict:

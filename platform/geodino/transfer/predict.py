@@ -33,6 +33,7 @@ from geodino.errors import ConfigError, GeodinoError, MissingInputError
 from geodino.ray_cluster import actor_cpus, cluster_gpus, init_ray
 from geodino.transfer.contract import ContractError, resolve_inputs
 from geodino.transfer.features import FeatureConfig, FeatureExtractor, file_digest, fitted_image_size, source_identity
+from geodino.transfer.linear_probe import load_probe
 from geodino.transfer.probe import LinearProbe, probabilities
 
 
@@ -85,7 +86,7 @@ class Predictor(FeatureExtractor):
         self.probe, self.classes, self.task = None, None, None
         features, arch, patch = FeatureConfig(n_last_blocks=1, image_size=config.image_size), None, None
         if config.probe:
-            saved = torch.load(config.probe, map_location="cpu", weights_only=True)
+            saved = load_probe(config.probe)
             probe_config = saved["config"]
             features = FeatureConfig(n_last_blocks=probe_config["n_last_blocks"],
                                      avgpool_patchtokens=probe_config["avgpool_patchtokens"],
@@ -190,7 +191,7 @@ def resolved(config: PredictConfig) -> PredictConfig:
                           bands=config.bands, normalize=config.normalize, recommended_only=False)
         return dataclasses.replace(config, image_size=fitted_image_size(config.pretrained_weights, data,
                                                                         inputs.image_size))
-    saved = torch.load(config.probe, map_location="cpu", weights_only=True)
+    saved = load_probe(config.probe)
     trained = saved["config"]
     bands, normalize = config.bands or trained["bands"], config.normalize or trained["normalize"]
     problems = []
@@ -222,7 +223,9 @@ def run_predict(config: PredictConfig) -> dict:
     total = dataset_size(data)
     dataset = build_dataset(data)
     if done:
-        dataset = dataset.filter(lambda row: row["name"] not in done)
+        from ray.data.expressions import col
+
+        dataset = dataset.filter(expr=~col("name").is_in(sorted(done)))  # Arrow's filter, no Python per row
     gpus = 1 if cluster_gpus() else 0
     started = time.perf_counter()
     dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"config": config, "in_chans": in_chans},
