@@ -381,3 +381,23 @@ def test_each_kind_of_bad_value_ends_in_one_line_and_exit_2_before_ray(eurosat_m
                 and fragment in lines[0] and not result["ray_started"]):
             wrong.append((script, argv, result))
     assert not wrong, wrong
+
+
+def test_a_ray_address_where_no_cluster_answers_is_one_line_not_a_wait(eurosat_metadata):
+    """A RAY_ADDRESS left from a cluster that is gone made ray.init wait for its GCS for good (over five minutes
+    of 'Failed to connect' lines, measured); a malformed one or a dashboard's http:// address ended in a
+    traceback. Each is now one line naming RAY_ADDRESS, exit 2."""
+    import socket
+
+    from entry_driver import run_lines
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    expected = {closed: "no Ray cluster answers there", "nonsense": "is not host:port",
+                "http://127.0.0.1:8265": "is a dashboard's address, which `ray job submit` takes"}
+    lines = [("stream.py", ["--metadata_dir", eurosat_metadata], {"RAY_ADDRESS": address}) for address in expected]
+    for (address, fragment), result in zip(expected.items(), run_lines(lines)):
+        printed = result["stderr"].strip().splitlines()
+        assert result["status"] == 2 and len(printed) == 1, (address, result)
+        assert printed[0].startswith(f"stream.py: error: RAY_ADDRESS={address}") and fragment in printed[0], printed

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 
 import ray
 
@@ -89,7 +90,16 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     level = ray_log_level()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=job_runtime_env(level), logging_config=ray.LoggingConfig(log_level=level))
+        address = os.environ["RAY_ADDRESS"]
+        check_cluster_answers(address)
+        try:
+            ray.init(runtime_env=job_runtime_env(level), logging_config=ray.LoggingConfig(log_level=level))
+        except (ConnectionError, ValueError) as error:
+            if not isinstance(error, ConnectionError) and "address" not in str(error).lower():
+                raise
+            reason = str(error).splitlines()[0].split(" Please specify")[0].rstrip(". ")
+            raise ConfigError(f"RAY_ADDRESS={address}: {reason}. Unset RAY_ADDRESS to run on a Ray of this machine, "
+                              "or set it to the head node's host:6379") from error
     else:
         # The local cluster's processes inherit this environment: Ray Data's actors (the per-epoch split
         # coordinator) configure their logger from it at import, which no logging call from here reaches.
@@ -101,6 +111,29 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  logging_config=ray.LoggingConfig(log_level=level))
     quiet_ray_data(level)
+
+
+CONNECT_SECONDS = 5.0
+
+
+def check_cluster_answers(address: str) -> None:
+    """A RAY_ADDRESS left over from a cluster that is gone makes ray.init wait for its GCS for good (minutes of
+    'Failed to connect' lines, then nothing): try the port first and say what is wrong in one line."""
+    if address in ("auto", "local"):
+        return  # Ray looks for a cluster on this machine and says at once when there is none
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(f"RAY_ADDRESS={address} is a dashboard's address, which `ray job submit` takes; a script "
+                          "run directly joins the cluster's GCS: set RAY_ADDRESS to the head node's host:6379, or "
+                          "unset it to run on a Ray of this machine")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"RAY_ADDRESS={address} is not host:port (e.g. 10.0.0.5:6379), ray://host:10001 or auto; "
+                          "fix it, or unset RAY_ADDRESS to run on a Ray of this machine")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise ConfigError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({error.strerror or error}); start "
+                          "it (ray start --head), or unset RAY_ADDRESS to run on a Ray of this machine") from error
 
 
 def quiet_ray_data(level: str) -> None:
