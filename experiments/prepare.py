@@ -1,7 +1,6 @@
 """Turn an archive into geodino's metadata parquet: python experiments/prepare.py ARCHIVE --out metadata.parquet"""
 
 import argparse
-import os
 import sys
 
 from geodino import cli, storage
@@ -64,12 +63,10 @@ def check_args(parser: argparse.ArgumentParser, args: dict, pack_dir: str | None
         parser.error(f"--pixel_max must be greater than 0, not {args['pixel_max']}")
     inputs = {"archive": args["archive"], "--splits_dir": args["splits_dir"],
               "--exclusions_dir": args["exclusions_dir"], "--data_dir": args["data_dir"]}
-    problem = storage.first_location_problem({"--out": args["out"], "--pack": pack_dir, **inputs})
+    problem = storage.first_location_problem({"--out": args["out"], "--pack": pack_dir, **inputs},
+                                             folders=("--pack",), existing=tuple(inputs))
     if problem:
         parser.error(problem)
-    for flag, path in inputs.items():
-        if path and not storage.is_uri(path) and not os.path.exists(path):
-            parser.error(f"{flag} {path}: no such file or folder")
 
 
 if __name__ == "__main__":

@@ -330,6 +330,16 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["binary_table"], "--out", f"{tmp}/m.parquet"], "not a readable table"),
         ("prepare.py", [damaged["header_table"], "--out", f"{tmp}/m.parquet"], "the table has a header but no rows"),
         ("prepare.py", [damaged["semicolon_table"], "--out", f"{tmp}/m.parquet"], "looks separated by ';'"),
+        # places that would write elsewhere than typed, or into a file
+        ("pretrain.py", ["--run_name", "../elsewhere", *data], "--run_name '../elsewhere' must be one folder name"),
+        ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--run_name", "a/b", *data],
+         "--run_name 'a/b' must be one folder name"),
+        ("pretrain.py", ["--output_dir", table, *data], f"--output_dir '{table}' is a file, not a folder"),
+        ("pretrain.py", ["--storage_path", f"{table}/runs", *data], f"{table} is a file, not a folder"),
+        ("pretrain.py", ["--data_dir", f"{tmp}/moved-away", *data], "--data_dir"),
+        ("linear_probe.py", ["--output_dir", table, *weights], "is a file, not a folder"),
+        ("predict.py", ["--embeddings", "--output_dir", f"{table}/predictions", *weights], "is a file, not a folder"),
+        ("prepare.py", [table, "--out", f"{tmp}/m.parquet", "--pack", table], "--pack"),
     ]
 
 

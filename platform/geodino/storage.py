@@ -14,6 +14,7 @@ import os
 import pathlib
 import posixpath
 import re
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -43,13 +44,44 @@ def location_problem(path: str | None) -> str | None:
     return None
 
 
-def first_location_problem(places: dict[str, str | None]) -> str | None:
-    """`flag problem` for the first of {flag: place} that location_problem refuses, or None: one check for
-    every script's places."""
+def folder_problem(path: str | None) -> str | None:
+    """What stops a run from writing into the local folder `path`: a file where the folder (or one above it)
+    should be. Found before the run, not as NotADirectoryError when its first checkpoint is written."""
+    if not path or is_uri(path):
+        return None
+    place = os.path.abspath(path)
+    while not os.path.exists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)
+    if not os.path.isdir(place):
+        which = f"{path!r} is a file" if place == os.path.abspath(path) else f"{path!r}: {place} is a file"
+        return f"{which}, not a folder; give a folder (it is made if missing)"
+    return None
+
+
+def first_location_problem(places: dict[str, str | None], folders: Sequence[str] = (),
+                           existing: Sequence[str] = ()) -> str | None:
+    """`flag problem` for the first of {flag: place} that is refused, or None: one check for every script's
+    places. Each must be a well-formed location; the `folders` flags are written into (no file in the way),
+    the `existing` ones are read from (a local one must be there)."""
     for flag, path in places.items():
         problem = location_problem(path)
+        if not problem and flag in folders:
+            problem = folder_problem(path)
+        if not problem and flag in existing and path and not is_uri(path) and not os.path.exists(path):
+            problem = f"{path!r}: no such file or folder"
         if problem:
             return f"{flag} {problem}"
+    return None
+
+
+def name_problem(flag: str, name: str | None) -> str | None:
+    """A run's name is one folder inside the storage: `../x` or `a/b` would write elsewhere than the user's
+    --storage_path says."""
+    if not name:
+        return None  # the default name
+    if not name.strip() or name.strip(".") == "" or any(separator in name for separator in "/\\"):
+        return (f"{flag} {name!r} must be one folder name (no '/', not '.' or '..'), e.g. vit_small_ep100; the "
+                "folder goes inside --storage_path")
     return None
 
 

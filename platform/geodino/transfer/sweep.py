@@ -88,6 +88,11 @@ class SweepConfig:
         dataclasses.replace(self.probe_base(), lr=self.lrs[0], epochs=self.epochs,
                             batch_size_per_gpu=self.batch_size_per_gpu).validate()
         check_tracking_uri(self.mlflow_tracking_uri)
+        problem = storage.first_location_problem({"--storage_path": self.storage_path, "--output_dir": self.output_dir},
+                                                 folders=("--storage_path", "--output_dir")) \
+            or storage.name_problem("--run_name", self.run_name)
+        if problem:
+            raise ConfigError(problem)
 
     def probe_base(self) -> LinearProbeConfig:
         return LinearProbeConfig(metadata_dir=self.metadata_dir, data_dir=self.data_dir, bands=self.bands,
