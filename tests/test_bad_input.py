@@ -152,6 +152,23 @@ def test_sixteen_bit_images_get_their_own_pixel_scale_and_band_statistics(tmp_pa
     assert saturating.returncode == 0 and "pixel scale 255 (--pixel_max) leaves" in saturating.stdout
 
 
+def test_a_sixteen_bit_png_keeps_its_values(tmp_path):
+    """A real Sentinel-2 band (uint16 reflectances up to a few thousand) saved as a 16-bit grey PNG: PIL's
+    convert("RGB") clipped it at 255 (most pixels white); now it reads as three equal uint16 bands."""
+    from conftest import BEN_V1_EXAMPLE
+    from PIL import Image
+
+    from geodino.archive.pixels import read_image
+
+    folder = sorted(p for p in BEN_V1_EXAMPLE.iterdir() if p.is_dir())[0]
+    band = rasterio.open(folder / f"{folder.name}_B04.tif").read(1)
+    assert band.max() > 255
+    Image.fromarray(band).save(tmp_path / "b04.png")
+    image = read_image(str(tmp_path / "b04.png"))
+    assert image.dtype == np.uint16 and image.shape == (3, *band.shape)
+    assert all(np.array_equal(image[index], band) for index in range(3))
+
+
 def test_a_users_table_is_checked_as_a_whole(tmp_path):
     """Duplicates across splits, split spellings, class-name typos and odd image sizes, each named by row."""
     import shutil

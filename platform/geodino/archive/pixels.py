@@ -88,16 +88,34 @@ def read_ben_v2(lmdb_path: str, key: str, bands: Sequence[str], size: int = 120)
 
 
 def read_image(path: str) -> np.ndarray:
-    """A user's image in its own dtype: GeoTIFF of any band count, or JPEG/PNG as 3 RGB bands (uint8)."""
+    """A user's image in its own dtype: GeoTIFF of any band count, or JPEG/PNG as 3 RGB bands (uint8; a 16-bit
+    grey PNG as 3 equal uint16 bands)."""
     if path.lower().endswith((".tif", ".tiff")):
         return read_geotiff(path)
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
+            if image.mode in WIDE_GREY_MODES:
+                return wide_grey_as_rgb(np.asarray(image))
             return np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy()
     except (UnidentifiedImageError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read image ({error})") from error
+
+
+# PIL's single-band modes wider than 8 bits (16-bit PNGs open as I;16): convert("RGB") clips them at 255, which
+# turned a 16-bit PNG of values up to 4,000 into 93 % white pixels.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def wide_grey_as_rgb(grey: np.ndarray) -> np.ndarray:
+    """A 16-bit, 32-bit or float grey image as three equal bands in a dtype that holds its values (as an 8-bit
+    grey image becomes three equal uint8 bands): prepare then takes its pixel scale from the data."""
+    if np.issubdtype(grey.dtype, np.integer) and grey.min() >= 0 and grey.max() <= np.iinfo(np.uint16).max:
+        grey = grey.astype(np.uint16)
+    elif not np.issubdtype(grey.dtype, np.floating) or grey.dtype != np.float32:
+        grey = grey.astype(np.float32)
+    return np.repeat(grey[None], 3, axis=0)
 
 
 def read_patch(fmt: str, data_root: str, path: str, name: str, bands: Sequence[str]) -> np.ndarray:
