@@ -152,6 +152,35 @@ def test_sixteen_bit_images_get_their_own_pixel_scale_and_band_statistics(tmp_pa
     assert saturating.returncode == 0 and "pixel scale 255 (--pixel_max) leaves" in saturating.stdout
 
 
+def test_images_with_negative_values_span_zero_to_one(tmp_path):
+    """Real Sentinel-2 B04/B08 as decibels (10 log10 of reflectance: nearly every value below 0, as Sentinel-1
+    backscatter in dB is): --normalize max divided by the 99.9th percentile and clipped, so nearly every pixel
+    became 0 (or, with that percentile below 0 too, 1). Now the 0.1th percentile maps to 0 and the images keep
+    their contrast."""
+    from conftest import BEN_V1_EXAMPLE
+
+    from geodino.archive.card import load_card
+    from geodino.data.config import DataConfig
+    from geodino.data.indexed import labelled_images
+
+    rows = []
+    for index, folder in enumerate(sorted(p for p in BEN_V1_EXAMPLE.iterdir() if p.is_dir())):
+        bands = [rasterio.open(folder / f"{folder.name}_{b}.tif").read(1) for b in ("B04", "B08")]
+        decibels = (10 * np.log10(np.maximum(np.stack(bands), 1) / 10000)).astype(np.float32)
+        with rasterio.open(tmp_path / f"{index}.tif", "w", driver="GTiff", width=120, height=120, count=2,
+                           dtype="float32") as dst:
+            dst.write(decibels)
+        rows.append({"path": f"{index}.tif", "label": "field" if index % 2 else "forest", "split": "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=str(tmp_path / "m.parquet"), workers=1))
+    card = load_card(str(tmp_path / "m.parquet"))
+    assert card["pixel_min"] < -10 and "maps to 0" in card["pixel_scale"]
+    images, _ = labelled_images(DataConfig(metadata=str(tmp_path / "m.parquet"), split="train"))
+    images = np.asarray(images)
+    assert 0.2 < float(images.mean()) < 0.8
+    assert float((images == 0).mean()) < 0.01 and float((images == 1).mean()) < 0.01
+
+
 def test_a_sixteen_bit_png_keeps_its_values(tmp_path):
     """A real Sentinel-2 band (uint16 reflectances up to a few thousand) saved as a 16-bit grey PNG: PIL's
     convert("RGB") clipped it at 255 (most pixels white); now it reads as three equal uint16 bands."""

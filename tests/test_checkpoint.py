@@ -21,7 +21,7 @@ from geodino.dino.checkpoint import (
 
 ARGS = {"arch": "vit_tiny", "patch_size": 8, "global_crops_size": 96, "in_chans": 4, "epochs": 3,
         "inputs": {"bands": ["B04", "B03", "B02", "B08"], "rgb": False, "normalize": "stats", "pixel_max": 2750.0,
-                   "band_mean": [0.1, 0.2, 0.3, 0.4], "band_std": [1.0, 2.0, 3.0, 4.0], "format": "ben_v1",
+                   "pixel_min": 0.0, "band_mean": [0.1, 0.2, 0.3, 0.4], "band_std": [1.0, 2.0, 3.0, 4.0], "format": "ben_v1",
                    "not_part_of_the_contract": 1}}
 
 
@@ -42,8 +42,8 @@ def test_a_written_checkpoint_loads_back_with_weights_only_and_carries_its_contr
     contract = json.loads((tmp_path / "final" / CONTRACT_FILE).read_text())
     assert contract == {"arch": "vit_tiny", "patch_size": 8, "image_size": 96, "in_chans": 4,
                         "bands": ["B04", "B03", "B02", "B08"], "rgb": False, "normalize": "stats",
-                        "pixel_max": 2750.0, "band_mean": [0.1, 0.2, 0.3, 0.4], "band_std": [1.0, 2.0, 3.0, 4.0],
-                        "format": "ben_v1"}
+                        "pixel_max": 2750.0, "pixel_min": 0.0, "band_mean": [0.1, 0.2, 0.3, 0.4],
+                        "band_std": [1.0, 2.0, 3.0, 4.0], "format": "ben_v1"}
     assert contract == data_contract(ARGS)
     assert not [name for name in os.listdir(tmp_path / "final") if name.endswith(".tmp")]
 

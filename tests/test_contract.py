@@ -56,7 +56,7 @@ def test_probes_default_to_the_contract_and_refuse_what_contradicts_it(run_folde
 def test_rgb_weights_take_rgb_images_and_say_the_scale_differs(run_folder, eurosat_metadata, capsys):
     inputs = resolve_inputs(str(run_folder), load_card(eurosat_metadata), None, None, None, force=False)
     assert inputs.bands == "rgb"
-    assert "the weights saw pixels divided by 2750, this data's are divided by 255" in capsys.readouterr().err
+    assert "the weights saw pixels mapped from 0..2750 to 0..1, this data's are mapped from 0..255" in capsys.readouterr().err
 
 
 PROBE_SETTINGS = {"bands": "rgb", "normalize": "max", "arch": "vit_tiny", "patch_size": 8, "n_last_blocks": 4,

@@ -51,6 +51,15 @@ def band_stats(frame: pd.DataFrame, data_root: str, bands: tuple[str, ...], limi
 SATURATED_SHARE = 0.5  # a pixel scale that clips more than this share of the sampled values is reported
 
 
+def choose_pixel_min(values: np.ndarray) -> float:
+    """The value that --normalize max maps to 0: zero, unless the data goes below it (Sentinel-1 backscatter in
+    dB, elevations, any signed or float image), where the 0.1th percentile of sampled pixels is used. With zero,
+    such data was clipped to 0 (or, all negative, to 1) and training saw blank images."""
+    if len(values) and float(values.min()) < 0:
+        return float(np.percentile(values, 0.1))
+    return 0.0
+
+
 def choose_pixel_max(fmt: str, dtype: str | None, values: np.ndarray, requested: float | None,
                      warnings: list[str]) -> tuple[float, str]:
     """The value that --normalize max maps to 1, and where it came from: --pixel_max; Sentinel-2's 2750 for

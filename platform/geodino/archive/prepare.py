@@ -42,7 +42,7 @@ from geodino.archive.image_table import (
     similar_class_names,
 )
 from geodino.archive.labels import BEN19_CLASSES
-from geodino.archive.pixel_stats import band_stats, choose_pixel_max
+from geodino.archive.pixel_stats import band_stats, choose_pixel_max, choose_pixel_min
 from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE
 from geodino.archive.reben import find_lmdb, parse_ben_v2_chunk, read_ben_v2_table
 from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
@@ -293,6 +293,13 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     if fmt != FORMAT_IMAGE:
         dtype = "uint16"  # Sentinel-2 L2A as BigEarthNet distributes it (read back resampled, as float32)
     pixel_max, pixel_scale = choose_pixel_max(fmt, dtype, values, config.pixel_max, warnings)
+    pixel_min = choose_pixel_min(values) if fmt == FORMAT_IMAGE else 0.0
+    if pixel_min >= pixel_max:
+        raise ValueError(f"{config.archive}: the sampled pixels run from {pixel_min:g} (0.1th percentile) to "
+                         f"{pixel_max:g} (pixel scale, {pixel_scale}): --normalize max has no range to map to [0, 1]; "
+                         "pass a --pixel_max above the data's values")
+    if pixel_min:
+        pixel_scale += f"; values below 0, so {pixel_min:g} (0.1th percentile) maps to 0"
     card = {
         "format": fmt,
         "archive": config.archive,
@@ -302,7 +309,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         "bands": available_bands,
         "rgb": is_rgb,  # images read as RGB (JPEG/PNG): colour augmentations may treat them as such
         "dtype": dtype,
-        "pixel_max": pixel_max,  # --normalize max divides by this and clips to [0, 1]
+        "pixel_min": pixel_min,  # --normalize max maps this to 0 ...
+        "pixel_max": pixel_max,  # ... and this to 1, clipping to [0, 1]
         "pixel_scale": pixel_scale,  # where pixel_max came from
         "band_stats": stats,
         "split_source": split_source,

@@ -50,8 +50,8 @@ def pixel_root(config: DataConfig, card: dict) -> str:
 def normalizer(card: dict, bands: tuple[str, ...], mode: str) -> tuple[np.ndarray, np.ndarray]:
     """(offset, scale) per band so that normalised = (raw - offset) / scale."""
     if mode == "max":
-        count = len(bands)
-        return np.zeros(count, np.float32), np.full(count, card["pixel_max"], np.float32)
+        count, low = len(bands), card.get("pixel_min", 0.0)  # cards before pixel_min: zero
+        return np.full(count, low, np.float32), np.full(count, card["pixel_max"] - low, np.float32)
     if mode == "stats":
         stats = card.get("band_stats") or {}
         if not stats:

@@ -59,7 +59,7 @@ def data_contract(args: dict) -> dict:
     inputs = args.get("inputs") or {}
     return {"arch": args.get("arch"), "patch_size": args.get("patch_size"), "image_size": args.get("global_crops_size"),
             "in_chans": args.get("in_chans"), **{key: inputs.get(key) for key in (
-                "bands", "rgb", "normalize", "pixel_max", "band_mean", "band_std", "format")}}
+                "bands", "rgb", "normalize", "pixel_max", "pixel_min", "band_mean", "band_std", "format")}}
 
 
 def write_checkpoint(folder: str, state: dict, teacher_backbone: dict) -> None:

@@ -46,7 +46,8 @@ class InputSpec:
     rgb: bool = False  # red, green, blue in that order (colour jitter and grayscale are allowed)
     zero_level: tuple[float, ...] | None = None  # per band, the normalised value of zero signal
     normalize: str = "max"
-    pixel_max: float | None = None  # what --normalize max divided by (the card's pixel scale)
+    pixel_max: float | None = None  # what --normalize max mapped to 1 (the card's pixel scale)
+    pixel_min: float = 0.0  # and to 0 (below zero only for data with negative values)
     band_mean: tuple[float, ...] | None = None  # what --normalize stats subtracted, per band
     band_std: tuple[float, ...] | None = None  # and divided by
     format: str | None = None  # the archive format the bands came from (ben_v1, ben_v2, image)
@@ -60,7 +61,8 @@ class InputSpec:
         if self.normalize == "stats":
             return np.asarray(self.band_mean, np.float32), np.asarray(self.band_std, np.float32), False
         count = len(self.bands)
-        return np.zeros(count, np.float32), np.full(count, self.pixel_max, np.float32), True
+        return (np.full(count, self.pixel_min, np.float32), np.full(count, self.pixel_max - self.pixel_min, np.float32),
+                True)
 
 
 @dataclass
@@ -142,7 +144,8 @@ class PretrainConfig:
     bands: str = flag("rgb", "Input bands: rgb, all (every band of the archive) or a list such as B04,B03,B02,B08")
     normalize: str = flag(
         "max",
-        "max: divide by the card's pixel scale; stats: subtract the training split's per-band mean and "
+        "max: map the card's pixel range (0, or pixel_min for data below zero, to its pixel scale) to [0, 1]; "
+        "stats: subtract the training split's per-band mean and "
         "divide by its std", choices=CHOICES["normalize"])
     num_workers: int = flag(1, "Training processes: one per GPU with --use_gpu; on a CPU, 1-2 per machine")
     use_gpu: bool | None = flag(

@@ -34,7 +34,8 @@ def input_spec(cfg: PretrainConfig) -> InputSpec:
     zero = tuple(float(v) for v in (-offset / scale))
     stats = cfg.normalize == "stats"
     return InputSpec(bands=tuple(bands), rgb=is_rgb(card, bands), zero_level=zero, normalize=cfg.normalize,
-                     pixel_max=float(card["pixel_max"]), format=card["format"],
+                     pixel_max=float(card["pixel_max"]), pixel_min=float(card.get("pixel_min", 0.0)),
+                     format=card["format"],
                      band_mean=tuple(map(float, offset)) if stats else None,
                      band_std=tuple(map(float, scale)) if stats else None)
 

@@ -79,6 +79,11 @@ def contract_of(source: str) -> dict | None:
     return None
 
 
+def pixel_range(described: dict) -> tuple[float, float]:
+    """What --normalize max maps to 0 and 1, from a card or a data contract (pixel_min is 0 where absent)."""
+    return float(described.get("pixel_min") or 0.0), float(described["pixel_max"])
+
+
 def same_bands(contract: dict, card: dict, bands: tuple[str, ...]) -> bool:
     """R, G, B is R, G, B whichever archive it comes from; other bands must match by name and order."""
     if contract.get("rgb") and len(bands) == 3:
@@ -110,8 +115,9 @@ def resolve_inputs(source: str, card: dict, bands: str | None, normalize: str | 
     if problems and not force:
         raise ContractError(f"{source}: {'; '.join(problems)} (from {contract_file(source) or 'the checkpoint'}). "
                             "Leave the flag out to use the weights' own, or pass --force to run anyway")
-    if (normalize == "max" and contract.get("pixel_max") and card.get("pixel_max")
-            and float(contract["pixel_max"]) != float(card["pixel_max"])):
-        print(f"{prog}: note: the weights saw pixels divided by {contract['pixel_max']:g}, this data's are divided by "
-              f"{card['pixel_max']:g} (its card's pixel scale)", file=sys.stderr)
+    if normalize == "max" and contract.get("pixel_max") and card.get("pixel_max"):
+        trained, here = pixel_range(contract), pixel_range(card)
+        if trained != here:
+            print(f"{prog}: note: the weights saw pixels mapped from {trained[0]:g}..{trained[1]:g} to 0..1, this "
+                  f"data's are mapped from {here[0]:g}..{here[1]:g} (its card's pixel scale)", file=sys.stderr)
     return ProbeInputs(bands, normalize, image_size or contract.get("image_size"))
