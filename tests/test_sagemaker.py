@@ -166,7 +166,15 @@ def test_submit_script_dry_run_prints_the_request(monkeypatch, capsys):
     for extra, message in [(["--", "--ecpochs", "3"], "unrecognized arguments: --ecpochs 3"),
                            (["--instance_type", "ml.p4d.24xlarg"], "'ml.p4d.24xlarg' is not a SageMaker training "
                                                                    "instance type; did you mean ml.p4d.24xlarge"),
-                           (["--", "--epochs", "0", "--precision", "fp8"], "--precision: invalid choice: 'fp8'")]:
+                           (["--", "--epochs", "0", "--precision", "fp8"], "--precision: invalid choice: 'fp8'"),
+                           # values SageMaker rejects only once the request reaches it, by botocore's own model
+                           (["--max_run_hours", "0"], "--max_run_hours must be greater than 0, not 0.0"),
+                           (["--job_name", "vits16_run!"], "--job_name 'vits16_run!' is not what SageMaker accepts"),
+                           (["--role", "MySageMakerRole"], "--role 'MySageMakerRole' is not what SageMaker accepts"),
+                           (["--region", ""], "no AWS region: pass --region")]:
+        if extra[0] == "--region":  # and none in the environment: the SDK's own ValueError was a traceback
+            monkeypatch.delenv("AWS_DEFAULT_REGION")
+            monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
         with pytest.raises(SystemExit) as exit_info:
             submit_sagemaker.main(common + extra)
         printed = capsys.readouterr()

@@ -119,6 +119,29 @@ def validate(cfg: SageMakerJobConfig) -> None:
         raise JobRequestError("probing needs --metadata_dir and --dino_checkpoint (the weights to probe)")
     if cfg.spot and cfg.max_wait_hours is not None and cfg.max_wait_hours < cfg.max_run_hours:
         raise JobRequestError("--max_wait_hours must be at least --max_run_hours for a spot job")
+    for name in ("max_run_hours", "max_wait_hours", "volume_size_gb"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise JobRequestError(f"--{name} must be greater than 0, not {getattr(cfg, name)}")
+    for flag_name, member in (("job_name", "TrainingJobName"), ("role", "RoleArn")):
+        check_request_pattern(f"--{flag_name}", getattr(cfg, flag_name), member)
+
+
+def check_request_pattern(flag_name: str, value: str | None, member: str) -> None:
+    """A value CreateTrainingJob would reject by its own pattern (a job name with '_' or '!', a role that is not
+    an IAM role ARN), refused here with that pattern, from botocore's model of the request, not a copy of ours."""
+    import re
+
+    import botocore.session
+
+    if value is None:
+        return
+    shape = (botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob")
+             .input_shape.members[member])
+    pattern, longest = shape.metadata.get("pattern"), shape.metadata.get("max")
+    if (pattern and not re.fullmatch(pattern, value)) or (longest and len(value) > longest):
+        example = {"TrainingJobName": "geodino-pretrain-vits16", "RoleArn": "arn:aws:iam::123456789012:role/Name"}
+        raise JobRequestError(f"{flag_name} {value!r} is not what SageMaker accepts (pattern {pattern}"
+                              f"{f', at most {longest} characters' if longest else ''}), e.g. {example[member]}")
 
 
 def training_instance_types() -> list[str]:
@@ -201,7 +224,7 @@ def build_model_trainer(cfg: SageMakerJobConfig, session=None):
 
     validate(cfg)
     name = job_name(cfg)
-    session = session or Session(default_bucket=bucket_of(cfg.output_path))
+    session = session or Session(boto_session=regional_boto_session(cfg), default_bucket=bucket_of(cfg.output_path))
     region = cfg.region or session.boto_region_name
     image = cfg.image_uri or training_image(cfg, region)
     max_run = int(cfg.max_run_hours * 3600)
@@ -296,17 +319,28 @@ def capture_job_request(boto_session, dry_run: bool, bucket: str) -> dict:
     return captured
 
 
+def regional_boto_session(cfg: SageMakerJobConfig):
+    """boto3's session in --region (else the environment's); without any region the SDK stopped with 'Must
+    setup local AWS configuration' as a traceback, and --region alone did not reach it."""
+    import boto3
+
+    boto_session = boto3.Session(region_name=cfg.region)
+    if not boto_session.region_name:
+        raise JobRequestError("no AWS region: pass --region (e.g. us-east-1), or set AWS_DEFAULT_REGION or a "
+                              "region in ~/.aws/config")
+    return boto_session
+
+
 def job_request(cfg: SageMakerJobConfig, boto_session=None) -> dict:
     """The exact CreateTrainingJob parameters for this configuration; sends nothing in a dry run.
 
     Outside a dry run the SDK uploads the code bundle (as a real submission
     would) and only CreateTrainingJob is held back.
     """
-    import boto3
     from sagemaker.core.helper.session_helper import Session
 
     validate(cfg)
-    boto_session = boto_session or boto3.Session()
+    boto_session = boto_session or regional_boto_session(cfg)
     captured = capture_job_request(boto_session, dry_run=cfg.dry_run, bucket=bucket_of(cfg.output_path))
     session = Session(boto_session=boto_session, default_bucket=bucket_of(cfg.output_path))
     # The SDK checks the role's trust policy through IAM; a dry run sends nothing, so it skips that check.
