@@ -330,6 +330,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["binary_table"], "--out", f"{tmp}/m.parquet"], "not a readable table"),
         ("prepare.py", [damaged["header_table"], "--out", f"{tmp}/m.parquet"], "the table has a header but no rows"),
         ("prepare.py", [damaged["semicolon_table"], "--out", f"{tmp}/m.parquet"], "looks separated by ';'"),
+        ("linear_probe.py", ["--n_last_blocks", "20", *weights], "--n_last_blocks 20: geodino's ViTs"),
+        ("predict.py", ["--embeddings", "--split", "test", *weights], "--split test: "),  # the archive is train only
         # places that would write elsewhere than typed, or into a file
         ("pretrain.py", ["--run_name", "../elsewhere", *data], "--run_name '../elsewhere' must be one folder name"),
         ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--run_name", "a/b", *data],

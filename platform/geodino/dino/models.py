@@ -15,6 +15,7 @@ from torch import nn
 from geodino.errors import ConfigError
 
 ARCHS = ("vit_tiny", "vit_small", "vit_base")
+VIT_DEPTH = 12  # blocks in each of them (timm's vit_*_patch16_224)
 
 
 def create_backbone(arch: str, patch_size: int = 16, in_chans: int = 3, drop_path_rate: float = 0.0,

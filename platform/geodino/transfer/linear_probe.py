@@ -14,6 +14,7 @@ from geodino.archive.card import load_card
 from geodino.archive.splits import SPLITS
 from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size
+from geodino.dino.models import ARCHS, VIT_DEPTH
 from geodino.errors import ConfigError, DamagedInputError
 from geodino.metrics import knn_report
 from geodino.outputs import claim_outputs
@@ -68,6 +69,9 @@ class LinearProbeConfig:
         for name in ("epochs", "lr", "batch_size_per_gpu", "n_last_blocks", "knn_k"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
+        if self.n_last_blocks > VIT_DEPTH:
+            raise ConfigError(f"--n_last_blocks {self.n_last_blocks}: geodino's ViTs ({', '.join(ARCHS)}) have "
+                              f"{VIT_DEPTH} blocks; DINO concatenates the last 4 for ViT-S, 1 for ViT-B")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight_decay must not be negative, not {self.weight_decay}")
         if not 0 < self.label_fraction <= 1:

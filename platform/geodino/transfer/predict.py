@@ -211,16 +211,24 @@ def resolved(config: PredictConfig) -> PredictConfig:
     return dataclasses.replace(config, bands=bands, normalize=normalize)
 
 
+def check_split_has_patches(config: PredictConfig) -> None:
+    """An empty split ended in 'need at least one array to stack' while sizing the images."""
+    if dataset_size(DataConfig(metadata=config.metadata_dir, split=config.split, recommended_only=False)) == 0:
+        raise ConfigError(f"--split {config.split}: {config.metadata_dir} holds no patches of that split; choose "
+                          "another --split")
+
+
 def run_predict(config: PredictConfig) -> dict:
     config.validate()
+    check_split_has_patches(config)
     config = resolved(config)
-    manifest = claim_output(config.output_dir, output_identity(config))
-    init_ray()
     data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split, bands=config.bands,
                       normalize=config.normalize, recommended_only=False)
+    total = dataset_size(data)
+    manifest = claim_output(config.output_dir, output_identity(config))
+    init_ray()
     in_chans = len(resolve_bands(load_card(config.metadata_dir), config.bands))
     done = finished_names(config.output_dir, manifest)
-    total = dataset_size(data)
     dataset = build_dataset(data)
     if done:
         from ray.data.expressions import col
