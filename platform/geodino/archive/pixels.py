@@ -113,7 +113,7 @@ def wide_grey_as_rgb(grey: np.ndarray) -> np.ndarray:
     grey image becomes three equal uint8 bands): prepare then takes its pixel scale from the data."""
     if np.issubdtype(grey.dtype, np.integer) and grey.min() >= 0 and grey.max() <= np.iinfo(np.uint16).max:
         grey = grey.astype(np.uint16)
-    elif not np.issubdtype(grey.dtype, np.floating) or grey.dtype != np.float32:
+    elif grey.dtype != np.float32:
         grey = grey.astype(np.float32)
     return np.repeat(grey[None], 3, axis=0)
 
