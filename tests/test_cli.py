@@ -327,6 +327,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("visualize.py", ["--images", "Forest_9999", "--split", "train", *weights],
          "--images: 1 of 1 names are not patches of the train split"),
         ("sweep_probe.py", ["--backbone", "=random:vit_tiny/16", *data], "give NAME=SOURCE"),
+        ("prepare.py", [damaged["empty_folder"], "--out", f"{tmp}/m.parquet"], "found no patches to prepare"),
         ("prepare.py", [damaged["binary_table"], "--out", f"{tmp}/m.parquet"], "not a readable table"),
         ("prepare.py", [damaged["header_table"], "--out", f"{tmp}/m.parquet"], "the table has a header but no rows"),
         ("prepare.py", [damaged["semicolon_table"], "--out", f"{tmp}/m.parquet"], "looks separated by ';'"),
@@ -363,6 +364,8 @@ def damaged_inputs(metadata: str, tmp: str) -> dict[str, str]:
         with open(os.path.join(folder, damaged_file), "wb") as handle:
             handle.write(content)
         paths[name] = os.path.join(folder, "metadata.parquet")
+    paths["empty_folder"] = os.path.join(tmp, "not-an-archive")
+    os.makedirs(paths["empty_folder"])
     paths["empty"] = os.path.join(tmp, "empty.pth")
     open(paths["empty"], "wb").close()
     paths["weights"] = os.path.join(tmp, "weights.pth")

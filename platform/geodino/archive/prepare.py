@@ -281,9 +281,13 @@ def prepare(config: PrepareConfig) -> PrepareResult:
             for key in ("_row", "_form", "_digest"):
                 row.pop(key, None)
 
+    if not rows and not rejects:
+        raise ValueError(f"{config.archive}: found no patches to prepare; give the root folder of BigEarthNet v1 "
+                         "(a folder per patch holding NAME_B02.tif, ...), a reBEN folder (metadata.parquet and its "
+                         "LMDB), or a table of your images (.csv or .parquet with path and label columns)")
     if not rows:
         examples = "; ".join(f"{r['name']}: {r['reason']}" for r in rejects[:3])
-        raise ValueError(f"{config.archive}: no usable patch ({len(rejects)} rejected, e.g. {examples or 'none found'})")
+        raise ValueError(f"{config.archive}: no usable patch ({len(rejects)} rejected, e.g. {examples})")
     frame = finish_frame(rows)
     split_source = apply_splits(frame, config, warnings)
     frame["recommended"] = ~frame["snow"] & ~frame["cloud_or_shadow"] & (frame["labels"].map(len) > 0)
