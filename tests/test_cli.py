@@ -331,6 +331,13 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["binary_table"], "--out", f"{tmp}/m.parquet"], "not a readable table"),
         ("prepare.py", [damaged["header_table"], "--out", f"{tmp}/m.parquet"], "the table has a header but no rows"),
         ("prepare.py", [damaged["semicolon_table"], "--out", f"{tmp}/m.parquet"], "looks separated by ';'"),
+        ("pretrain.py", ["--preset", "smal_cpu", *data], "--preset must be one of bigearthnet120, demo, seed"),
+        ("pretrain.py", ["--backend", "nccl", "--use_gpu", "false", *data], "--backend nccl joins GPUs"),
+        *([("pretrain.py", ["--backend", "nccl", "--launcher", "torchrun", *data], "auto with no GPU found")]
+          if not torch.cuda.is_available() else []),
+        ("pretrain.py", ["--backend", "smddp", *data], "SMDDP's AllReduce needs SageMaker's mpirun launcher"),
+        ("pretrain.py", ["--launcher", "torchrun", "--storage_path", "s3://bucket/runs", *data],
+         "the torchrun/mpirun launcher checkpoints to a local folder"),
         ("linear_probe.py", ["--n_last_blocks", "20", *weights], "--n_last_blocks 20: geodino's ViTs"),
         ("predict.py", ["--embeddings", "--split", "test", *weights], "--split test: "),  # the archive is train only
         # places that would write elsewhere than typed, or into a file

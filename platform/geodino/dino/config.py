@@ -243,6 +243,15 @@ class PretrainConfig:
         if problem:
             raise ConfigError(problem)
         check_tracking_uri(self.mlflow_tracking_uri)
+        if self.launcher == "torchrun" and storage.is_uri(self.checkpoint_dir or self.storage_path):
+            raise ConfigError("the torchrun/mpirun launcher checkpoints to a local folder (SageMaker syncs it to S3); "
+                              "give --checkpoint_dir or a local --storage_path, or use --launcher ray for S3")
+        if self.backend == "smddp" and self.launcher == "ray":
+            raise ConfigError("--backend smddp: SMDDP's AllReduce needs SageMaker's mpirun launcher, not Ray's "
+                              "workers: submit with experiments/submit_sagemaker.py --backend smddp (it runs "
+                              "--launcher torchrun under MPI), or use --backend nccl on a Ray cluster")
+        if self.backend in ("nccl", "smddp") and self.use_gpu is False:
+            collective_backend(self)
         if self.drop_path_rate >= 1:
             raise ConfigError(f"--drop_path_rate must be below 1 (0.1 for ViT-S), not {self.drop_path_rate}")
 
@@ -283,6 +292,16 @@ class PretrainConfig:
             zero_level=inputs.zero_level if inputs else None,
             solarize_threshold=0.5 if self.normalize == "max" else 0.0,
         )
+
+
+def collective_backend(cfg: PretrainConfig) -> str:
+    """--backend, or the one that fits the devices (use_gpu decided by then). NCCL and SMDDP only join GPUs:
+    on CPUs they failed inside the workers (or, with one process, were silently never used)."""
+    backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
+    if backend in ("nccl", "smddp") and not cfg.use_gpu:
+        raise ConfigError(f"--backend {backend} joins GPUs, and this run trains on the CPU (--use_gpu false, or "
+                          "auto with no GPU found): use --backend gloo (the default on CPUs), or train on GPUs")
+    return backend
 
 
 def steps_per_epoch_for(rows: int, cfg: PretrainConfig) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from geodino.dino.config import PretrainConfig
+from geodino.errors import ConfigError
 
 PRESETS: dict[str, dict] = {
     # The seed blog's run: ViT-S/16 at ImageNet resolution, 2 x 224 + 10 x 96 crops, 100 epochs, DINO's
@@ -44,7 +45,7 @@ def preset_values(name: str | None) -> dict:
     if not name:
         return {}
     if name not in PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(sorted(PRESETS))}, not {name!r}")
+        raise ConfigError(f"--preset must be one of {', '.join(sorted(PRESETS))}, not {name!r}")
     return dict(PRESETS[name])
 
 

@@ -33,8 +33,9 @@ from geodino.data.normalize import Normalizer
 from geodino.data.ray_data import build_dataset, shuffled_blocks
 from geodino.dino.augment import crop_columns
 from geodino.dino.checkpoint import read_checkpoint, write_checkpoint
-from geodino.dino.config import InputSpec, PretrainConfig, steps_per_epoch_for
+from geodino.dino.config import InputSpec, PretrainConfig, collective_backend, steps_per_epoch_for
 from geodino.dino.loop import dino_loop
+from geodino.errors import ConfigError
 from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
 from geodino.ray_cluster import cluster_gpus, init_ray, object_store_bytes, ray_log_level, worker_cpus
@@ -155,7 +156,7 @@ def check_gpus(cfg: PretrainConfig) -> None:
         return
     available = cluster_gpus()
     if available < cfg.num_workers:
-        raise ValueError(f"--use_gpu with --num_workers {cfg.num_workers} needs {cfg.num_workers} GPUs; the Ray cluster "
+        raise ConfigError(f"--use_gpu with --num_workers {cfg.num_workers} needs {cfg.num_workers} GPUs; the Ray cluster "
                          f"has {available}. Lower --num_workers, drop --use_gpu, or pass --wait_for_gpus true on an "
                          "autoscaling cluster whose GPU nodes start on demand")
 
@@ -163,7 +164,7 @@ def check_gpus(cfg: PretrainConfig) -> None:
 def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
     """Build the dataset and the TorchTrainer, train, and copy the final checkpoint next to the run's logs."""
     if not cfg.metadata_dir:
-        raise ValueError("--metadata_dir is required (experiments/pretrain.py fills it with the demo archive)")
+        raise ConfigError("--metadata_dir is required (experiments/pretrain.py fills it with the demo archive)")
     init_ray()
     if not sys.stderr.isatty():  # per-epoch dataset progress bars flood non-interactive logs
         DataContext.get_current().enable_progress_bars = False
@@ -186,11 +187,7 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
     resources = {"CPU": cpus}
     if cfg.use_gpu:
         resources["GPU"] = 1
-    backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
-    if backend == "smddp":
-        raise ValueError("SMDDP's AllReduce needs SageMaker's mpirun launcher, not Ray's workers: submit with "
-                         "experiments/submit_sagemaker.py --backend smddp (it runs --launcher torchrun under MPI), "
-                         "or use --backend nccl on a Ray cluster")
+    backend = collective_backend(cfg)
     trainer = TorchTrainer(
         train_dino,
         train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "inputs": asdict(inputs),

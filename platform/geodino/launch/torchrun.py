@@ -26,7 +26,7 @@ from geodino import storage
 from geodino.data.config import DataConfig
 from geodino.data.indexed import PatchDataset
 from geodino.dino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
-from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.dino.config import PretrainConfig, collective_backend, steps_per_epoch_for
 from geodino.dino.loop import dino_loop
 from geodino.errors import ConfigError
 from geodino.launch.inputs import input_spec, knn_monitor
@@ -120,12 +120,12 @@ def with_local_gpu(cfg: PretrainConfig) -> PretrainConfig:
 def run_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> PretrainResult | None:
     """Run this process's share of the job; rank 0 returns the result, the others None."""
     if storage.is_uri(cfg.resolved_storage()):
-        raise ValueError("the torchrun/mpirun launcher checkpoints to a local folder (SageMaker syncs it to S3); "
+        raise ConfigError("the torchrun/mpirun launcher checkpoints to a local folder (SageMaker syncs it to S3); "
                          "give --checkpoint_dir or a local --storage_path")
     if not cfg.metadata_dir:
-        raise ValueError("--metadata_dir is required")
+        raise ConfigError("--metadata_dir is required")
     cfg = with_local_gpu(cfg)
-    backend = cfg.backend or ("nccl" if cfg.use_gpu else "gloo")
+    backend = collective_backend(cfg)
     data_config = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
                              normalize=cfg.normalize, limit=cfg.limit)
     dataset = PatchDataset(data_config)
