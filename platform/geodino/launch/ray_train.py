@@ -156,9 +156,9 @@ def check_gpus(cfg: PretrainConfig) -> None:
         return
     available = cluster_gpus()
     if available < cfg.num_workers:
-        raise ConfigError(f"--use_gpu with --num_workers {cfg.num_workers} needs {cfg.num_workers} GPUs; the Ray cluster "
-                         f"has {available}. Lower --num_workers, drop --use_gpu, or pass --wait_for_gpus true on an "
-                         "autoscaling cluster whose GPU nodes start on demand")
+        raise ConfigError(f"--use_gpu with --num_workers {cfg.num_workers} needs {cfg.num_workers} GPUs; the Ray "
+                          f"cluster has {available}. Lower --num_workers, drop --use_gpu, or pass --wait_for_gpus true "
+                          "on an autoscaling cluster whose GPU nodes start on demand")
 
 
 def run_ray_train(cfg: PretrainConfig) -> PretrainResult:

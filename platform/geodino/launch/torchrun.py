@@ -121,7 +121,7 @@ def run_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> Pret
     """Run this process's share of the job; rank 0 returns the result, the others None."""
     if storage.is_uri(cfg.resolved_storage()):
         raise ConfigError("the torchrun/mpirun launcher checkpoints to a local folder (SageMaker syncs it to S3); "
-                         "give --checkpoint_dir or a local --storage_path")
+                          "give --checkpoint_dir or a local --storage_path")
     if not cfg.metadata_dir:
         raise ConfigError("--metadata_dir is required")
     cfg = with_local_gpu(cfg)
