@@ -22,7 +22,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from geodino import storage
 from geodino.data.config import DataConfig
 from geodino.data.indexed import PatchDataset
 from geodino.dino.checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
@@ -119,9 +118,6 @@ def with_local_gpu(cfg: PretrainConfig) -> PretrainConfig:
 
 def run_torchrun(cfg: PretrainConfig, loader_workers: int | None = None) -> PretrainResult | None:
     """Run this process's share of the job; rank 0 returns the result, the others None."""
-    if storage.is_uri(cfg.resolved_storage()):
-        raise ConfigError("the torchrun/mpirun launcher checkpoints to a local folder (SageMaker syncs it to S3); "
-                          "give --checkpoint_dir or a local --storage_path")
     if not cfg.metadata_dir:
         raise ConfigError("--metadata_dir is required")
     cfg = with_local_gpu(cfg)
