@@ -211,20 +211,22 @@ def resolved(config: PredictConfig) -> PredictConfig:
     return dataclasses.replace(config, bands=bands, normalize=normalize)
 
 
-def check_split_has_patches(config: PredictConfig) -> None:
-    """An empty split ended in 'need at least one array to stack' while sizing the images."""
-    if dataset_size(DataConfig(metadata=config.metadata_dir, split=config.split, recommended_only=False)) == 0:
+def split_size(config: PredictConfig) -> int:
+    """The patches of --split (bands and normalisation do not change the count); an empty split, refused here,
+    ended in 'need at least one array to stack' while sizing the images."""
+    total = dataset_size(DataConfig(metadata=config.metadata_dir, split=config.split, recommended_only=False))
+    if total == 0:
         raise ConfigError(f"--split {config.split}: {config.metadata_dir} holds no patches of that split; choose "
                           "another --split")
+    return total
 
 
 def run_predict(config: PredictConfig) -> dict:
     config.validate()
-    check_split_has_patches(config)
+    total = split_size(config)
     config = resolved(config)
     data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split, bands=config.bands,
                       normalize=config.normalize, recommended_only=False)
-    total = dataset_size(data)
     manifest = claim_output(config.output_dir, output_identity(config))
     init_ray()
     in_chans = len(resolve_bands(load_card(config.metadata_dir), config.bands))
