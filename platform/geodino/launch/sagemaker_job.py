@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -131,12 +132,9 @@ def check_request_pattern(flag_name: str, value: str | None, member: str) -> Non
     an IAM role ARN), refused here with that pattern, from botocore's model of the request, not a copy of ours."""
     import re
 
-    import botocore.session
-
     if value is None:
         return
-    shape = (botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob")
-             .input_shape.members[member])
+    shape = training_job_request_shape().members[member]
     pattern, longest = shape.metadata.get("pattern"), shape.metadata.get("max")
     if (pattern and not re.fullmatch(pattern, value)) or (longest and len(value) > longest):
         example = {"TrainingJobName": "geodino-pretrain-vits16", "RoleArn": "arn:aws:iam::123456789012:role/Name"}
@@ -144,13 +142,18 @@ def check_request_pattern(flag_name: str, value: str | None, member: str) -> Non
                               f"{f', at most {longest} characters' if longest else ''}), e.g. {example[member]}")
 
 
-def training_instance_types() -> list[str]:
-    """The instance types SageMaker trains on, from botocore's own model of CreateTrainingJob (no list of ours)."""
+@functools.cache
+def training_job_request_shape():
+    """botocore's own model of CreateTrainingJob's input: the instance types, name and role patterns SageMaker
+    accepts (no list of ours). Loading the service model takes a while, so once per process."""
     import botocore.session
 
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    return list(model.operation_model("CreateTrainingJob").input_shape.members["ResourceConfig"]
-                .members["InstanceType"].enum)
+    return botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob").input_shape
+
+
+def training_instance_types() -> list[str]:
+    """The instance types SageMaker trains on."""
+    return list(training_job_request_shape().members["ResourceConfig"].members["InstanceType"].enum)
 
 
 def check_instance_type(instance_type: str) -> None:
