@@ -10,7 +10,8 @@ Builds (or reuses) an archive of BigEarthNet v1 patch folders replicated from th
       out of the tasks, normalised by the consumer (what Ray Train's workers do, on their device); (c3) the
       same with the split materialised in the object store first (--cache_data);
   (d) the torchrun launcher's DataLoader over the pack (no Ray; persistent workers, as the launcher's);
-each Ray path is Ray Train's own dataset (launch.ray_train.training_dataset: a new order every epoch), timed
+each Ray path is Ray Train's own dataset (launch.ray_train.training_dataset: a new order every epoch) with its
+ingest options (the seeded order kept, --preserve_order, but in (c2u)), timed
 over --epochs whole epochs from a fresh Ray (epoch 1 includes starting Ray's workers; training sees the later
 ones), each delivering float32 (64, 3, 120, 120) batches scaled to [0, 1]. Also: peak RSS of prepare and pack
 (at two archive sizes, to see whether memory grows with the archive), and multi-crop augmentation
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from geodino.data.config import DataConfig, normalizer, resolve_bands
     from geodino.data.indexed import PatchDataset
     from geodino.data.normalize import Normalizer
-    from geodino.launch.ray_train import training_dataset
+    from geodino.launch.ray_train import ingest_options, training_dataset
 
     names = sorted(os.listdir(archive))
     order = np.random.default_rng(0).permutation(len(names))  # both loaders read in a shuffled order
@@ -172,16 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     offset, scale = normalizer(card, resolve_bands(card, "rgb"), "max")
     normalize = Normalizer(offset, scale, True, torch.device("cpu"))  # what Ray Train's workers do on their device
     stats = {}
-    for label, data_dir, raw, cached in (("(b) geodino Ray Data over GeoTIFFs", card["data_root"], False, False),
-                                         ("(c) geodino Ray Data over packed shards, float32", None, False, False),
-                                         ("(c2) the same, uint16 normalised by the consumer", None, True, False),
-                                         ("(c3) the same, split cached in the object store", None, True, True)):
+    for label, data_dir, raw, cached, in_order in (
+            ("(b) geodino Ray Data over GeoTIFFs", card["data_root"], False, False, True),
+            ("(c) geodino Ray Data over packed shards, float32", None, False, False, True),
+            ("(c2) the same, uint16 normalised by the consumer", None, True, False, True),
+            ("(c2u) the same, blocks as they finish (--preserve_order false)", None, True, False, False),
+            ("(c3) the same, split cached in the object store", None, True, True, True)):
         own_ray = not ray.is_initialized()  # a test passes its Ray in; a benchmark run starts a fresh one per path
         if own_ray:
             ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
             ray.data.DataContext.get_current().enable_progress_bars = False
         # Ray Train's own dataset: the order new every epoch; cached, read and decoded before the clock starts.
-        dataset = training_dataset(DataConfig(**everything, data_dir=data_dir), raw, cached, seed=0)
+        dataset = training_dataset(DataConfig(**everything, data_dir=data_dir), raw, cached, 0, in_order)
+        dataset.context.execution_options = ingest_options(in_order)  # as Ray Train's DataConfig sets them
         rates[label] = [timed(lambda: ({"image": normalize(batch["image"]) if raw else batch["image"]}
                                        for batch in dataset.iter_torch_batches(batch_size=BATCH)), args.samples)
                         for _ in range(args.epochs)]

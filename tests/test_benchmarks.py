@@ -33,7 +33,8 @@ def test_data_benchmark_runs_at_tiny_size(ray_session, tmp_path, capsys):
                                  str(tmp_path), "--stats"]) == 0
     out = capsys.readouterr().out
     for path in ("(a) seed", "(b) geodino Ray Data over GeoTIFFs", "(c) geodino Ray Data over packed shards",
-                 "(c2) the same, uint16", "(c3) the same, split cached", "(d) torchrun launcher"):
+                 "(c2) the same, uint16", "(c2u) the same, blocks as they finish", "(c3) the same, split cached",
+                 "(d) torchrun launcher"):
         assert f"| {path}" in out
     assert "Ray Data's own statistics, (c3)" in out and "MapBatches(read_shards)" in out
     assert "| pack RGB | 24 |" in out and "Multi-crop" in out

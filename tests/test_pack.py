@@ -25,7 +25,7 @@ from geodino.data.normalize import Normalizer
 from geodino.data.ray_data import build_dataset
 from geodino.dino.config import PretrainConfig
 from geodino.launch.inputs import input_spec
-from geodino.launch.ray_train import training_dataset
+from geodino.launch.ray_train import ingest_options, training_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,20 +86,27 @@ def test_packed_bigearthnet_streams_the_same_tensors_as_the_geotiffs(ray_session
 
 
 def test_training_reads_every_patch_once_per_epoch_in_a_new_order(ray_session, ben_v1_metadata, tmp_path):
-    """Ray Train's dataset over a pack of six one-patch shards, through streaming_split as Ray Train hands it
-    to a worker: each epoch every patch once, the order new every epoch; uncached, the shards are shuffled
-    before reading (a shuffle of decoded blocks would read the whole split before the first batch)."""
+    """Ray Train's dataset over a pack of six one-patch shards, through streaming_split with Ray Train's ingest
+    options as a worker gets it: each epoch every patch once, the order new every epoch and the same again in
+    a second run with the same seed (six read tasks finish in any order: --preserve_order); uncached, the
+    shards are shuffled before reading (a shuffle of decoded blocks would read the whole split first)."""
     metadata = own_metadata(ben_v1_metadata, tmp_path / "meta")
     pack(PackConfig(metadata=metadata, out_dir=str(tmp_path / "pack"), bands="rgb", shard_size=1, workers=1))
     everything = DataConfig(metadata=metadata, split=None, recommended_only=False)
-    for cached in (False, True):
+
+    def epoch_orders(cached: bool) -> list[list[bytes]]:
         dataset = training_dataset(everything, raw=True, cached=cached, seed=0)
         if not cached:  # the plan, last step first: the shuffle lies under the reading
             assert str(dataset).splitlines()[1:3] == ["+- MapBatches(read_shards)", "   +- RandomizeBlockOrder"]
+        dataset.context.execution_options = ingest_options(preserve_order=True)  # as Ray Train's DataConfig
         worker_shard, = dataset.streaming_split(1, equal=True)
-        orders = [[row["image"].tobytes() for row in worker_shard.iter_rows()] for _ in range(3)]
+        return [[row["image"].tobytes() for row in worker_shard.iter_rows()] for _ in range(3)]
+
+    for cached in (False, True):
+        orders = epoch_orders(cached)
         assert all(sorted(order) == sorted(orders[0]) and len(set(order)) == 6 for order in orders), cached
         assert len({tuple(order) for order in orders}) > 1, f"the same order every epoch (cached={cached})"
+        assert epoch_orders(cached) == orders, f"another run, another order (cached={cached})"
     train = training_dataset(DataConfig(metadata=metadata), raw=True, cached=False, seed=0)  # filters apply per shard
     assert train.count() == len(PatchDataset(DataConfig(metadata=metadata))) < 6
 

@@ -125,7 +125,9 @@ class PretrainConfig:
         None, "Where the final checkpoint (checkpoint.pth, teacher_backbone.pth) is copied; default: the run's folder")
     saveckp_freq: int = flag(
         20, "Save a checkpoint every N epochs (the last epoch always); a restart resumes from the latest")
-    seed: int = flag(0, "Random seed of initialisation, crops and data order")
+    seed: int = flag(
+        0, "Random seed of initialisation, crops and data order: the same command repeats all three (with the Ray "
+        "launcher while --preserve_order is true; on a CPU measured to the last bit of the loss)")
     # --- the seed's SageMaker names
     metadata_dir: str | None = flag(
         None,
@@ -180,9 +182,12 @@ class PretrainConfig:
     crops_on: str = flag(
         "device",
         "device: multi-crop inside the training loop; data: in Ray Data's CPU tasks (frees GPU time when "
-        "CPUs are spare)", choices=CHOICES["crops_on"])
+        "CPUs are spare; those crops do not follow --seed)", choices=CHOICES["crops_on"])
     cache_data: str = flag(
         "auto", "Ray launcher: keep the decoded training split in the object store; auto: when it fits in 30% of it", choices=CHOICES["cache_data"])
+    preserve_order: bool = flag(
+        True, "Ray launcher: batches come in the order --seed decides, so a rerun repeats the run; false lets Ray "
+        "Data hand on blocks as they finish (Ray's preserve_order), which can be faster when reads vary in time")
     limit: int | None = flag(None, "Train on the first N training patches only (smoke runs)")
     augment: str = flag(
         "overhead",

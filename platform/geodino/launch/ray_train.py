@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
-from ray.data import DataContext
+from ray.data import DataContext, ExecutionOptions
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
@@ -121,7 +121,19 @@ def cache_split(cfg: PretrainConfig, data_config: DataConfig, rows: int, item_by
     return rows * sample[0].numel() * item_bytes < CACHE_SHARE * object_store_bytes()
 
 
-def training_dataset(data_config: DataConfig, raw: bool, cached: bool, seed: int) -> ray.data.Dataset:
+def ingest_options(preserve_order: bool) -> ExecutionOptions:
+    """Ray Train's usual ingest options, with the blocks in the seeded order or as they finish (--preserve_order).
+
+    A seeded shuffle alone does not fix the order training sees: parallel read tasks finish in a different order
+    on every run, and the local shuffle buffer fills from whichever block arrives first.
+    """
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = preserve_order
+    return options
+
+
+def training_dataset(data_config: DataConfig, raw: bool, cached: bool, seed: int,
+                     preserve_order: bool = True) -> ray.data.Dataset:
     """The split's images in an order new every epoch (reproducible from the seed), streamed or cached.
 
     Uncached, the shards are shuffled before they are read, so training starts on the first blocks decoded;
@@ -129,6 +141,7 @@ def training_dataset(data_config: DataConfig, raw: bool, cached: bool, seed: int
     """
     dataset = build_dataset(data_config, raw=raw, shuffle_seed=None if cached else seed).select_columns(["image"])
     if cached:
+        dataset.context.execution_options = ingest_options(preserve_order)  # cached blocks keep the order read
         dataset = shuffled_blocks(dataset.materialize(), seed)
     return dataset
 
@@ -176,7 +189,7 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
     pixel_type = raw_dtype(data_config) if cfg.crops_on == "device" else None
     raw = pixel_type is not None  # a pack's pixels go to the workers as they are, normalised on their device
     cached = cache_split(cfg, data_config, rows, np.dtype(pixel_type).itemsize if raw else 4)
-    dataset = training_dataset(data_config, raw, cached, cfg.seed)
+    dataset = training_dataset(data_config, raw, cached, cfg.seed, cfg.preserve_order)
     if cfg.crops_on == "data":
         dataset = dataset.map_batches(crop_columns, batch_size=cfg.batch_size_per_gpu,
                                       fn_kwargs={"config": cfg.multicrop(inputs)})
@@ -193,6 +206,7 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
         train_loop_config={"pretrain": asdict(cfg), "steps_per_epoch": steps, "inputs": asdict(inputs),
                            "threads": max(1, round(cpus)), "ray_log_level": ray_log_level()},
         datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(execution_options=ingest_options(cfg.preserve_order)),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         torch_config=TorchConfig(backend=backend),
