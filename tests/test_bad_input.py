@@ -152,24 +152,35 @@ def test_sixteen_bit_images_get_their_own_pixel_scale_and_band_statistics(tmp_pa
     assert saturating.returncode == 0 and "pixel scale 255 (--pixel_max) leaves" in saturating.stdout
 
 
+def decibel_images() -> list[np.ndarray]:
+    """The real BigEarthNet example patches' B04 and B08 as decibels (10 log10 of reflectance), float32."""
+    from conftest import BEN_V1_EXAMPLE
+
+    images = []
+    for folder in sorted(p for p in BEN_V1_EXAMPLE.iterdir() if p.is_dir()):
+        bands = [rasterio.open(folder / f"{folder.name}_{b}.tif").read(1) for b in ("B04", "B08")]
+        images.append((10 * np.log10(np.maximum(np.stack(bands), 1) / 10000)).astype(np.float32))
+    return images
+
+
+def write_float_geotiff(path, pixels: np.ndarray, nodata: float | None = None) -> None:
+    with rasterio.open(path, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1],
+                       count=pixels.shape[0], dtype="float32", nodata=nodata) as dst:
+        dst.write(pixels)
+
+
 def test_images_with_negative_values_span_zero_to_one(tmp_path):
     """Real Sentinel-2 B04/B08 as decibels (10 log10 of reflectance: nearly every value below 0, as Sentinel-1
     backscatter in dB is): --normalize max divided by the 99.9th percentile and clipped, so nearly every pixel
     became 0 (or, with that percentile below 0 too, 1). Now the 0.1th percentile maps to 0 and the images keep
     their contrast."""
-    from conftest import BEN_V1_EXAMPLE
-
     from geodino.archive.card import load_card
     from geodino.data.config import DataConfig
     from geodino.data.indexed import labelled_images
 
     rows = []
-    for index, folder in enumerate(sorted(p for p in BEN_V1_EXAMPLE.iterdir() if p.is_dir())):
-        bands = [rasterio.open(folder / f"{folder.name}_{b}.tif").read(1) for b in ("B04", "B08")]
-        decibels = (10 * np.log10(np.maximum(np.stack(bands), 1) / 10000)).astype(np.float32)
-        with rasterio.open(tmp_path / f"{index}.tif", "w", driver="GTiff", width=120, height=120, count=2,
-                           dtype="float32") as dst:
-            dst.write(decibels)
+    for index, decibels in enumerate(decibel_images()):
+        write_float_geotiff(tmp_path / f"{index}.tif", decibels)
         rows.append({"path": f"{index}.tif", "label": "field" if index % 2 else "forest", "split": "train"})
     pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
     prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=str(tmp_path / "m.parquet"), workers=1))
@@ -179,6 +190,42 @@ def test_images_with_negative_values_span_zero_to_one(tmp_path):
     images = np.asarray(images)
     assert 0.2 < float(images.mean()) < 0.8
     assert float((images == 0).mean()) < 0.01 and float((images == 1).mean()) < 0.01
+
+
+def test_pixels_a_file_marks_as_no_data_are_not_measurements(tmp_path):
+    """Those dB images with a swath edge: 40 of 120 columns hold the file's nodata value (-9999, or NaN declared
+    as nodata). Before, -9999 became the card's pixel_min, so every real pixel landed in the top fifth of [0, 1],
+    and it dragged the band means to about -3,300. Now those pixels read as their band's valid mean; an image
+    with no valid pixel is rejected by name."""
+    from geodino.archive.card import load_card
+    from geodino.archive.pixels import read_image
+
+    images = decibel_images()
+    rows = []
+    for index, decibels in enumerate(images):
+        edged = decibels.copy()
+        nodata = float("nan") if index % 2 else -9999.0
+        edged[:, :, :40] = nodata
+        write_float_geotiff(tmp_path / f"{index}.tif", edged, nodata)
+        rows.append({"path": f"{index}.tif", "label": "field" if index % 2 else "forest", "split": "train"})
+    write_float_geotiff(tmp_path / "void.tif", np.full_like(images[0], -9999.0), -9999.0)
+    rows.append({"path": "void.tif", "label": "forest", "split": "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    result = prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=str(tmp_path / "m.parquet"), workers=1))
+
+    assert result.rows == len(images)
+    reason = pd.read_csv(result.rejects_path).set_index("path")["reason"]["void.tif"]
+    assert "void.tif: band 1 is all no data (the file's nodata value -9999)" in reason, reason
+    valid = np.concatenate([image[:, :, 40:].ravel() for image in images])
+    card = load_card(str(tmp_path / "m.parquet"))
+    assert valid.min() <= card["pixel_min"] < np.percentile(valid, 5) and card["pixel_max"] <= valid.max()
+    assert all(valid.min() < mean < valid.max() for mean in card["band_stats"]["mean"])
+    for index in (0, 1):  # -9999 and NaN
+        pixels = read_image(str(tmp_path / f"{index}.tif"))
+        assert np.isfinite(pixels).all() and np.array_equal(pixels[:, :, 40:], images[index][:, :, 40:])
+        band_means = images[index][:, :, 40:].mean(axis=(1, 2))
+        np.testing.assert_allclose(pixels[:, :, :40], np.broadcast_to(band_means[:, None, None], (2, 120, 40)),
+                                   rtol=1e-5)
 
 
 def test_a_sixteen_bit_png_keeps_its_values(tmp_path):

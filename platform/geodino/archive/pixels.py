@@ -43,15 +43,41 @@ def to_grid(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_geotiff(path: str) -> np.ndarray:
-    """All bands of a GeoTIFF as a (bands, H, W) array, with errors that name the file."""
+    """All bands of a GeoTIFF as a (bands, H, W) array, with errors that name the file; pixels the file marks as
+    no data (its nodata value or mask) come back as their band's mean (`filled_nodata`)."""
     import rasterio
+    from rasterio.enums import MaskFlags
     from rasterio.errors import RasterioError
 
     try:
         with storage.raster_env(path), rasterio.open(path) as src:
-            return src.read()
+            if all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums):
+                return src.read()  # no nodata value or mask (BigEarthNet's band files): nothing to fill
+            return filled_nodata(src.read(masked=True), path, src.nodata)
     except (RasterioError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read GeoTIFF ({error})") from error
+
+
+def filled_nodata(pixels: np.ma.MaskedArray, path: str, nodata: float | None) -> np.ndarray:
+    """The file's no-data pixels set to the mean of their band's valid pixels, in the file's dtype.
+
+    A swath edge or a DEM void holds a sentinel (-9999, -32768, 65535, ...) that is not a measurement: left in,
+    it became the pixel range's end that --normalize max stretches to (prepare's 0.1th percentile was -9999, so
+    every real pixel landed in the top fifth of [0, 1]) and it dragged the band statistics. A band's own mean is
+    neutral for both normalisations and for the crops; a band with no valid pixel cannot be filled.
+    """
+    invalid = np.ma.getmaskarray(pixels)
+    filled = np.array(pixels.data, copy=True)
+    for band, band_invalid in enumerate(invalid):
+        if not band_invalid.any():
+            continue
+        if band_invalid.all():
+            marker = f"nodata value {nodata:g}" if nodata is not None else "mask"
+            raise PatchReadError(f"{path}: band {band + 1} is all no data (the file's {marker}); leave the image "
+                                 "out of the table")
+        mean = pixels[band].mean()
+        filled[band][band_invalid] = np.round(mean) if np.issubdtype(filled.dtype, np.integer) else mean
+    return filled
 
 
 def read_ben_v1(data_root: str, patch_dir: str, name: str, bands: Sequence[str], size: int = 120) -> np.ndarray:
