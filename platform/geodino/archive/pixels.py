@@ -10,6 +10,7 @@ the dataset, so that readers stay format-only.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -47,13 +48,15 @@ def read_geotiff(path: str) -> np.ndarray:
     no data (its nodata value or mask) come back as their band's mean (`filled_nodata`)."""
     import rasterio
     from rasterio.enums import MaskFlags
-    from rasterio.errors import RasterioError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     try:
-        with storage.raster_env(path), rasterio.open(path) as src:
-            if all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums):
-                return src.read()  # no nodata value or mask (BigEarthNet's band files): nothing to fill
-            return filled_nodata(src.read(masked=True), path, src.nodata)
+        with storage.raster_env(path), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF is a fine patch: none is used
+            with rasterio.open(path) as src:
+                if all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums):
+                    return src.read()  # no nodata value or mask (BigEarthNet's band files): nothing to fill
+                return filled_nodata(src.read(masked=True), path, src.nodata)
     except (RasterioError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read GeoTIFF ({error})") from error
 
