@@ -249,7 +249,8 @@ def test_a_sixteen_bit_png_keeps_its_values(tmp_path):
 
 
 def test_a_users_table_is_checked_as_a_whole(tmp_path):
-    """Duplicates across splits, split spellings, class-name typos and odd image sizes, each named by row."""
+    """Duplicates across splits, split spellings, class-name typos and odd image sizes, each named by row; two
+    images whose short names (path without extension, / as _) would be the same keep names of their own."""
     import shutil
 
     from conftest import EUROSAT
@@ -261,6 +262,10 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
     from PIL import Image
 
     Image.open(sources[1]).resize((32, 32)).save(tmp_path / "small.jpg")
+    others = sorted((EUROSAT / "images" / "River").glob("*.jpg"))[:2]
+    (tmp_path / "x").mkdir()
+    shutil.copy(others[0], tmp_path / "x" / "y.jpg")
+    shutil.copy(others[1], tmp_path / "x_y.png")
     table = pd.DataFrame([
         {"path": sources[0].name, "label": "Forest", "split": "Train"},  # row 2
         {"path": sources[1].name, "label": "Forest", "split": "valid"},  # row 3
@@ -269,6 +274,8 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
         {"path": "copy-of-first.jpg", "label": "Forest", "split": "test"},  # row 6: row 2's pixels
         {"path": sources[0].name, "label": "Forest", "split": "test"},  # row 7: row 2's path
         {"path": "small.jpg", "label": "Forest", "split": "train"},  # row 8: 32 px among 64 px images
+        {"path": "x/y.jpg", "label": "River", "split": "train"},  # row 9: short name x_y
+        {"path": "x_y.png", "label": "River", "split": "test"},  # row 10: short name x_y too
     ])
     text = table.to_csv(index=False).replace(",", ", ")  # typed by hand: a space after each comma
     (tmp_path / "table.csv").write_text(text)
@@ -276,7 +283,10 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
     assert done.returncode == 0, done.stderr
     frame = pd.read_parquet(tmp_path / "m.parquet").set_index("path")
     assert dict(frame["original_split"]) == {sources[0].name: "train", sources[1].name: "validation",
-                                             sources[2].name: "test"}
+                                             sources[2].name: "test", "x/y.jpg": "train", "x_y.png": "test"}
+    # names key a feature's split, a pack's rows and predict's resume: one shared would mix train and test
+    assert frame["name"].is_unique and dict(frame["name"])["x/y.jpg"] == "x/y.jpg"
+    assert dict(frame["name"])[sources[0].name] == sources[0].stem  # the short name where it is unique
     reasons = pd.read_csv(tmp_path / "m.rejects.csv").set_index("path")["reason"].to_dict()
     assert reasons[sources[3].name].startswith("row 5: split 'holdout' is not one of train, validation, test")
     assert reasons["copy-of-first.jpg"] == (f"row 6: same image (identical pixels) as row 2 ({sources[0].name}, "

@@ -170,6 +170,19 @@ def reject_duplicates(rows: list[dict], rejects: list[dict]) -> list[dict]:
     return _reject(rows, rejects, lambda row: duplicate_of(row) is None, reason)
 
 
+def with_unique_names(rows: list[dict]) -> list[dict]:
+    """Every row a name of its own: names key each feature's split, a pack's rows, predict's resume and
+    visualize's --images, so two images with one name (x/y.jpg and x_y.png both shorten to x_y) would take each
+    other's split or pixels. A shared short name gives way to the path (unique once duplicates are rejected),
+    and, should even that be taken, the path and its row."""
+    for rename in (lambda row: row["path"], lambda row: f"{row['path']} (row {row['_row']})"):
+        counts = Counter(row["name"] for row in rows)
+        for row in rows:
+            if counts[row["name"]] > 1:
+                row["name"] = rename(row)
+    return rows
+
+
 def edit_distance(a: str, b: str) -> int:
     previous = list(range(len(b) + 1))
     for i, char_a in enumerate(a, 1):

@@ -40,6 +40,7 @@ from geodino.archive.image_table import (
     reject_duplicates,
     reject_mismatched_images,
     similar_class_names,
+    with_unique_names,
 )
 from geodino.archive.labels import BEN19_CLASSES
 from geodino.archive.pixel_stats import band_stats, choose_pixel_max, choose_pixel_min
@@ -264,7 +265,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         task = partial(parse_image_chunk, data_root, verify=config.verify)
         rows, rejects = run_parallel(task, records, workers, "prepare")
         rows, form = reject_mismatched_images(rows, rejects)
-        rows = reject_duplicates(rows, rejects)
+        rows = with_unique_names(reject_duplicates(rows, rejects))
         classes = sorted({label for row in rows for label in row["labels"]})
         similar = similar_class_names(classes)
         if similar:
