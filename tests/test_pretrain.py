@@ -137,3 +137,30 @@ def test_torchrun_launcher_runs_the_same_loop_without_ray(eurosat_metadata, tmp_
     assert [m["epoch"] for m in log] == [0, 1, 2]
     assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_000002",
                                                                          "checkpoint_epoch_000003"]  # keep 2
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_ends_the_main_job_in_one_line_keeping_its_checkpoints(ray_address, eurosat_metadata, tmp_path):
+    """Ctrl-C (SIGINT) to `python experiments/pretrain.py`, here joining the session's cluster as a submitted job
+    does: Ray Train aborts the run, and its driver ended with exit status 1 and not a word. Now one line says
+    where the checkpoints are and how to continue, status 130; the run's checkpoints stay registered."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_reliability import registered_checkpoints, wait_for_checkpoints
+
+    run_dir = tmp_path / "runs" / "stopped"
+    command = [sys.executable, str(REPO / "experiments" / "pretrain.py"), f"--metadata_dir={eurosat_metadata}",
+               "--epochs=50", "--batch_size_per_gpu=8", f"--storage_path={tmp_path / 'runs'}", "--run_name=stopped",
+               *[f"--{key}={value}" for key, value in TINY.items()]]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "RAY_ADDRESS": ray_address}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoints(run_dir, 1, alive=lambda: driver.poll() is None)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"pretrain.py: interrupted: the run stopped before it finished; its "
+                                            f"checkpoints stay in {run_dir}, and the same command continues from "
+                                            "the latest")
+    assert "Traceback" not in err and registered_checkpoints(run_dir)

@@ -163,10 +163,16 @@ def parse_config_and_given(cls, argv: list[str], prog: str | None = None):
 
 def run_entry(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run an entry script's main: a user's mistake (GeodinoError, also when raised inside a Ray task) ends as
-    one line `prog: error: ...` and exit status 2; anything else keeps its traceback. GEODINO_DEBUG=1 shows
-    the traceback of user errors too."""
+    one line `prog: error: ...` and exit status 2; Ctrl-C as one line `prog: interrupted ...` and 130 (the
+    shell's status for it); anything else keeps its traceback. GEODINO_DEBUG=1 shows the traceback of user
+    errors and interruptions too."""
     try:
         return main(argv)
+    except KeyboardInterrupt as interrupt:
+        if os.environ.get("GEODINO_DEBUG"):
+            raise
+        print(f"{prog}: interrupted" + (f": {interrupt}" if str(interrupt) else ""), file=sys.stderr)
+        return 130
     except Exception as error:
         cause = user_error(error)
         if cause is None or os.environ.get("GEODINO_DEBUG"):

@@ -28,3 +28,8 @@ class MissingInputError(GeodinoError, FileNotFoundError):
 class DamagedInputError(GeodinoError, ValueError):
     """A file the user pointed at is there but is not what it should be (a parquet pyarrow cannot open, a card
     that is not JSON, a table that is not CSV); names the file and how to make it again."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or Ray stopping the driver) ended a run before it finished; the message says what was kept and how
+    to continue. A KeyboardInterrupt, so that no `except Exception` swallows it."""

@@ -35,7 +35,7 @@ from geodino.dino.augment import crop_columns
 from geodino.dino.checkpoint import read_checkpoint, write_checkpoint
 from geodino.dino.config import InputSpec, PretrainConfig, collective_backend, steps_per_epoch_for
 from geodino.dino.loop import dino_loop
-from geodino.errors import ConfigError
+from geodino.errors import ConfigError, RunInterrupted
 from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
 from geodino.ray_cluster import cluster_gpus, init_ray, object_store_bytes, ray_log_level, worker_cpus
@@ -218,7 +218,11 @@ def run_ray_train(cfg: PretrainConfig) -> PretrainResult:
             logging_config=ray.train.LoggingConfig(log_level=ray_log_level()),  # the epoch lines are geodino's
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ray Train aborts the run on Ctrl-C; its wait ends in exit(1)
+        raise RunInterrupted(f"the run stopped before it finished; its checkpoints stay in {cfg.resolved_run_dir()}, "
+                             "and the same command continues from the latest") from stop
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     final = os.path.join(cfg.resolved_output_dir(), "final")
