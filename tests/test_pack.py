@@ -100,7 +100,7 @@ def test_training_reads_every_patch_once_per_epoch_in_a_new_order(ray_session, b
             assert str(dataset).splitlines()[1:3] == ["+- MapBatches(read_shards)", "   +- RandomizeBlockOrder"]
         dataset.context.execution_options = ingest_options(preserve_order=True)  # as Ray Train's DataConfig
         worker_shard, = dataset.streaming_split(1, equal=True)
-        return [[row["image"].tobytes() for row in worker_shard.iter_rows()] for _ in range(3)]
+        return [[row["image"].tobytes() for row in worker_shard.iter_rows()] for _ in range(2)]
 
     for cached in (False, True):
         orders = epoch_orders(cached)

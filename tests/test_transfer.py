@@ -30,6 +30,39 @@ def eurosat_small(tmp_path_factory):
     return folder, result.metadata_path
 
 
+@pytest.mark.timeout(300)
+def test_ctrl_c_ends_a_sweep_in_one_line_without_a_partial_comparison(ray_address, eurosat_small, tmp_path):
+    """Ctrl-C during `python experiments/sweep_probe.py` (joining the session's cluster as a submitted job does).
+    Ray Tune's own handler ended fit() early with a partial grid: geodino then failed on a trial never started
+    (a TypeError traceback, exit 1), and had every trial started it would have compared unfinished trials as if
+    they were done. Now one line, status 130, no comparison written; the features stay cached."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    _, metadata = eurosat_small
+    sweeps, cache = tmp_path / "sweeps", tmp_path / "cache"
+    command = [sys.executable, str(REPO / "experiments" / "sweep_probe.py"), "--metadata_dir", metadata,
+               "--backbone", "random=random:vit_tiny/16", "--lrs", "0.001", "0.01", "0.1", "--weight_decays", "0",
+               "--epochs", "100000", "--n_last_blocks", "1", "--storage_path", str(sweeps), "--cache_dir", str(cache)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "RAY_ADDRESS": ray_address}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 200
+    while time.time() < deadline and driver.poll() is None and not list(sweeps.glob("*/*/progress.csv")):
+        time.sleep(0.2)  # until a trial has reported an epoch
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "sweep_probe.py: interrupted: the sweep stopped before its trials finished, so nothing was compared or "
+        "written; the backbones' features stay cached, and the same command runs the trials again without "
+        "extracting them")
+    assert "Traceback" not in err and not list(sweeps.glob("*/comparison.csv")) and list(cache.glob("*"))
+
+
 @pytest.mark.timeout(600)
 def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_small, tmp_path, capsys, monkeypatch):
     folder, metadata = eurosat_small

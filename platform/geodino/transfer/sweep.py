@@ -24,7 +24,7 @@ from geodino import storage
 from geodino.archive.card import load_card
 from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS
-from geodino.errors import ConfigError
+from geodino.errors import ConfigError, RunInterrupted
 from geodino.metrics import knn_report
 from geodino.outputs import claim_outputs
 from geodino.ray_cluster import cluster_gpus, init_ray
@@ -162,7 +162,16 @@ def run_sweep(cfg: SweepConfig) -> dict:
                                   callbacks=tune_callbacks(cfg.mlflow_tracking_uri, cfg.mlflow_experiment,
                                                            cfg.run_name)),
     )
-    trials = trial_table(tuner.fit(), cfg.epochs)
+    # Tune's own Ctrl-C handler ends fit() early with a partial grid, which would be compared as if finished (or
+    # fail on trials never started): let Ctrl-C interrupt instead, and say what stays.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt as stop:
+        raise RunInterrupted("the sweep stopped before its trials finished, so nothing was compared or written; the "
+                             "backbones' features stay cached, and the same command runs the trials again without "
+                             "extracting them") from stop
+    trials = trial_table(grid, cfg.epochs)
     table, per_class = compare(trials, features, card, cfg)
     outputs = write_outputs(table, per_class, trials, cfg, paths)
     if cfg.mlflow_tracking_uri:
