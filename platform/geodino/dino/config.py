@@ -124,7 +124,8 @@ class PretrainConfig:
     output_dir: str | None = flag(
         None, "Where the final checkpoint (checkpoint.pth, teacher_backbone.pth) is copied; default: the run's folder")
     saveckp_freq: int = flag(
-        20, "Save a checkpoint every N epochs (the last epoch always); a restart resumes from the latest")
+        20, "Save a checkpoint every N epochs (the last epoch always; 0: only the last); a restart resumes from the "
+        "latest")
     seed: int = flag(
         0, "Random seed of initialisation, crops and data order: the same command repeats all three (with the Ray "
         "launcher while --preserve_order is true; on a CPU measured to the last bit of the loss)")
