@@ -47,11 +47,17 @@ def pixel_root(config: DataConfig, card: dict) -> str:
     return config.data_dir or card.get("packed") or card["data_root"]
 
 
+def pixel_range(described: dict) -> tuple[float, float]:
+    """What --normalize max maps to 0 and 1, from a card or a data contract (pixel_min is 0 where absent: cards and
+    contracts written before it, and data that never goes below zero)."""
+    return float(described.get("pixel_min") or 0.0), float(described["pixel_max"])
+
+
 def normalizer(card: dict, bands: tuple[str, ...], mode: str) -> tuple[np.ndarray, np.ndarray]:
     """(offset, scale) per band so that normalised = (raw - offset) / scale."""
     if mode == "max":
-        count, low = len(bands), card.get("pixel_min", 0.0)  # cards before pixel_min: zero
-        return np.full(count, low, np.float32), np.full(count, card["pixel_max"] - low, np.float32)
+        low, high = pixel_range(card)
+        return np.full(len(bands), low, np.float32), np.full(len(bands), high - low, np.float32)
     if mode == "stats":
         stats = card.get("band_stats") or {}
         if not stats:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from geodino.archive.bands import RGB_BANDS
 from geodino.archive.pixels import FORMAT_IMAGE
+from geodino.data.config import pixel_range
 from geodino.dino.checkpoint import BACKBONE_FILE, CONTRACT_FILE, data_contract, source_path_and_part
 from geodino.errors import GeodinoError
 
@@ -77,11 +78,6 @@ def contract_of(source: str) -> dict | None:
         if isinstance(state, dict) and isinstance(state.get("args"), dict) and state["args"].get("inputs"):
             return data_contract(state["args"])
     return None
-
-
-def pixel_range(described: dict) -> tuple[float, float]:
-    """What --normalize max maps to 0 and 1, from a card or a data contract (pixel_min is 0 where absent)."""
-    return float(described.get("pixel_min") or 0.0), float(described["pixel_max"])
 
 
 def same_bands(contract: dict, card: dict, bands: tuple[str, ...]) -> bool:
