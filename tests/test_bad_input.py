@@ -231,21 +231,33 @@ def test_pixels_a_file_marks_as_no_data_are_not_measurements(tmp_path):
                                    rtol=1e-5)
 
 
-def test_a_sixteen_bit_png_keeps_its_values(tmp_path):
-    """A real Sentinel-2 band (uint16 reflectances up to a few thousand) saved as a 16-bit grey PNG: PIL's
-    convert("RGB") clipped it at 255 (most pixels white); now it reads as three equal uint16 bands."""
+def test_sixteen_bit_pngs_and_jpeg_2000_keep_their_values(tmp_path):
+    """Real Sentinel-2 bands (uint16 reflectances up to a few thousand) saved as a 16-bit grey PNG, a 16-bit RGB
+    and RGBA PNG, and a 4-band JPEG 2000 (how Sentinel-2 and NAIP ship). PIL clipped the grey PNG at 255 and kept
+    only the high byte of a colour one (4 of 30 real patches then read as all zero); it reads a JPEG 2000 as 8-bit
+    RGB. Each now reads back value for value, alpha dropped."""
     from conftest import BEN_V1_EXAMPLE
     from PIL import Image
 
     from geodino.archive.pixels import read_image
 
     folder = sorted(p for p in BEN_V1_EXAMPLE.iterdir() if p.is_dir())[0]
-    band = rasterio.open(folder / f"{folder.name}_B04.tif").read(1)
-    assert band.max() > 255
-    Image.fromarray(band).save(tmp_path / "b04.png")
-    image = read_image(str(tmp_path / "b04.png"))
-    assert image.dtype == np.uint16 and image.shape == (3, *band.shape)
-    assert all(np.array_equal(image[index], band) for index in range(3))
+    band_names = ("B04", "B03", "B02", "B08")
+    bands = np.stack([rasterio.open(folder / f"{folder.name}_{band}.tif").read(1) for band in band_names])
+    assert bands.max() > 255 and bands.dtype == np.uint16
+    Image.fromarray(bands[0]).save(tmp_path / "b04.png")
+    opaque = np.full_like(bands[:1], 65535)
+    written = {"rgb.png": ("PNG", bands[:3], {}), "rgba.png": ("PNG", np.concatenate([bands[:3], opaque]), {}),
+               "rgbn.jp2": ("JP2OpenJPEG", bands, {"QUALITY": 100, "REVERSIBLE": "YES"})}
+    for name, (driver, array, options) in written.items():
+        with rasterio.open(tmp_path / name, "w", driver=driver, width=120, height=120, count=len(array),
+                           dtype="uint16", **options) as out:
+            out.write(array)
+    expected = {"b04.png": np.repeat(bands[:1], 3, axis=0), "rgb.png": bands[:3], "rgba.png": bands[:3],
+                "rgbn.jp2": bands}
+    for name, pixels in expected.items():
+        image = read_image(str(tmp_path / name))
+        assert image.dtype == np.uint16 and np.array_equal(image, pixels), name
 
 
 def test_a_users_table_is_checked_as_a_whole(tmp_path):

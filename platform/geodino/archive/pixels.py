@@ -24,7 +24,7 @@ from geodino.errors import GeodinoError
 
 FORMAT_BEN_V1 = "ben_v1"  # one folder per patch, one GeoTIFF per band
 FORMAT_BEN_V2 = "ben_v2"  # reBEN LMDB of safetensors blobs
-FORMAT_IMAGE = "image"  # a user's multi-band GeoTIFF or 8-bit JPEG/PNG
+FORMAT_IMAGE = "image"  # a user's multi-band GeoTIFF or JPEG 2000, or a JPEG/PNG
 
 
 class PatchReadError(GeodinoError, RuntimeError):
@@ -117,19 +117,49 @@ def read_ben_v2(lmdb_path: str, key: str, bands: Sequence[str], size: int = 120)
 
 
 def read_image(path: str) -> np.ndarray:
-    """A user's image in its own dtype: GeoTIFF of any band count, or JPEG/PNG as 3 RGB bands (uint8; a 16-bit
-    grey PNG as 3 equal uint16 bands)."""
-    if path.lower().endswith((".tif", ".tiff")):
+    """A user's image in its own dtype: a GDAL raster (GeoTIFF, JPEG 2000) with all its bands, a 16-bit PNG with
+    its values, or any other PIL image as 3 RGB bands (uint8)."""
+    if path.lower().endswith(GDAL_SUFFIXES):
         return read_geotiff(path)
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
+        data = storage.read_bytes(path)
+        if is_wide_colour_png(data):
+            return read_wide_colour_png(data, path)
+        with Image.open(io.BytesIO(data)) as image:
             if image.mode in WIDE_GREY_MODES:
                 return wide_grey_as_rgb(np.asarray(image))
             return np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy()
     except (UnidentifiedImageError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read image ({error})") from error
+
+
+# Read by GDAL, which keeps every band and dtype: Sentinel-2 products and NAIP tiles come as JPEG 2000, and PIL
+# reads a multi-band or 16-bit JPEG 2000 as 8-bit RGB.
+GDAL_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k")
+
+
+def is_wide_colour_png(data: bytes) -> bool:
+    """A PNG of 16-bit colour or grey+alpha (IHDR bit depth 16, colour type 2, 4 or 6): PIL opens those in an
+    8-bit mode and keeps each value's high byte, so reflectances of 0-4,000 became 0-15 without a word."""
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 4, 6)
+
+
+def read_wide_colour_png(data: bytes, path: str) -> np.ndarray:
+    """A 16-bit colour PNG as its 3 colour bands in uint16 (grey+alpha as 3 equal bands); the alpha band is
+    dropped, as PIL's convert("RGB") drops it from an 8-bit PNG."""
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.io import MemoryFile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with MemoryFile(data) as memory, memory.open() as src:
+                bands = src.read()
+    except (RasterioError, OSError) as error:
+        raise PatchReadError(f"{path}: cannot read image ({error})") from error
+    return bands[:3].copy() if len(bands) >= 3 else wide_grey_as_rgb(bands[0])
 
 
 # PIL's single-band modes wider than 8 bits (16-bit PNGs open as I;16): convert("RGB") clips them at 255, which

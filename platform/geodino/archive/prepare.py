@@ -44,7 +44,7 @@ from geodino.archive.image_table import (
 )
 from geodino.archive.labels import BEN19_CLASSES
 from geodino.archive.pixel_stats import band_stats, choose_pixel_max, choose_pixel_min
-from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE
+from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, GDAL_SUFFIXES
 from geodino.archive.reben import find_lmdb, parse_ben_v2_chunk, read_ben_v2_table
 from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
 from geodino.errors import GeodinoError
@@ -77,7 +77,6 @@ SCHEMA = pa.schema(
         ("recommended", pa.bool_()),
     ]
 )
-RGB_SUFFIXES = (".jpg", ".jpeg", ".png")  # read through PIL as RGB
 CHUNK = 128  # patches per parallel task: large enough to hide process overhead
 
 
@@ -276,7 +275,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
             warnings.append(f"class names that differ only by case or a typo: {listed}; each is its own class")
         task_type = "single_label" if "label" in table.columns and "labels" not in table.columns else "multi_label"
         available_bands = [f"band{i + 1}" for i in range(form[0] if form else 3)]
-        is_rgb = all(str(row["path"]).lower().endswith(RGB_SUFFIXES) for row in rows)
+        is_rgb = not any(str(row["path"]).lower().endswith(GDAL_SUFFIXES) for row in rows)  # PIL reads RGB
         bands = tuple(available_bands)
         for row in rows:
             for key in ("_row", "_form", "_digest"):
