@@ -4,50 +4,30 @@ python experiments/visualize.py --pretrained_weights SOURCE --metadata_dir META 
 """
 
 import argparse
-import os
 import sys
 
 import numpy as np
 import torch
 
 from geodino import cli
-from geodino.archive.splits import SPLITS
 from geodino.cli import run_entry
+from geodino.transfer.visualize import VisualizeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained_weights", help="backbone SOURCE (see linear_probe.py)")
-    parser.add_argument("--metadata_dir", help="metadata parquet (or its folder) of the patches to show")
-    parser.add_argument("--data_dir", help="pixel archive, if it moved since prepare")
-    parser.add_argument("--images", nargs="*", default=[], help="patch names (default: the first --count patches)")
-    parser.add_argument("--count", type=int, default=4, help="patches to show when --images is not given")
-    parser.add_argument("--split", default="test", choices=SPLITS, help="split the patches come from")
-    parser.add_argument("--bands", help="default: the weights' own bands (their data contract), else rgb")
-    parser.add_argument("--normalize", choices=["max", "stats"], help="default: the weights' own, else max")
-    parser.add_argument("--force", action="store_true", help="run even when --bands/--normalize contradict the weights")
-    parser.add_argument("--arch", help="architecture of weights that do not record it")
-    parser.add_argument("--patch_size", type=int, help="patch size of weights that do not record it")
-    parser.add_argument("--run", help="a pretraining run folder (with log.txt) to plot curves of")
-    parser.add_argument("--output_dir", default="runs/pictures", help="where the PNGs go")
-    args = parser.parse_args(argv)
-    if not (args.run or args.pretrained_weights):
-        parser.error("nothing to draw: give --pretrained_weights (attention maps), --run (curves), or both")
-    if args.pretrained_weights and not args.metadata_dir:
-        parser.error("--pretrained_weights needs --metadata_dir: the patches whose attention maps to draw")
-    if args.count < 1:
-        parser.error(f"--count {args.count}: draw at least 1 patch")
-    if args.run and not os.path.isfile(os.path.join(args.run, "log.txt")):
-        parser.error(f"--run {args.run}: no log.txt there; give a pretraining run's folder (it holds log.txt)")
+    cli.add_dataclass_arguments(parser, VisualizeConfig)
+    config = cli.dataclass_from_args(VisualizeConfig, parser.parse_args(argv))
+    config.validate()
     from geodino.outputs import claim_outputs
 
-    wanted = ["pretraining_curves.png"] * bool(args.run) + ["attention.png"] * bool(args.pretrained_weights)
-    paths = claim_outputs(args.output_dir, wanted, "visualize.py", "--output_dir")
-    if args.run:
+    wanted = ["pretraining_curves.png"] * bool(config.run) + ["attention.png"] * bool(config.pretrained_weights)
+    paths = claim_outputs(config.output_dir, wanted, "visualize.py", "--output_dir")
+    if config.run:
         from geodino.transfer.visualize import plot_curves
 
-        print(plot_curves(args.run, paths["pretraining_curves.png"]))
-    if args.pretrained_weights:
+        print(plot_curves(config.run, paths["pretraining_curves.png"]))
+    if config.pretrained_weights:
         from geodino.archive.card import load_card
         from geodino.data.config import DataConfig, resolve_bands
         from geodino.data.ray_data import build_dataset
@@ -56,23 +36,23 @@ def main(argv: list[str] | None = None) -> int:
         from geodino.transfer.contract import resolve_inputs
         from geodino.transfer.visualize import plot_attention
 
-        card = load_card(args.metadata_dir)
-        inputs = resolve_inputs(args.pretrained_weights, card, args.bands, args.normalize, None, args.force,
+        card = load_card(config.metadata_dir)
+        inputs = resolve_inputs(config.pretrained_weights, card, config.bands, config.normalize, None, config.force,
                                 "visualize.py")
-        args.bands, args.normalize = inputs.bands, inputs.normalize
-        in_chans = len(resolve_bands(card, args.bands))
-        data = DataConfig(metadata=args.metadata_dir, data_dir=args.data_dir, split=args.split, bands=args.bands,
-                          normalize=args.normalize, recommended_only=False)
-        check_images(parser, data, args.images)
+        config.bands, config.normalize = inputs.bands, inputs.normalize
+        in_chans = len(resolve_bands(card, config.bands))
+        data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split, bands=config.bands,
+                          normalize=config.normalize, recommended_only=False)
+        check_images(parser, data, config.images)
         init_ray()
         dataset = build_dataset(data)
-        if args.images:
+        if config.images:
             from ray.data.expressions import col
 
-            dataset = dataset.filter(expr=col("name").is_in(sorted(set(args.images))))
-        rows = dataset.take(len(args.images) or args.count)
+            dataset = dataset.filter(expr=col("name").is_in(sorted(set(config.images))))
+        rows = dataset.take(len(config.images) or config.count)
         images = torch.from_numpy(np.stack([row["image"] for row in rows]))
-        backbone = load_backbone(args.pretrained_weights, args.arch, args.patch_size, in_chans)
+        backbone = load_backbone(config.pretrained_weights, config.arch, config.patch_size, in_chans)
         print(plot_attention(backbone.model, images, [row["name"] for row in rows],
                              paths["attention.png"]))
     return 0

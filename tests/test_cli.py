@@ -21,8 +21,19 @@ def parse(cls, argv):
 
 
 def test_every_config_field_is_a_flag_with_the_same_default():
-    assert parse(PretrainConfig, []) == PretrainConfig()
-    assert parse(LinearProbeConfig, []) == LinearProbeConfig()
+    from geodino.archive.config import PrepareConfig
+    from geodino.data.config import StreamConfig
+    from geodino.transfer.visualize import VisualizeConfig
+
+    for cls in (PretrainConfig, LinearProbeConfig, StreamConfig, VisualizeConfig):
+        assert parse(cls, []) == cls(), cls.__name__
+    # prepare's ARCHIVE is positional; its bool flags alone mean true, as the seed's store_true flags did
+    parser = argparse.ArgumentParser()
+    parser.add_argument("archive")
+    add_dataclass_arguments(parser, PrepareConfig)
+    assert dataclass_from_args(PrepareConfig, parser.parse_args(["x.csv"])) == PrepareConfig(archive="x.csv")
+    typed = dataclass_from_args(PrepareConfig, parser.parse_args(["x.csv", "--strict", "--splits-dir", "lists"]))
+    assert typed.strict is True and typed.splits_dir == "lists"
 
 
 def test_dino_and_sagemaker_hyperparameters_parse_unchanged():
@@ -301,7 +312,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("predict.py", ["--embeddings", "--threshold", "1.5", *weights], "--threshold must lie between 0 and 1"),
         ("predict.py", ["--embeddings", "--actors", "0", *weights], "--actors must be greater than 0"),
         ("predict.py", ["--embeddings", "--split", "Train", *weights], "invalid choice: 'Train'"),
-        ("stream.py", ["--batch_size", "0", *data], "--batch_size_per_gpu 0 must be at least 1"),
+        ("stream.py", ["--batch_size", "0", *data], "--batch_size_per_gpu must be at least 1, not 0"),
         ("visualize.py", ["--count", "0", *weights], "--count 0: draw at least 1 patch"),
         ("prepare.py", [f"{tmp}/nowhere.csv", "--out", f"{tmp}/m.parquet"], "no such file or folder"),
         ("prepare.py", [table, "--workers", "-1", "--out", f"{tmp}/m.parquet"], "--workers must be 0"),

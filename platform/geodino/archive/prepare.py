@@ -34,6 +34,7 @@ from geodino import storage
 from geodino.archive.bands import parse_bands
 from geodino.archive.ben_v1 import list_patch_dirs, parse_ben_v1_chunk
 from geodino.archive.card import card_file, metadata_file, rejects_file
+from geodino.archive.config import PrepareConfig
 from geodino.archive.image_table import (
     parse_image_chunk,
     read_image_table,
@@ -78,21 +79,6 @@ SCHEMA = pa.schema(
     ]
 )
 CHUNK = 128  # patches per parallel task: large enough to hide process overhead
-
-
-@dataclass
-class PrepareConfig:
-    archive: str
-    out: str = "metadata.parquet"
-    splits_dir: str | None = None
-    exclusions_dir: str | None = None
-    data_dir: str | None = None  # user tables: where relative image paths start
-    bands: str = "all"  # bands every BigEarthNet v1 patch must have
-    verify: str = "pixels"  # "pixels" reads every band (catches truncation); "header" opens only
-    workers: int = 0  # 0: one process per core; 1: in this process
-    strict: bool = False
-    stats_patches: int = 1000  # patches sampled (from train) for per-band mean/std and the pixel scale
-    pixel_max: float | None = None  # value mapped to 1 by --normalize max (default: from the data, see the card)
 
 
 class OutputError(GeodinoError, ValueError):

@@ -15,6 +15,9 @@ from geodino import storage
 from geodino.archive.bands import UnknownBandError, parse_bands
 from geodino.archive.card import METADATA_COLUMNS, check_metadata_columns, metadata_file
 from geodino.archive.pixels import FORMAT_IMAGE
+from geodino.archive.splits import SPLITS
+from geodino.cli import flag
+from geodino.errors import ConfigError
 
 NORMALIZATIONS = ("max", "stats")
 
@@ -29,6 +32,27 @@ class DataConfig:
     recommended_only: bool = True  # leave out snow, cloud/shadow and unlabelled patches
     limit: int | None = None
     read_batch_size: int = 16  # patches per pixel-reading task
+
+
+
+@dataclass
+class StreamConfig:
+    """stream.py's flags: a split through the Ray Data pipeline, to see what training would be fed and how fast."""
+
+    metadata_dir: str | None = flag(None, "Metadata parquet (or its folder); default: the embedded demo archive")
+    data_dir: str | None = flag(None, "The pixel archive or pack, if it moved since prepare")
+    split: str = flag("train", "Split to stream", choices=SPLITS)
+    bands: str = flag("rgb", "rgb, all, or a list such as B04,B03,B02,B08")
+    normalize: str = flag("max", "max: divide by the card's pixel scale; stats: per-band mean and std",
+                          choices=NORMALIZATIONS)
+    batch_size_per_gpu: int = flag(32, "Patches per batch", aliases=("--batch_size",))
+    batches: int = flag(5, "Batches to stream; 0: all")
+
+    def validate(self) -> None:
+        if self.batch_size_per_gpu < 1:
+            raise ConfigError(f"--batch_size_per_gpu must be at least 1, not {self.batch_size_per_gpu}")
+        if self.batches < 0:
+            raise ConfigError(f"--batches must be at least 0 (0: all), not {self.batches}")
 
 
 def resolve_bands(card: dict, bands: str) -> tuple[str, ...]:

@@ -4,10 +4,48 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from geodino.archive.splits import SPLITS
+from geodino.cli import flag
+from geodino.data.config import NORMALIZATIONS
+from geodino.errors import ConfigError
+
+
+@dataclass
+class VisualizeConfig:
+    """visualize.py's flags: attention maps of a backbone over real patches, curves of a run, or both."""
+
+    pretrained_weights: str | None = flag(None, "Backbone SOURCE to draw attention maps of (the same SOURCE as "
+                                          "linear_probe.py's); needs --metadata_dir")
+    metadata_dir: str | None = flag(None, "Metadata parquet (or its folder) of the patches to show")
+    data_dir: str | None = flag(None, "The pixel archive or pack, if it moved since prepare")
+    images: list[str] = flag([], "Patch names to show (the metadata's name column); default: the first --count "
+                             "patches")
+    count: int = flag(4, "Patches to show when --images is not given")
+    split: str = flag("test", "Split the patches come from", choices=SPLITS)
+    bands: str | None = flag(None, "Input bands; default: the weights' own (their data contract), else rgb")
+    normalize: str | None = flag(None, "max or stats; default: the weights' own, else max", choices=NORMALIZATIONS)
+    force: bool = flag(False, "Run even when --bands/--normalize contradict the weights")
+    arch: str | None = flag(None, "Architecture of weights that do not record it (vit_tiny, vit_small, vit_base)")
+    patch_size: int | None = flag(None, "Patch size of weights that do not record it")
+    run: str | None = flag(None, "A pretraining run's folder (it holds log.txt) to plot the curves of")
+    output_dir: str = flag("runs/pictures", "Where the PNGs go (pretraining_curves.png, attention.png)")
+
+    def validate(self) -> None:
+        """Nothing to draw, or a drawing without its inputs, named before weights, data or Ray are touched."""
+        if not (self.run or self.pretrained_weights):
+            raise ConfigError("nothing to draw: give --pretrained_weights (attention maps), --run (curves), or both")
+        if self.pretrained_weights and not self.metadata_dir:
+            raise ConfigError("--pretrained_weights needs --metadata_dir: the patches whose attention maps to draw")
+        if self.count < 1:
+            raise ConfigError(f"--count {self.count}: draw at least 1 patch")
+        if self.run and not os.path.isfile(os.path.join(self.run, "log.txt")):
+            raise ConfigError(f"--run {self.run}: no log.txt there; give a pretraining run's folder (it holds log.txt)")
 
 
 @torch.no_grad()
