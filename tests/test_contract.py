@@ -63,7 +63,7 @@ PROBE_SETTINGS = {"bands": "rgb", "normalize": "max", "arch": "vit_tiny", "patch
                   "avgpool_patchtokens": False, "image_size": 64}
 
 
-def test_predict_refuses_a_probe_of_other_weights_or_other_classes(run_folder, eurosat_metadata, tmp_path):
+def test_predict_takes_the_probe_of_these_weights_however_spelt_and_refuses_others(run_folder, eurosat_metadata, tmp_path):
     probe = tmp_path / "probe.pth"
     card = load_card(eurosat_metadata)
     torch.save({"state_dict": {}, "classes": card["classes"], "task": card["task"], "backbone": "random:vit_tiny/8",
@@ -75,6 +75,24 @@ def test_predict_refuses_a_probe_of_other_weights_or_other_classes(run_folder, e
                 "config": PROBE_SETTINGS}, probe)
     with pytest.raises(ContractError, match="the probe's 2 classes are not this data's 10"):
         resolved(PredictConfig(pretrained_weights="random:vit_tiny/8", probe=str(probe), metadata_dir=eurosat_metadata))
+
+    # the same weights however the path is spelt (run folder, relative path) are accepted; another part is not
+    from geodino.transfer.features import source_identity
+
+    teacher = run_folder / "final" / "teacher_backbone.pth"
+    torch.save({"state_dict": {}, "classes": card["classes"], "task": card["task"], "config": PROBE_SETTINGS,
+                "backbone": source_identity(str(teacher))}, probe)
+    for spelling in (str(run_folder), os.path.relpath(teacher)):
+        assert resolved(PredictConfig(pretrained_weights=spelling, probe=str(probe), metadata_dir=eurosat_metadata))
+    from geodino.transfer.predict import output_identity  # what a resumed predict must match
+
+    assert output_identity(PredictConfig(pretrained_weights=str(run_folder), probe=str(probe),
+                                         metadata_dir=eurosat_metadata)) == output_identity(PredictConfig(
+        pretrained_weights=os.path.relpath(teacher), probe=os.path.relpath(probe),
+        metadata_dir=os.path.relpath(eurosat_metadata)))
+    student = f"{run_folder / 'final' / 'checkpoint.pth'}#student"
+    with pytest.raises(ContractError, match="the probe was fitted on the features of .*teacher_backbone.pth@"):
+        resolved(PredictConfig(pretrained_weights=student, probe=str(probe), metadata_dir=eurosat_metadata))
 
 
 def test_the_probe_cli_refuses_a_contradiction_in_one_line_before_ray_starts(run_folder, eurosat_metadata, tmp_path):

@@ -89,10 +89,20 @@ def source_identity(source: str) -> str:
     return source
 
 
+def weights_key(identity: str) -> str:
+    """The weights a `source_identity` names, without the path they were given by: a file's digest and the part
+    of a checkpoint it reads. `runs/demo`, `./runs/demo/final/teacher_backbone.pth` and its absolute path are one
+    set of weights; compared as whole identities they made predict refuse the probe fitted on them."""
+    source, at, digest = identity.rpartition("@")
+    if not at or len(digest) != 16 or not all(c in "0123456789abcdef" for c in digest):
+        return identity  # random:ARCH, timm:NAME: the name is the identity
+    return f"{digest}#{source_path_and_part(source)[1]}"
+
+
 def cache_key(source: str, arch, patch_size, data: DataConfig, features: FeatureConfig) -> str:
     metadata = data.metadata
     stamp = os.path.getmtime(metadata) if os.path.exists(metadata) else None
-    payload = {"source": source_identity(source), "arch": arch, "patch": patch_size, "data": asdict(data),
+    payload = {"source": weights_key(source_identity(source)), "arch": arch, "patch": patch_size, "data": asdict(data),
                "metadata_mtime": stamp, "features": asdict(features) | {"batch_size": None}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -32,7 +32,14 @@ from geodino.data.ray_data import build_dataset
 from geodino.errors import ConfigError, GeodinoError, MissingInputError
 from geodino.ray_cluster import actor_cpus, cluster_gpus, init_ray
 from geodino.transfer.contract import ContractError, resolve_inputs
-from geodino.transfer.features import FeatureConfig, FeatureExtractor, file_digest, fitted_image_size, source_identity
+from geodino.transfer.features import (
+    FeatureConfig,
+    FeatureExtractor,
+    file_digest,
+    fitted_image_size,
+    source_identity,
+    weights_key,
+)
 from geodino.transfer.linear_probe import load_probe
 from geodino.transfer.probe import LinearProbe, probabilities
 
@@ -126,9 +133,9 @@ def output_identity(config: PredictConfig) -> dict:
     """What the rows of an output depend on; a resume must match it exactly (the split only chooses rows)."""
     metadata = metadata_file(config.metadata_dir)
     return {
-        "weights": source_identity(config.pretrained_weights),
-        "probe": f"{config.probe}@{file_digest(config.probe)}" if config.probe else None,
-        "metadata": f"{metadata}@{hashlib.sha256(storage.read_bytes(metadata)).hexdigest()[:16]}",
+        "weights": weights_key(source_identity(config.pretrained_weights)),  # contents: paths may be spelt anew
+        "probe": file_digest(config.probe) if config.probe else None,
+        "metadata": hashlib.sha256(storage.read_bytes(metadata)).hexdigest()[:16],
         "data_dir": config.data_dir, "bands": config.bands, "normalize": config.normalize,
         "embeddings": config.embeddings, "threshold": None if config.embeddings else config.threshold,
     }
@@ -196,7 +203,7 @@ def resolved(config: PredictConfig) -> PredictConfig:
     bands, normalize = config.bands or trained["bands"], config.normalize or trained["normalize"]
     problems = []
     weights = source_identity(config.pretrained_weights)
-    if saved.get("backbone") and weights != saved["backbone"]:
+    if saved.get("backbone") and weights_key(weights) != weights_key(saved["backbone"]):
         problems.append(f"the probe was fitted on the features of {saved['backbone']}, not of {weights}")
     if list(saved["classes"]) != list(card["classes"]):
         problems.append(f"the probe's {len(saved['classes'])} classes are not this data's {len(card['classes'])} "
