@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from geodino import cli
 from geodino.cli import run_entry
@@ -34,16 +35,18 @@ def main(argv: list[str] | None = None) -> int:
         from geodino.ray_cluster import init_ray
         from geodino.transfer.backbones import load_backbone
         from geodino.transfer.contract import resolve_inputs
+        from geodino.transfer.features import fitted_image_size
         from geodino.transfer.visualize import plot_attention
 
         card = load_card(config.metadata_dir)
-        inputs = resolve_inputs(config.pretrained_weights, card, config.bands, config.normalize, None, config.force,
-                                "visualize.py")
+        inputs = resolve_inputs(config.pretrained_weights, card, config.bands, config.normalize, config.image_size,
+                                config.force, "visualize.py")
         config.bands, config.normalize = inputs.bands, inputs.normalize
         in_chans = len(resolve_bands(card, config.bands))
         data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split, bands=config.bands,
                           normalize=config.normalize, recommended_only=False)
         check_images(parser, data, config.images)
+        size = fitted_image_size(config.pretrained_weights, data, inputs.image_size, config.arch, config.patch_size)
         init_ray()
         dataset = build_dataset(data)
         if config.images:
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             dataset = dataset.filter(expr=col("name").is_in(sorted(set(config.images))))
         rows = dataset.take(len(config.images) or config.count)
         images = torch.from_numpy(np.stack([row["image"] for row in rows]))
+        if size and images.shape[-1] != size:  # a ViT takes whole patches: 120 px images and 16 px patches do not fit
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         backbone = load_backbone(config.pretrained_weights, config.arch, config.patch_size, in_chans)
         print(plot_attention(backbone.model, images, [row["name"] for row in rows],
                              paths["attention.png"]))

@@ -91,7 +91,8 @@ def test_stream_and_visualize_scripts(ray_session, ben30_metadata, tmp_path, cap
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "log.txt").write_text("\n".join(json.dumps(
         {"epoch": e, "loss": 6 - e, "lr": 1e-4, "teacher_entropy": 4.0, "max_entropy": 6.9}) for e in range(3)))
-    run_here("visualize.py", "--pretrained_weights", "random:vit_tiny/8", "--metadata_dir", str(ben30_metadata),
+    # 16 px patches do not tile 120 px patches: the images are resized to 128 px (before: an AssertionError)
+    run_here("visualize.py", "--pretrained_weights", "random:vit_tiny/16", "--metadata_dir", str(ben30_metadata),
              "--count", "2", "--run", str(tmp_path / "run"), "--output_dir", str(tmp_path / "pictures"), **here)
     for picture in ("attention.png", "pretraining_curves.png"):
         assert (tmp_path / "pictures" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

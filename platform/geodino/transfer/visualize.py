@@ -31,6 +31,8 @@ class VisualizeConfig:
     bands: str | None = flag(None, "Input bands; default: the weights' own (their data contract), else rgb")
     normalize: str | None = flag(None, "max or stats; default: the weights' own, else max", choices=NORMALIZATIONS)
     force: bool = flag(False, "Run even when --bands/--normalize contradict the weights")
+    image_size: int | None = flag(None, "Input side in pixels (a multiple of the patch size); default: the weights' "
+                                  "training crop size, else the data's size")
     arch: str | None = flag(None, "Architecture of weights that do not record it (vit_tiny, vit_small, vit_base)")
     patch_size: int | None = flag(None, "Patch size of weights that do not record it")
     run: str | None = flag(None, "A pretraining run's folder (it holds log.txt) to plot the curves of")
@@ -44,6 +46,8 @@ class VisualizeConfig:
             raise ConfigError("--pretrained_weights needs --metadata_dir: the patches whose attention maps to draw")
         if self.count < 1:
             raise ConfigError(f"--count {self.count}: draw at least 1 patch")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"--image_size must be greater than 0, not {self.image_size}")
         if self.run and not os.path.isfile(os.path.join(self.run, "log.txt")):
             raise ConfigError(f"--run {self.run}: no log.txt there; give a pretraining run's folder (it holds log.txt)")
 
