@@ -124,11 +124,13 @@ def prepare_cli(*args, env=None):
 
 
 def test_sixteen_bit_images_get_their_own_pixel_scale_and_band_statistics(tmp_path):
-    """4-band uint16 GeoTIFFs (real Sentinel-2 B02, B03, B04, B08): before, they were scaled as 8-bit (mean 0.998)."""
+    """4-band uint16 GeoTIFFs (real Sentinel-2 B02, B03, B04, B08): before, they were scaled as 8-bit (mean 0.998).
+    --bands picks some of their channels by the card's names (before: refused, every channel or none)."""
     from conftest import BEN_V1_EXAMPLE
 
+    from geodino.archive.bands import UnknownBandError
     from geodino.archive.card import load_card
-    from geodino.data.config import DataConfig
+    from geodino.data.config import DataConfig, resolve_bands
     from geodino.data.indexed import labelled_images
 
     rows = []
@@ -148,6 +150,19 @@ def test_sixteen_bit_images_get_their_own_pixel_scale_and_band_statistics(tmp_pa
     assert len(card["band_stats"]["mean"]) == 4 and card["band_stats"]["mean"][3] > card["band_stats"]["mean"][0]
     images, _ = labelled_images(DataConfig(metadata=str(tmp_path / "m.parquet"), split="train"))
     assert 0.05 < float(images.mean()) < 0.5  # reflectances, not a saturated 0.998
+    # some channels, by the card's names, from the files and from a pack (here: B04, B03, B02 = red, green, blue)
+    packed = prepare_cli(tmp_path / "table.csv", "--out", tmp_path / "m.parquet", "--pack", tmp_path / "pack",
+                         "--pack_only")
+    assert packed.returncode == 0, packed.stderr
+    for data_dir in (str(tmp_path), str(tmp_path / "pack")):
+        chosen = DataConfig(metadata=str(tmp_path / "m.parquet"), data_dir=data_dir, split="train",
+                            bands="band3,band2,band1", normalize="stats")
+        rgb, _ = labelled_images(chosen)
+        mean, std = (np.array(card["band_stats"][key])[[2, 1, 0], None, None] for key in ("mean", "std"))
+        raw = np.stack([rasterio.open(tmp_path / r["path"]).read()[[2, 1, 0]] for r in rows])
+        assert np.allclose(rgb, (raw - mean) / std, atol=1e-4), data_dir
+    with pytest.raises(UnknownBandError, match=r"have the channels band1, band2, band3, band4 \('band5' is not"):
+        resolve_bands(card, "band3,band5")
     saturating = prepare_cli(tmp_path / "table.csv", "--out", tmp_path / "s.parquet", "--workers", "1",
                              "--pixel_max", "255")
     assert saturating.returncode == 0 and "pixel scale 255 (--pixel_max) leaves" in saturating.stdout

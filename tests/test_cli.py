@@ -292,7 +292,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("pretrain.py", ["--limit", "-5", *data], "--limit must be a number of patches greater than 0"),
         ("pretrain.py", ["--global_crops_size", "30", *data], "not a multiple of --patch_size 16"),
         ("pretrain.py", ["--batch_size_per_gpu", "512", *data], "is larger than the 80 training patches"),
-        ("pretrain.py", ["--bands", "rgbb", *data], "--bands 'rgbb': the images of a table are read with all"),
+        ("pretrain.py", ["--bands", "rgbb", *data], "--bands 'rgbb': the images of this table have the channels band1, band2, band3 ('rgbb' is not one of them)"),
         ("pretrain.py", ["--storage_path", "s3:/bucket/runs", *data], "is not a well-formed URI"),
         ("pretrain.py", ["--output_dir", "gs://bucket/runs", *data], "the gs:// scheme is not supported"),
         ("pretrain.py", ["--metadata_dir", f"{tmp}/nowhere"], "no metadata parquet there"),

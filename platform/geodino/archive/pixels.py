@@ -184,5 +184,16 @@ def read_patch(fmt: str, data_root: str, path: str, name: str, bands: Sequence[s
     if fmt == FORMAT_BEN_V2:
         return read_ben_v2(data_root, path, bands)
     if fmt == FORMAT_IMAGE:
-        return read_image(storage.join(data_root, path))
+        return image_channels(read_image(storage.join(data_root, path)), bands, path)
     raise PatchReadError(f"{name}: unknown format {fmt!r} in metadata")
+
+
+def image_channels(pixels: np.ndarray, bands: Sequence[str], path: str) -> np.ndarray:
+    """The channels `bands` names (prepare calls an image's channels band1..bandN); every channel when `bands` is
+    empty or names them all in order."""
+    wanted = [int(band[len("band"):]) - 1 for band in bands]
+    if not wanted or wanted == list(range(len(pixels))):
+        return pixels
+    if max(wanted) >= len(pixels):
+        raise PatchReadError(f"{path}: has {len(pixels)} channels, not the band{max(wanted) + 1} asked for")
+    return pixels[wanted]

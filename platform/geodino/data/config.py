@@ -56,13 +56,19 @@ class StreamConfig:
 
 
 def resolve_bands(card: dict, bands: str) -> tuple[str, ...]:
-    """Band selection for this archive; a user's images always use all their channels."""
+    """Band selection for this archive. A user's images: every channel by default (rgb, all), or some of them by
+    the card's names (band4,band3,band2 of a 13-band Sentinel-2 GeoTIFF is its red, green, blue)."""
     if card["format"] == FORMAT_IMAGE:
         own = tuple(card["bands"])
-        if bands in (None, "rgb", "all") or tuple(band.strip() for band in bands.split(",")) == own:
+        if bands in (None, "rgb", "all"):
             return own
-        raise UnknownBandError(f"--bands {bands!r}: the images of a table are read with all their channels "
-                               f"({', '.join(own)}); give --bands all, or leave the default")
+        chosen = tuple(band.strip() for band in bands.split(","))
+        unknown = [band for band in chosen if band not in own]
+        if unknown or len(set(chosen)) != len(chosen):
+            problem = f"{unknown[0]!r} is not one of them" if unknown else "a channel is named twice"
+            raise UnknownBandError(f"--bands {bands!r}: the images of this table have the channels {', '.join(own)} "
+                                   f"({problem}); give some of them, in the order wanted, or all")
+        return chosen
     return parse_bands(bands)
 
 

@@ -144,7 +144,8 @@ class PretrainConfig:
         "Side of the global crops in pixels, a multiple of --patch_size. 224 as published; 112-120 for "
         "BigEarthNet patches")
     local_crops_size: int = flag(96, "Side of the local crops in pixels, a multiple of --patch_size. 96 as published")
-    bands: str = flag("rgb", "Input bands: rgb, all (every band of the archive) or a list such as B04,B03,B02,B08")
+    bands: str = flag("rgb", "Input bands: rgb, all (every band of the archive) or a list such as B04,B03,B02,B08; "
+                      "an image table: every channel, or a list of its card's band1...bandN")
     normalize: str = flag(
         "max",
         "max: map the card's pixel range (0, or pixel_min for data below zero, to its pixel scale) to [0, 1]; "

@@ -22,8 +22,8 @@ MIN_QUERIES = 20  # a validation split smaller than this is not used for the k-N
 
 def is_rgb(card: dict, bands: tuple[str, ...]) -> bool:
     """Red, green, blue in that order: Sentinel-2's B04, B03, B02, or an image table prepare read as RGB."""
-    if card["format"] == FORMAT_IMAGE:
-        return bool(card.get("rgb", len(bands) == 3))
+    if card["format"] == FORMAT_IMAGE:  # all of an RGB image's channels, in order (not a chosen few of them)
+        return bool(card.get("rgb", len(bands) == 3)) and tuple(bands) == tuple(card["bands"])
     return tuple(bands) == RGB_BANDS
 
 

@@ -83,7 +83,8 @@ def contract_of(source: str) -> dict | None:
 def same_bands(contract: dict, card: dict, bands: tuple[str, ...]) -> bool:
     """R, G, B is R, G, B whichever archive it comes from; other bands must match by name and order."""
     if contract.get("rgb") and len(bands) == 3:
-        rgb_data = tuple(bands) == RGB_BANDS or (card["format"] == FORMAT_IMAGE and card.get("rgb", True))
+        rgb_data = tuple(bands) == RGB_BANDS or (card["format"] == FORMAT_IMAGE and card.get("rgb", True)
+                                                 and tuple(bands) == tuple(card["bands"]))
         if rgb_data:
             return True
     return list(bands) == list(contract["bands"])
