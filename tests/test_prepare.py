@@ -152,6 +152,23 @@ def test_user_image_table_with_bad_rows(tmp_path):
     card = json.loads((tmp_path / "m.json").read_text())
     assert card["task"] == "single_label" and len(card["classes"]) == 10 and card["pixel_max"] == 255.0
     assert card["bands"] == ["band1", "band2", "band3"]
+    # files that are not images, and a row without a path, each named for what it is
+    import shutil
+
+    from geodino.archive.prepare import summarise
+
+    for index, source in enumerate(sorted((EUROSAT / "images" / "Forest").glob("*.jpg"))[:3]):
+        shutil.copy(source, tmp_path / f"forest{index}.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    pd.DataFrame({"path": ["forest0.jpg", "forest1.jpg", "forest2.jpg", "empty.jpg", "notes.jpg", ""],
+                  "label": "Forest"}).to_csv(tmp_path / "odd.csv", index=False)
+    odd = prepare(PrepareConfig(archive=str(tmp_path / "odd.csv"), out=str(tmp_path / "odd.parquet"), workers=1))
+    listed = summarise(odd).splitlines()[-3:]
+    assert listed == [f"    empty.jpg: row 5: {tmp_path}/empty.jpg: the file is empty (0 bytes)",
+                      f"    notes.jpg: row 6: {tmp_path}/notes.jpg: not an image geodino reads (GeoTIFF, JPEG 2000, "
+                      "or a JPEG, PNG or other format PIL opens)",
+                      "    : row 7: the path cell is empty"], listed
 
 
 def test_demo_archive_is_deterministic_and_learnable_shaped(tmp_path):

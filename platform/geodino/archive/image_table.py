@@ -77,8 +77,10 @@ def split_of(value, number: int) -> str | None:
 def parse_image_chunk(data_root: str, records: list[dict], verify: str):
     rows, rejects = [], []
     for number, record in records:
-        path = str(record["path"])
+        path = "" if record["path"] is None else str(record["path"])
         try:
+            if not path:
+                raise RejectedPatch(f"row {number}: the path cell is empty")
             if ".." in path.replace("\\", "/").split("/") or os.path.isabs(path):
                 raise RejectedPatch(f"row {number}: path {path!r} leaves the data folder")
             labels = _labels_of(record)

@@ -125,13 +125,18 @@ def read_image(path: str) -> np.ndarray:
 
     try:
         data = storage.read_bytes(path)
+        if not data:
+            raise PatchReadError(f"{path}: the file is empty (0 bytes)")
         if is_wide_colour_png(data):
             return read_wide_colour_png(data, path)
         with Image.open(io.BytesIO(data)) as image:
             if image.mode in WIDE_GREY_MODES:
                 return wide_grey_as_rgb(np.asarray(image))
             return np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy()
-    except (UnidentifiedImageError, OSError) as error:
+    except UnidentifiedImageError as error:  # its message names an in-memory buffer, not the file
+        raise PatchReadError(f"{path}: not an image geodino reads (GeoTIFF, JPEG 2000, or a JPEG, PNG or other "
+                             "format PIL opens)") from error
+    except OSError as error:
         raise PatchReadError(f"{path}: cannot read image ({error})") from error
 
 

@@ -333,7 +333,7 @@ def summarise(result: PrepareResult, frame: pd.DataFrame | None = None) -> str:
         f"  card: {result.card_path}",
     ]
     if result.rejected:
-        rejects = pd.read_csv(result.rejects_path)
+        rejects = pd.read_csv(result.rejects_path, dtype=str, keep_default_na=False)  # a name "NA" stays NA
         lines.append(f"  rejected {result.rejected} patches (reasons in {result.rejects_path}):")
         for row in rejects.head(10).itertuples():
             lines.append(f"    {row.name}: {row.reason}")
