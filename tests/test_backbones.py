@@ -114,8 +114,15 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 
 
 def test_timm_hub_source_without_network_says_how_to_pass_a_file():
-    with pytest.raises(RuntimeError, match="pass the file path as the backbone instead"):
+    """A user's mistake (GeodinoError: one line, exit 2), not a traceback; a typo is named before the hub is asked."""
+    from geodino.errors import GeodinoError
+
+    with pytest.raises(GeodinoError, match="pass the file path as the backbone instead"):
         load_backbone("timm:vit_small_patch16_224.dino")
+    with pytest.raises(GeodinoError, match="no model 'vit_smal_patch16_224' \\(did you mean vit_small_patch16_224"):
+        load_backbone("timm:vit_smal_patch16_224.dino")
+    with pytest.raises(GeodinoError, match="no weights 'dinov2' for vit_small_patch16_224 \\(it has: .*dino"):
+        load_backbone("timm:vit_small_patch16_224.dinov2")
 
 
 def test_random_baseline_and_names():

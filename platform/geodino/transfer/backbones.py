@@ -28,6 +28,10 @@ from geodino.errors import ConfigError, GeodinoError, MissingInputError
 EMBED_DIM_TO_ARCH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
 
 
+class WeightsUnavailableError(GeodinoError, RuntimeError):
+    """A timm: source this machine cannot have: no such model, or its weights not on the hub or in the cache."""
+
+
 class BackboneMismatchError(GeodinoError, ValueError):
     """Weights that do not fit the requested architecture or the data's band count."""
 
@@ -176,14 +180,32 @@ def load_backbone(source: str, arch: str | None = None, patch_size: int | None =
     return _frozen(Backbone(model, found_arch, found_patch, in_chans, source))
 
 
+def check_timm_name(source: str, name: str) -> None:
+    """A typo in a timm name, named before the hub is asked (offline, the hub's answer hides it)."""
+    import difflib
+
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        raise WeightsUnavailableError(f"{source}: timm has no model {arch!r}" + (f" (did you mean {', '.join(close)}?)"
+                                      if close else "") + "; see timm.list_models(pretrained=True)")
+    tagged = timm.list_pretrained(f"{arch}.*")
+    if tag and name not in tagged:
+        raise WeightsUnavailableError(f"{source}: timm has no weights {tag!r} for {arch} (it has: "
+                                      f"{', '.join(t.partition('.')[2] for t in tagged[:6]) or 'none'})")
+
+
 def _from_timm(source: str, in_chans: int) -> Backbone:
     import timm
 
     name = source.split(":", 1)[1]
+    check_timm_name(source, name)
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, dynamic_img_size=True)
     except Exception as error:
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"{source}: could not fetch pretrained weights ({type(error).__name__}: {error}). Without hub access, "
             f"download the weights on a connected machine (e.g. timm.create_model('{name}', pretrained=True) and "
             f"torch.save(model.state_dict(), 'weights.pth')) and pass the file path as the backbone instead."
