@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -123,6 +124,19 @@ def test_timm_hub_source_without_network_says_how_to_pass_a_file():
         load_backbone("timm:vit_smal_patch16_224.dino")
     with pytest.raises(GeodinoError, match="no weights 'dinov2' for vit_small_patch16_224 \\(it has: .*dino"):
         load_backbone("timm:vit_small_patch16_224.dinov2")
+
+
+def test_sources_that_name_no_weights_say_what_to_give(tmp_path):
+    """Before: ZeroDivisionError and ValueError tracebacks for the patch size, and `s3://...` or a folder without
+    weights reported as a missing file of another name."""
+    from geodino.errors import GeodinoError
+
+    for source, says in (("random:vit_tiny/0", "after '/' comes the patch side in pixels, such as 8 or 16"),
+                         ("random:vit_tiny/16px", "not '16px'"),
+                         ("s3://bucket/run/teacher_backbone.pth", "copy them here first (e.g. aws s3 cp s3://bucket"),
+                         (str(tmp_path), f"{tmp_path}: a folder without weights (no final/teacher_backbone.pth")):
+        with pytest.raises(GeodinoError, match=re.escape(says)):
+            load_backbone(source)
 
 
 def test_random_baseline_and_names():

@@ -67,9 +67,16 @@ def parse_named(spec: str) -> tuple[str, str]:
 
 
 def load_state_dict_file(path: str, which: str = "teacher") -> dict:
+    if "://" in path:  # s3://, https://: said as such, not as a file that is missing
+        raise MissingInputError(f"{path}: weights are read from a local file or run folder; copy them here first "
+                                f"(e.g. aws s3 cp {path} .) and give that path")
     if os.path.isdir(path):
-        candidate = os.path.join(path, "final", BACKBONE_FILE)
-        path = candidate if os.path.exists(candidate) else os.path.join(path, BACKBONE_FILE)
+        candidates = [os.path.join(path, "final", BACKBONE_FILE), os.path.join(path, BACKBONE_FILE)]
+        found = next((candidate for candidate in candidates if os.path.exists(candidate)), None)
+        if found is None:
+            raise MissingInputError(f"{path}: a folder without weights (no final/{BACKBONE_FILE} or {BACKBONE_FILE} "
+                                    "in it); give a pretraining run's folder or a .pth file")
+        path = found
     if not os.path.exists(path):
         hint = f"; after '#' only {' or '.join(WEIGHT_PARTS)} is read" if "#" in path else ""
         raise MissingInputError(f"{path}: no such weights file or run folder{hint}")
@@ -147,6 +154,9 @@ def load_backbone(source: str, arch: str | None = None, patch_size: int | None =
     if source.startswith("random:"):
         name = source.split(":", 1)[1]
         random_arch, _, patch = name.partition("/")
+        if patch and not (patch.isdigit() and 0 < int(patch) <= 64):
+            raise ConfigError(f"{source}: after '/' comes the patch side in pixels, such as 8 or 16 "
+                              f"(random:vit_small/16), not {patch!r}")
         torch.manual_seed(seed)
         patch_size = int(patch) if patch else (patch_size or 16)
         model = create_backbone(random_arch, patch_size, in_chans)
