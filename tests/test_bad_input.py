@@ -244,6 +244,20 @@ def test_pixels_a_file_marks_as_no_data_are_not_measurements(tmp_path):
         band_means = images[index][:, :, 40:].mean(axis=(1, 2))
         np.testing.assert_allclose(pixels[:, :, :40], np.broadcast_to(band_means[:, None, None], (2, 120, 40)),
                                    rtol=1e-5)
+    # a 4-band uint8 GeoTIFF as rasterio writes it by default declares its 4th band (here NIR) as alpha: its zeros
+    # (dark water) are measurements, and the other bands there too (before: filled with the band means)
+    from conftest import BEN_V1_EXAMPLE
+
+    folder = sorted(p for p in BEN_V1_EXAMPLE.iterdir() if p.is_dir())[0]
+    reflectance = np.stack([rasterio.open(folder / f"{folder.name}_{b}.tif").read(1) for b in ("B04", "B03", "B02",
+                                                                                              "B08")])
+    rgbn = np.clip(reflectance / 3000 * 255, 1, 255).astype(np.uint8)
+    rgbn[3, :30] = 0
+    with rasterio.open(tmp_path / "rgbn.tif", "w", driver="GTiff", width=120, height=120, count=4,
+                       dtype="uint8") as dst:
+        dst.write(rgbn)
+        assert dst.colorinterp[3] == rasterio.enums.ColorInterp.alpha
+    assert np.array_equal(read_image(str(tmp_path / "rgbn.tif")), rgbn)
 
 
 def test_sixteen_bit_pngs_and_jpeg_2000_keep_their_values(tmp_path):

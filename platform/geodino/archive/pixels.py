@@ -47,18 +47,29 @@ def read_geotiff(path: str) -> np.ndarray:
     """All bands of a GeoTIFF as a (bands, H, W) array, with errors that name the file; pixels the file marks as
     no data (its nodata value or mask) come back as their band's mean (`filled_nodata`)."""
     import rasterio
-    from rasterio.enums import MaskFlags
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     try:
         with storage.raster_env(path), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF is a fine patch: none is used
             with rasterio.open(path) as src:
-                if all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums):
-                    return src.read()  # no nodata value or mask (BigEarthNet's band files): nothing to fill
+                if not marks_no_data(src.mask_flag_enums):
+                    return src.read()  # BigEarthNet's band files: nothing to fill
                 return filled_nodata(src.read(masked=True), path, src.nodata)
     except (RasterioError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read GeoTIFF ({error})") from error
+
+
+def marks_no_data(mask_flags) -> bool:
+    """Whether a file declares pixels that are not measurements: a nodata value, or a mask of its own. A mask GDAL
+    derives from an alpha band does not count: a 4-band uint8 GeoTIFF written with rasterio's defaults
+    (photometric RGB) declares its 4th band, the near infrared, as alpha, and its water (NIR 0) would otherwise
+    read as no data in every band."""
+    from rasterio.enums import MaskFlags
+
+    flags = [set(band_flags) for band_flags in mask_flags]
+    return any(MaskFlags.nodata in band for band in flags) or any(
+        MaskFlags.per_dataset in band and MaskFlags.alpha not in band for band in flags)
 
 
 def filled_nodata(pixels: np.ma.MaskedArray, path: str, nodata: float | None) -> np.ndarray:
