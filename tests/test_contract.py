@@ -59,6 +59,37 @@ def test_rgb_weights_take_rgb_images_and_say_the_scale_differs(run_folder, euros
     assert "the weights saw pixels mapped from 0..2750 to 0..1, this data's are mapped from 0..255" in capsys.readouterr().err
 
 
+def test_rgb_weights_take_a_geotiff_table_that_says_it_is_rgb(run_folder, tmp_path):
+    """UC Merced's kind: 8-bit RGB TIFFs, whose colour interpretation says red, green, blue. Before, RGB weights
+    (BigEarthNet's B04, B03, B02, or ImageNet's through timm) were refused on them without --force. Measurement
+    bands (gray) are not taken for colours, and neither are a chosen two of the three."""
+    import numpy as np
+    import pandas as pd
+    import rasterio
+    from conftest import EUROSAT
+    from PIL import Image
+
+    from geodino.archive.config import PrepareConfig
+    from geodino.archive.prepare import prepare
+
+    for index, source in enumerate(sorted((EUROSAT / "images" / "River").glob("*.jpg"))[:4]):
+        Image.open(source).save(tmp_path / f"rgb{index}.tif")
+        pixels = np.asarray(Image.open(source)).transpose(2, 0, 1).astype("uint16") * 10
+        with rasterio.open(tmp_path / f"gray{index}.tif", "w", driver="GTiff", width=64, height=64, count=3,
+                           dtype="uint16") as dst:
+            dst.write(pixels)
+    cards = {}
+    for kind in ("rgb", "gray"):
+        pd.DataFrame({"path": [f"{kind}{i}.tif" for i in range(4)], "label": "River"}).to_csv(tmp_path / f"{kind}.csv")
+        prepare(PrepareConfig(archive=str(tmp_path / f"{kind}.csv"), out=str(tmp_path / f"{kind}.parquet"), workers=1))
+        cards[kind] = load_card(str(tmp_path / f"{kind}.parquet"))
+    assert cards["rgb"]["rgb"] is True and cards["gray"]["rgb"] is False
+    assert resolve_inputs(str(run_folder), cards["rgb"], None, None, None, force=False).bands == "rgb"
+    for card, bands in ((cards["gray"], None), (cards["rgb"], "band1,band2")):
+        with pytest.raises(ContractError, match="the weights take bands"):
+            resolve_inputs(str(run_folder), card, bands, None, None, force=False)
+
+
 PROBE_SETTINGS = {"bands": "rgb", "normalize": "max", "arch": "vit_tiny", "patch_size": 8, "n_last_blocks": 4,
                   "avgpool_patchtokens": False, "image_size": 64}
 

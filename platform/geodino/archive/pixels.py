@@ -60,6 +60,19 @@ def read_geotiff(path: str) -> np.ndarray:
         raise PatchReadError(f"{path}: cannot read GeoTIFF ({error})") from error
 
 
+def declares_rgb(path: str) -> bool:
+    """Whether a raster's first three bands are red, green, blue by its colour interpretation (GDAL gives a
+    3- or 4-band uint8 GeoTIFF that by default; a band of measurements is gray or undefined)."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with storage.raster_env(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return tuple(src.colorinterp[:3]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+
+
 def marks_no_data(mask_flags) -> bool:
     """Whether a file declares pixels that are not measurements: a nodata value, or a mask of its own. A mask GDAL
     derives from an alpha band does not count: a 4-band uint8 GeoTIFF written with rasterio's defaults

@@ -45,7 +45,7 @@ from geodino.archive.image_table import (
 )
 from geodino.archive.labels import BEN19_CLASSES
 from geodino.archive.pixel_stats import band_stats, choose_pixel_max, choose_pixel_min
-from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, GDAL_SUFFIXES
+from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, GDAL_SUFFIXES, declares_rgb
 from geodino.archive.reben import find_lmdb, parse_ben_v2_chunk, read_ben_v2_table
 from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
 from geodino.errors import GeodinoError
@@ -101,6 +101,14 @@ class PrepareResult:
 
 
 # --------------------------------------------------------------------------- detection
+
+
+def images_are_rgb(data_root: str, paths: list[str]) -> bool:
+    """Whether a table's first three channels are red, green, blue: PIL reads its formats as RGB; a GeoTIFF says
+    so in its colour interpretation (a UC Merced TIFF does, a Sentinel-2 export does not). One file of each kind
+    is asked: a table's images share one form."""
+    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
+    return raster is None or declares_rgb(storage.join(data_root, raster))
 
 
 def detect_format(archive: str) -> str:
@@ -261,7 +269,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
             warnings.append(f"class names that differ only by case or a typo: {listed}; each is its own class")
         task_type = "single_label" if "label" in table.columns and "labels" not in table.columns else "multi_label"
         available_bands = [f"band{i + 1}" for i in range(form[0] if form else 3)]
-        is_rgb = not any(str(row["path"]).lower().endswith(GDAL_SUFFIXES) for row in rows)  # PIL reads RGB
+        is_rgb = images_are_rgb(data_root, [row["path"] for row in rows])
         bands = tuple(available_bands)
         for row in rows:
             for key in ("_row", "_form", "_digest"):
@@ -297,7 +305,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         "classes": classes,
         "task": task_type,
         "bands": available_bands,
-        "rgb": is_rgb,  # images read as RGB (JPEG/PNG): colour augmentations may treat them as such
+        "rgb": is_rgb,  # band1, band2, band3 are R, G, B (JPEG/PNG, or a GeoTIFF saying so): probes of RGB weights
         "dtype": dtype,
         "pixel_min": pixel_min,  # --normalize max maps this to 0 ...
         "pixel_max": pixel_max,  # ... and this to 1, clipping to [0, 1]

@@ -72,6 +72,12 @@ def resolve_bands(card: dict, bands: str) -> tuple[str, ...]:
     return parse_bands(bands)
 
 
+def rgb_image_bands(card: dict, bands: tuple[str, ...]) -> bool:
+    """Whether the chosen channels of an image table are its red, green, blue, in that order (band1..band3 of a
+    table whose card says rgb; a card from before the flag: a 3-channel table)."""
+    return bool(card.get("rgb", len(card["bands"]) == 3)) and tuple(bands) == ("band1", "band2", "band3")
+
+
 def pixel_root(config: DataConfig, card: dict) -> str:
     """Where the pixels are read from: --data_dir, else the pack prepare made, else the archive itself."""
     return config.data_dir or card.get("packed") or card["data_root"]

@@ -12,7 +12,7 @@ import numpy as np
 from geodino.archive.bands import RGB_BANDS
 from geodino.archive.card import load_card
 from geodino.archive.pixels import FORMAT_IMAGE
-from geodino.data.config import DataConfig, dataset_size, normalizer, resolve_bands
+from geodino.data.config import DataConfig, dataset_size, normalizer, resolve_bands, rgb_image_bands
 from geodino.data.indexed import labelled_images
 from geodino.dino.config import InputSpec, PretrainConfig
 from geodino.dino.monitors import KnnMonitor, KnnSets
@@ -22,8 +22,8 @@ MIN_QUERIES = 20  # a validation split smaller than this is not used for the k-N
 
 def is_rgb(card: dict, bands: tuple[str, ...]) -> bool:
     """Red, green, blue in that order: Sentinel-2's B04, B03, B02, or an image table prepare read as RGB."""
-    if card["format"] == FORMAT_IMAGE:  # all of an RGB image's channels, in order (not a chosen few of them)
-        return bool(card.get("rgb", len(bands) == 3)) and tuple(bands) == tuple(card["bands"])
+    if card["format"] == FORMAT_IMAGE:
+        return rgb_image_bands(card, bands)
     return tuple(bands) == RGB_BANDS
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from geodino.archive.bands import RGB_BANDS
 from geodino.archive.pixels import FORMAT_IMAGE
-from geodino.data.config import pixel_range
+from geodino.data.config import pixel_range, rgb_image_bands
 from geodino.dino.checkpoint import BACKBONE_FILE, CONTRACT_FILE, data_contract, source_path_and_part
 from geodino.errors import GeodinoError
 
@@ -83,8 +83,7 @@ def contract_of(source: str) -> dict | None:
 def same_bands(contract: dict, card: dict, bands: tuple[str, ...]) -> bool:
     """R, G, B is R, G, B whichever archive it comes from; other bands must match by name and order."""
     if contract.get("rgb") and len(bands) == 3:
-        rgb_data = tuple(bands) == RGB_BANDS or (card["format"] == FORMAT_IMAGE and card.get("rgb", True)
-                                                 and tuple(bands) == tuple(card["bands"]))
+        rgb_data = tuple(bands) == RGB_BANDS or (card["format"] == FORMAT_IMAGE and rgb_image_bands(card, bands))
         if rgb_data:
             return True
     return list(bands) == list(contract["bands"])
