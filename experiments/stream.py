@@ -12,6 +12,7 @@ from geodino import cli
 from geodino.archive.card import load_card
 from geodino.archive.demo import prepared_demo
 from geodino.data.config import DataConfig, StreamConfig, dataset_size, resolve_bands
+from geodino.data.indexed import check_readable
 from geodino.data.ray_data import build_dataset
 from geodino.ray_cluster import init_ray
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     resolve_bands(load_card(metadata), config.bands)  # a wrong metadata path or band named before Ray starts
     if dataset_size(data) == 0:
         parser.error(f"--split {config.split}: {metadata} holds no recommended patches of that split")
+    check_readable(data)
     init_ray()
     dataset = build_dataset(data)
     started, seen, label_counts = time.perf_counter(), 0, None

@@ -312,6 +312,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("predict.py", ["--embeddings", "--threshold", "1.5", *weights], "--threshold must lie between 0 and 1"),
         ("predict.py", ["--embeddings", "--actors", "0", *weights], "--actors must be greater than 0"),
         ("predict.py", ["--embeddings", "--split", "Train", *weights], "invalid choice: 'Train'"),
+        ("predict.py", ["--embeddings", "--data_dir", tmp, *weights], "cannot read image"),  # not the archive
+        ("stream.py", ["--data_dir", tmp, *data], "cannot read image"),
         ("stream.py", ["--batch_size", "0", *data], "--batch_size_per_gpu must be at least 1, not 0"),
         ("visualize.py", ["--count", "0", *weights], "--count 0: draw at least 1 patch"),
         ("prepare.py", [f"{tmp}/nowhere.csv", "--out", f"{tmp}/m.parquet"], "no such file or folder"),

@@ -185,6 +185,8 @@ def user_error(error: BaseException) -> GeodinoError | None:
     """The GeodinoError behind `error`: itself, or the cause Ray wrapped it in (RayTaskError keeps it as .cause)."""
     seen = set()
     while error is not None and id(error) not in seen:
+        if isinstance(getattr(error, "cause", None), GeodinoError):
+            return error.cause  # a RayTaskError is an instance of its cause's class too, but its text is Ray's
         if isinstance(error, GeodinoError):
             return error
         seen.add(id(error))

@@ -47,6 +47,12 @@ class PatchDataset(Dataset):
         return {"image": torch.from_numpy(pixels["image"][0])}
 
 
+def check_readable(config: DataConfig) -> None:
+    """Read one patch of the split here, before Ray starts: a wrong --data_dir or an archive moved since prepare is
+    then one line naming the file, not an error inside a Ray Data task (Ray's log of it runs to 200 lines)."""
+    labelled_images(config, count=1)
+
+
 def labelled_images(config: DataConfig, count: int | None = None, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     """A seeded random `count` rows of the split (all rows when None), as normalised images and multi-hot labels.
 

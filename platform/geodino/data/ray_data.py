@@ -61,6 +61,9 @@ def build_dataset(config: DataConfig, raw: bool = False, shuffle_seed: int | Non
     always decoded to float32): training reads every row every epoch, so bytes moved are what limits it.
     shuffle_seed: training's order; the shards (or metadata blocks) are read in an order new every epoch.
     """
+    # A read that fails (a file gone since prepare, a wrong --data_dir) raises geodino's own error, which names the
+    # file and ends the script in one line: Ray Data's UserCodeException wrapper loses its cause between processes.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     card = load_card(config.metadata)
     bands = resolve_bands(card, config.bands)
     offset, scale = normalizer(card, bands, config.normalize)

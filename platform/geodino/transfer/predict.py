@@ -28,6 +28,7 @@ from geodino.archive.card import load_card, metadata_file
 from geodino.archive.splits import SPLITS
 from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, resolve_bands
+from geodino.data.indexed import check_readable
 from geodino.data.ray_data import build_dataset
 from geodino.errors import ConfigError, GeodinoError, MissingInputError
 from geodino.ray_cluster import actor_cpus, cluster_gpus, init_ray
@@ -234,6 +235,7 @@ def run_predict(config: PredictConfig) -> dict:
     config = resolved(config)
     data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split, bands=config.bands,
                       normalize=config.normalize, recommended_only=False)
+    check_readable(data)
     manifest = claim_output(config.output_dir, output_identity(config))
     init_ray()
     in_chans = len(resolve_bands(load_card(config.metadata_dir), config.bands))
