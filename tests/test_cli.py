@@ -265,6 +265,9 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
     data = ["--metadata_dir", metadata]
     weights = ["--pretrained_weights", "random:vit_tiny/16", *data]
     table = str(EUROSAT / "labels.csv")
+    os.makedirs(f"{tmp}/theirs/final")
+    with open(f"{tmp}/theirs/final/teacher_backbone.pth", "wb") as handle:  # a user's own DINO weights
+        handle.write(b"their weights")
     hashed = f"{tmp}/exp#3.pth"
     with open(hashed, "wb") as handle:
         handle.write(b"not a checkpoint")
@@ -296,6 +299,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("pretrain.py", ["--storage_path", "s3:/bucket/runs", *data], "is not a well-formed URI"),
         ("pretrain.py", ["--output_dir", "gs://bucket/runs", *data], "the gs:// scheme is not supported"),
         ("pretrain.py", ["--metadata_dir", f"{tmp}/nowhere"], "no metadata parquet there"),
+        ("pretrain.py", ["--output_dir", f"{tmp}/theirs", *data],
+         "final/teacher_backbone.pth already there and not written by geodino"),
         *([("pretrain.py", ["--launcher", "torchrun", "--use_gpu", "true", *data],
             "--use_gpu true but torch sees no CUDA device on this machine")] if not torch.cuda.is_available() else []),
         ("linear_probe.py", ["--label_fraction", "1.5", *weights], "--label_fraction must lie in (0, 1]"),

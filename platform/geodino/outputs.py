@@ -52,3 +52,11 @@ def claim_outputs(folder: str, names: Sequence[str], command: str, flag: str) ->
         raise OutputError(f"{flag} {folder}: cannot write there ({error.strerror}); choose another {flag}") \
             from error
     return {name: os.path.join(folder, name) for name in names}
+
+
+def adopt_outputs(folder: str, names: Sequence[str], command: str) -> None:
+    """Enter files into the ledger that geodino is known to have written before it kept one (the caller has the
+    proof), so that a rerun may replace them."""
+    ledger = read_ledger(folder)
+    with open(os.path.join(folder, LEDGER), "w") as handle:
+        json.dump({**ledger, **{name: command for name in names}}, handle, indent=1)

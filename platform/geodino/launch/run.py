@@ -17,10 +17,12 @@ import pyarrow.fs as pafs
 from geodino import storage
 from geodino.archive.card import load_card
 from geodino.data.config import DataConfig, dataset_size, resolve_bands
+from geodino.dino.checkpoint import BACKBONE_FILE, CHECKPOINT_FILE, CONTRACT_FILE
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
 from geodino.errors import ConfigError
 from geodino.launch.result import PretrainResult
 from geodino.launch.torchrun import run_torchrun
+from geodino.outputs import adopt_outputs, claim_outputs, read_ledger
 
 
 def check_data(cfg: PretrainConfig) -> None:
@@ -64,6 +66,30 @@ def holds_checkpoints(run_dir: str) -> bool:
     return any(posixpath.basename(entry.path).startswith("checkpoint") for entry in entries)
 
 
+FINAL_FILES = tuple(f"final/{name}" for name in (CHECKPOINT_FILE, BACKBONE_FILE, CONTRACT_FILE))  # a run's result
+
+
+def claim_final(cfg: PretrainConfig) -> None:
+    """OUTPUT_DIR/final may hold weights of the user's own under the names a run writes there (a DINO
+    teacher_backbone.pth, say): refused by name before training, instead of replaced at its end. A final folder
+    an earlier geodino wrote (before the ledger) is known by the data contract geodino writes beside the weights."""
+    if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 writes the final folder
+        return
+    output_dir = cfg.resolved_output_dir()
+    if not read_ledger(output_dir) and is_geodino_contract(os.path.join(output_dir, "final", CONTRACT_FILE)):
+        adopt_outputs(output_dir, [name for name in FINAL_FILES if os.path.exists(os.path.join(output_dir, name))],
+                      "pretrain.py")
+    claim_outputs(output_dir, FINAL_FILES, "pretrain.py", "--output_dir")
+
+
+def is_geodino_contract(path: str) -> bool:
+    try:
+        with open(path) as handle:
+            return {"arch", "patch_size", "bands"} <= set(json.load(handle))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult | None:
     """Train; returns the result (None on a torchrun/mpirun rank other than 0)."""
     cfg.validate()
@@ -71,6 +97,7 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult | None:
     if cfg.metadata_dir:
         check_data(cfg)
     check_same_run(cfg)
+    claim_final(cfg)
     if cfg.launcher == "torchrun":
         return run_torchrun(cfg)
     if cfg.launcher == "ray":
