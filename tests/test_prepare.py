@@ -171,6 +171,18 @@ def test_user_image_table_with_bad_rows(tmp_path):
                       "    : row 7: the path cell is empty"], listed
 
 
+def test_an_archive_unpacked_one_folder_too_deep_is_named(tmp_path):
+    """BigEarthNet's tar unpacks into a folder of its own name; given the folder above, prepare read that one
+    folder as a patch without labels ("no usable patch")."""
+    import shutil
+
+    shutil.copytree(BEN_V1_EXAMPLE, tmp_path / "downloads" / "BigEarthNet-v1.0", ignore=shutil.ignore_patterns("*.md"))
+    with pytest.raises(ValueError, match=r"the patch folders are one level down, in .*downloads/BigEarthNet-v1.0; "
+                                         r"give that folder"):
+        prepare(PrepareConfig(archive=str(tmp_path / "downloads"), out=str(tmp_path / "m.parquet"), workers=1))
+    assert not (tmp_path / "m.parquet").exists()
+
+
 def test_demo_archive_is_deterministic_and_learnable_shaped(tmp_path):
     from geodino.archive.demo import make_demo_archive
 

@@ -30,6 +30,17 @@ def list_patch_dirs(archive: str) -> list[str]:
     return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
 
 
+def nested_archive(archive: str, patch_dirs: list[str]) -> str | None:
+    """The folder one level down that holds the patch folders, when the archive given holds it instead (a tar
+    unpacked into a folder of its own name); None otherwise."""
+    for folder in patch_dirs[:5]:
+        inner = storage.join(archive, folder)
+        sample = list_patch_dirs(inner)[:1]
+        if sample and storage.exists(storage.join(inner, sample[0], f"{sample[0]}_labels_metadata.json")):
+            return inner
+    return None
+
+
 def _check_band(path: str, band: str, verify: str) -> None:
     import rasterio
     from rasterio.errors import RasterioError

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from geodino import storage
 from geodino.archive.bands import parse_bands
-from geodino.archive.ben_v1 import list_patch_dirs, parse_ben_v1_chunk
+from geodino.archive.ben_v1 import list_patch_dirs, nested_archive, parse_ben_v1_chunk
 from geodino.archive.card import card_file, metadata_file, rejects_file
 from geodino.archive.config import PrepareConfig
 from geodino.archive.image_table import (
@@ -279,6 +279,10 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         raise ValueError(f"{config.archive}: found no patches to prepare; give the root folder of BigEarthNet v1 "
                          "(a folder per patch holding NAME_B02.tif, ...), a reBEN folder (metadata.parquet and its "
                          "LMDB), or a table of your images (.csv or .parquet with path and label columns)")
+    if not rows and fmt == FORMAT_BEN_V1:
+        inner = nested_archive(config.archive, [reject["name"] for reject in rejects])
+        if inner:
+            raise ValueError(f"{config.archive}: the patch folders are one level down, in {inner}; give that folder")
     if not rows:
         examples = "; ".join(f"{r['name']}: {r['reason']}" for r in rejects[:3])
         raise ValueError(f"{config.archive}: no usable patch ({len(rejects)} rejected, e.g. {examples})")
