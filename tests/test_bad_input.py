@@ -303,7 +303,8 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
     from PIL import Image
 
     Image.open(sources[1]).resize((32, 32)).save(tmp_path / "small.jpg")
-    others = sorted((EUROSAT / "images" / "River").glob("*.jpg"))[:2]
+    others = sorted((EUROSAT / "images" / "River").glob("*.jpg"))[:3]
+    shutil.copy(others[2], tmp_path / "both.jpg")
     (tmp_path / "x").mkdir()
     shutil.copy(others[0], tmp_path / "x" / "y.jpg")
     shutil.copy(others[1], tmp_path / "x_y.png")
@@ -317,6 +318,7 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
         {"path": "small.jpg", "label": "Forest", "split": "train"},  # row 8: 32 px among 64 px images
         {"path": "x/y.jpg", "label": "River", "split": "train"},  # row 9: short name x_y
         {"path": "x_y.png", "label": "River", "split": "test"},  # row 10: short name x_y too
+        {"path": "both.jpg", "label": "Forest|River", "split": "train"},  # row 11: two labels, not joined by ';'
     ])
     text = table.to_csv(index=False).replace(",", ", ")  # typed by hand: a space after each comma
     (tmp_path / "table.csv").write_text(text)
@@ -324,7 +326,8 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
     assert done.returncode == 0, done.stderr
     frame = pd.read_parquet(tmp_path / "m.parquet").set_index("path")
     assert dict(frame["original_split"]) == {sources[0].name: "train", sources[1].name: "validation",
-                                             sources[2].name: "test", "x/y.jpg": "train", "x_y.png": "test"}
+                                             sources[2].name: "test", "x/y.jpg": "train", "x_y.png": "test",
+                                             "both.jpg": "train"}
     # names key a feature's split, a pack's rows and predict's resume: one shared would mix train and test
     assert frame["name"].is_unique and dict(frame["name"])["x/y.jpg"] == "x/y.jpg"
     assert dict(frame["name"])[sources[0].name] == sources[0].stem  # the short name where it is unique
@@ -334,6 +337,8 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
                                             "split train)")
     assert reasons["small.jpg"] == "row 8: image has 32x32 px, the others 64x64 px"
     assert "warning: class names that differ only by case or a typo: 'Forest' and 'Forrest'" in done.stdout
+    assert ("warning: labels that join other classes with ',' or '|' (a row's labels are separated by ';'): "
+            "'Forest|River'; each is its own class") in done.stdout
     strict = prepare_cli(tmp_path / "table.csv", "--out", tmp_path / "strict.parquet", "--workers", "1", "--strict")
     assert strict.returncode == 2 and "'Forest' and 'Forrest'" in strict.stderr
     assert not (tmp_path / "strict.parquet").exists()  # refused before writing anything

@@ -202,3 +202,31 @@ def similar_class_names(classes: list[str]) -> list[tuple[str, str]]:
         if a.lower() == b.lower() or edit_distance(a.lower(), b.lower()) <= max(1, min(len(a), len(b)) // 5):
             pairs.append((a, b))
     return pairs
+
+
+def joined_class_names(classes: list[str]) -> list[str]:
+    """Class names that are other classes joined by ',' or '|' ('Forest,River' beside 'Forest' and 'River'): a
+    multi-label cell written with the wrong separator, which would silently be a class of its own."""
+    known = set(classes)
+    joined = []
+    for name in classes:
+        for separator in ",|":
+            parts = [part.strip() for part in name.split(separator)]
+            if len(parts) > 1 and all(part in known for part in parts):
+                joined.append(name)
+                break
+    return joined
+
+
+def class_name_problems(classes: list[str]) -> list[str]:
+    """What looks like a mistake in a table's class names, one sentence per kind (a warning; --strict: an error)."""
+    problems = []
+    similar = similar_class_names(classes)
+    if similar:
+        problems.append("class names that differ only by case or a typo: "
+                        + "; ".join(f"{a!r} and {b!r}" for a, b in similar))
+    joined = joined_class_names(classes)
+    if joined:
+        problems.append("labels that join other classes with ',' or '|' (a row's labels are separated by ';'): "
+                        + ", ".join(repr(name) for name in joined[:5]))
+    return problems

@@ -36,11 +36,11 @@ from geodino.archive.ben_v1 import list_patch_dirs, nested_archive, parse_ben_v1
 from geodino.archive.card import card_file, metadata_file, rejects_file
 from geodino.archive.config import PrepareConfig
 from geodino.archive.image_table import (
+    class_name_problems,
     parse_image_chunk,
     read_image_table,
     reject_duplicates,
     reject_mismatched_images,
-    similar_class_names,
     with_unique_names,
 )
 from geodino.archive.labels import BEN19_CLASSES
@@ -260,13 +260,11 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         rows, form = reject_mismatched_images(rows, rejects)
         rows = with_unique_names(reject_duplicates(rows, rejects))
         classes = sorted({label for row in rows for label in row["labels"]})
-        similar = similar_class_names(classes)
-        if similar:
-            listed = "; ".join(f"{a!r} and {b!r}" for a, b in similar)
+        for problem in class_name_problems(classes):
             if config.strict:
-                raise ValueError(f"{config.archive}: class names that differ only by case or a typo: {listed}; fix the "
-                                 "table (or leave out --strict to prepare it as it is)")
-            warnings.append(f"class names that differ only by case or a typo: {listed}; each is its own class")
+                raise ValueError(f"{config.archive}: {problem}; fix the table (or leave out --strict to prepare it as "
+                                 "it is)")
+            warnings.append(f"{problem}; each is its own class")
         task_type = "single_label" if "label" in table.columns and "labels" not in table.columns else "multi_label"
         available_bands = [f"band{i + 1}" for i in range(form[0] if form else 3)]
         is_rgb = images_are_rgb(data_root, [row["path"] for row in rows])
