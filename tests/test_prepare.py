@@ -171,6 +171,34 @@ def test_user_image_table_with_bad_rows(tmp_path):
                       "    : row 7: the path cell is empty"], listed
 
 
+def test_a_table_of_absolute_paths_is_rooted_where_its_images_are(tmp_path):
+    """Before, every absolute path was rejected as 'leaves the data folder' (a table written by a script usually
+    holds absolute paths). Now metadata keeps them relative to the folder that holds them all (relative paths
+    still start at the table's folder), or to --data_dir, outside which an absolute path is rejected by row."""
+    import os
+    import shutil
+
+    from geodino.data.config import DataConfig
+    from geodino.data.indexed import labelled_images
+
+    images = [str(sorted((EUROSAT / "images" / label).glob("*.jpg"))[0]) for label in ("Forest", "River")]
+    shutil.copy(sorted((EUROSAT / "images" / "SeaLake").glob("*.jpg"))[0], tmp_path / "mine.jpg")
+    for name, mine in (("mixed", "mine.jpg"), ("absolute", str(tmp_path / "mine.jpg"))):
+        pd.DataFrame({"path": [*images, mine], "label": ["Forest", "River", "Sea"]}).to_csv(tmp_path / f"{name}.csv",
+                                                                                           index=False)
+    result = prepare(PrepareConfig(archive=str(tmp_path / "mixed.csv"), out=str(tmp_path / "m.parquet"), workers=1))
+    root = json.loads((tmp_path / "m.json").read_text())["data_root"]
+    assert result.rows == 3 and root == os.path.commonpath([str(EUROSAT / "images"), str(tmp_path)])
+    stored = pd.read_parquet(tmp_path / "m.parquet")["path"]
+    assert sorted(os.path.join(root, path) for path in stored) == sorted([*images, str(tmp_path / "mine.jpg")])
+    assert labelled_images(DataConfig(metadata=str(tmp_path / "m.parquet"), split=None))[0].shape == (3, 3, 64, 64)
+    inside = prepare(PrepareConfig(archive=str(tmp_path / "absolute.csv"), out=str(tmp_path / "d.parquet"),
+                                   data_dir=str(EUROSAT), workers=1))
+    assert sorted(pd.read_parquet(tmp_path / "d.parquet")["path"]) == [os.path.relpath(p, EUROSAT) for p in images]
+    assert pd.read_csv(inside.rejects_path)["reason"].tolist() == [
+        f"row 4: path '{tmp_path / 'mine.jpg'}' is not inside --data_dir {EUROSAT}"]
+
+
 def test_an_archive_unpacked_one_folder_too_deep_is_named(tmp_path):
     """BigEarthNet's tar unpacks into a folder of its own name; given the folder above, prepare read that one
     folder as a patch without labels ("no usable patch")."""

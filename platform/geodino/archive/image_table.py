@@ -53,6 +53,25 @@ def read_image_table(table_path: str) -> pd.DataFrame:
     return table
 
 
+def rooted_paths(table: pd.DataFrame, data_root: str, data_dir_given: bool) -> tuple[pd.DataFrame, str]:
+    """The table with absolute image paths made relative to the data root, and that root: metadata keeps paths
+    relative so that the archive can move (--data_dir). Without --data_dir the root becomes the folder that holds
+    every image (relative paths start at the table's folder, as before); with it, an absolute path outside it
+    stays absolute, and is rejected by its row."""
+    paths = ["" if value is None else str(value) for value in table["path"]]
+    if not any(os.path.isabs(path) for path in paths):
+        return table, data_root
+    root = os.path.abspath(data_root)
+    if not data_dir_given:
+        paths = [path if not path or os.path.isabs(path) or ".." in path.split("/") else os.path.join(root, path)
+                 for path in paths]  # a relative path that climbs out stays as it is: rejected
+        root = os.path.commonpath([os.path.dirname(os.path.normpath(path)) for path in paths if os.path.isabs(path)])
+    rooted = [os.path.relpath(os.path.normpath(path), root)
+              if os.path.isabs(path) and os.path.commonpath([os.path.normpath(path), root]) == root else path
+              for path in paths]
+    return table.assign(path=rooted), root
+
+
 def _labels_of(record: dict) -> list[str]:
     value = record.get("labels", record.get("label"))
     if isinstance(value, str):
@@ -81,7 +100,9 @@ def parse_image_chunk(data_root: str, records: list[dict], verify: str):
         try:
             if not path:
                 raise RejectedPatch(f"row {number}: the path cell is empty")
-            if ".." in path.replace("\\", "/").split("/") or os.path.isabs(path):
+            if os.path.isabs(path):  # left absolute by rooted_paths: outside --data_dir
+                raise RejectedPatch(f"row {number}: path {path!r} is not inside --data_dir {data_root}")
+            if ".." in path.replace("\\", "/").split("/"):
                 raise RejectedPatch(f"row {number}: path {path!r} leaves the data folder")
             labels = _labels_of(record)
             if not labels:

@@ -41,6 +41,7 @@ from geodino.archive.image_table import (
     read_image_table,
     reject_duplicates,
     reject_mismatched_images,
+    rooted_paths,
     with_unique_names,
 )
 from geodino.archive.labels import BEN19_CLASSES
@@ -253,7 +254,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         rows, rejects = run_parallel(task, records, workers, "prepare")
     else:
         data_root = config.data_dir or os.path.dirname(os.path.abspath(config.archive))
-        table = read_image_table(config.archive)
+        table, data_root = rooted_paths(read_image_table(config.archive), data_root, config.data_dir is not None)
         records = list(enumerate(table.to_dict("records"), start=2))  # CSV line numbers: header is line 1
         task = partial(parse_image_chunk, data_root, verify=config.verify)
         rows, rejects = run_parallel(task, records, workers, "prepare")
