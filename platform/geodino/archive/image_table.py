@@ -58,7 +58,8 @@ def rooted_paths(table: pd.DataFrame, data_root: str, data_dir_given: bool) -> t
     relative so that the archive can move (--data_dir). Without --data_dir the root becomes the folder that holds
     every image (relative paths start at the table's folder, as before); with it, an absolute path outside it
     stays absolute, and is rejected by its row."""
-    paths = ["" if value is None else str(value) for value in table["path"]]
+    paths = [posix_path("" if value is None else str(value), data_root) for value in table["path"]]
+    table = table.assign(path=paths)
     if not any(os.path.isabs(path) for path in paths):
         return table, data_root
     root = os.path.abspath(data_root)
@@ -70,6 +71,14 @@ def rooted_paths(table: pd.DataFrame, data_root: str, data_dir_given: bool) -> t
               if os.path.isabs(path) and os.path.commonpath([os.path.normpath(path), root]) == root else path
               for path in paths]
     return table.assign(path=rooted), root
+
+
+def posix_path(path: str, data_root: str) -> str:
+    """A table written on Windows (images\\Forest\\1.jpg) read on Linux: '\\' as '/' unless a file of that
+    literal name is there."""
+    if "\\" not in path or os.path.exists(os.path.join(data_root, path)):
+        return path
+    return path.replace("\\", "/")
 
 
 def _labels_of(record: dict) -> list[str]:
