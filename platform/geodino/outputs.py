@@ -46,8 +46,7 @@ def claim_outputs(folder: str, names: Sequence[str], command: str, flag: str) ->
             "away yourself")
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, LEDGER), "w") as handle:
-            json.dump({**ledger, **{name: command for name in names}}, handle, indent=1)
+        write_ledger(folder, {**ledger, **{name: command for name in names}})
     except OSError as error:
         raise OutputError(f"{flag} {folder}: cannot write there ({error.strerror}); choose another {flag}") \
             from error
@@ -57,6 +56,9 @@ def claim_outputs(folder: str, names: Sequence[str], command: str, flag: str) ->
 def adopt_outputs(folder: str, names: Sequence[str], command: str) -> None:
     """Enter files into the ledger that geodino is known to have written before it kept one (the caller has the
     proof), so that a rerun may replace them."""
-    ledger = read_ledger(folder)
+    write_ledger(folder, {**read_ledger(folder), **{name: command for name in names}})
+
+
+def write_ledger(folder: str, ledger: dict[str, str]) -> None:
     with open(os.path.join(folder, LEDGER), "w") as handle:
-        json.dump({**ledger, **{name: command for name in names}}, handle, indent=1)
+        json.dump(ledger, handle, indent=1)
