@@ -10,16 +10,14 @@ re-explained in code shows up here with one command.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import typing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "platform"))
 
 from geodino.archive.config import PrepareConfig  # noqa: E402
-from geodino.cli import shown_default  # noqa: E402
+from geodino.cli import flag_fields, shown_default  # noqa: E402
 from geodino.data.config import StreamConfig  # noqa: E402
 from geodino.dino.config import PretrainConfig  # noqa: E402
 from geodino.launch.sagemaker_job import SageMakerJobConfig  # noqa: E402
@@ -36,12 +34,8 @@ SCRIPTS = [("experiments/prepare.py", PrepareConfig), ("experiments/stream.py", 
 
 
 def flag_rows(cls) -> list[str]:
-    hints = typing.get_type_hints(cls)
     rows = []
-    for item in dataclasses.fields(cls):
-        required = item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
-        if typing.get_origin(hints[item.name]) is dict or required:
-            continue  # not a flag: submit_sagemaker's task flags follow `--`; prepare's ARCHIVE is positional
+    for item, _ in flag_fields(cls):
         name = "--backbone" if (cls, item.name) == (SweepConfig, "backbones") else f"--{item.name}"
         name = "`, `".join([name, *item.metadata.get("aliases", ())])
         choices = item.metadata.get("choices")

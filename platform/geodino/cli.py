@@ -98,15 +98,20 @@ def finite_float(text: str) -> float:
 ARGUMENT_TYPES = {int: int, float: finite_float, str: str}
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
+def flag_fields(cls) -> list[tuple[dataclasses.Field, Any]]:
+    """The fields of a config that are flags, with their type hints: not a required field (prepare's positional
+    ARCHIVE), nor a dict (submit_sagemaker's task flags, which follow `--`). The README's flag reference lists the
+    same ones (tools/flag_reference.py)."""
     hints = typing.get_type_hints(cls)
+    return [(item, hints[item.name]) for item in dataclasses.fields(cls)
+            if not (item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING)
+            and typing.get_origin(hints[item.name]) is not dict]
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     taken = {action.dest for action in parser._actions}  # flags the script spelt differently (sweep's --backbone)
-    for item in dataclasses.fields(cls):
-        hint = hints[item.name]
+    for item, hint in flag_fields(cls):
         if item.name in taken:
-            continue
-        if (item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING) \
-                or typing.get_origin(hint) is dict:
             continue
         kwargs: dict = {"default": field_default(item), "help": flag_help(item)}
         if item.metadata.get("choices"):
