@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -43,19 +44,29 @@ def to_grid(array: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+@contextmanager
+def open_raster(path: str):
+    """A rasterio dataset of a local or s3:// raster. A plain TIFF (no georeference) is a fine patch: rasterio's
+    NotGeoreferencedWarning for it is not shown."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with storage.raster_env(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            yield src
+
+
 def read_geotiff(path: str) -> np.ndarray:
     """All bands of a GeoTIFF as a (bands, H, W) array, with errors that name the file; pixels the file marks as
     no data (its nodata value or mask) come back as their band's mean (`filled_nodata`)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.errors import RasterioError
 
     try:
-        with storage.raster_env(path), warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF is a fine patch: none is used
-            with rasterio.open(path) as src:
-                if not marks_no_data(src.mask_flag_enums):
-                    return src.read()  # BigEarthNet's band files: nothing to fill
-                return filled_nodata(src.read(masked=True), path, src.nodata)
+        with open_raster(path) as src:
+            if not marks_no_data(src.mask_flag_enums):
+                return src.read()  # BigEarthNet's band files: nothing to fill
+            return filled_nodata(src.read(masked=True), path, src.nodata)
     except (RasterioError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read GeoTIFF ({error})") from error
 
@@ -63,14 +74,10 @@ def read_geotiff(path: str) -> np.ndarray:
 def declares_rgb(path: str) -> bool:
     """Whether a raster's first three bands are red, green, blue by its colour interpretation (GDAL gives a
     3- or 4-band uint8 GeoTIFF that by default; a band of measurements is gray or undefined)."""
-    import rasterio
     from rasterio.enums import ColorInterp
-    from rasterio.errors import NotGeoreferencedWarning
 
-    with storage.raster_env(path), warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            return tuple(src.colorinterp[:3]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    with open_raster(path) as src:
+        return tuple(src.colorinterp[:3]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
 
 
 def marks_no_data(mask_flags) -> bool:

@@ -34,7 +34,6 @@ class DataConfig:
     read_batch_size: int = 16  # patches per pixel-reading task
 
 
-
 @dataclass
 class StreamConfig:
     """stream.py's flags: a split through the Ray Data pipeline, to see what training would be fed and how fast."""
