@@ -212,6 +212,52 @@ def test_an_archive_unpacked_one_folder_too_deep_is_named(tmp_path):
     assert not (tmp_path / "m.parquet").exists()
 
 
+def test_a_folder_of_class_folders_is_prepared_as_a_table(tmp_path):
+    """EuroSAT, UC Merced, RESISC45 and AID come as a folder per class (torchvision's ImageFolder), often split
+    first. prepare read such a folder as a BigEarthNet archive: 'no usable patch (... Forest: label file
+    Forest_labels_metadata.json missing ...)'. Now each image is a row, its class folder its label, with every
+    check a table's rows get (a broken image rejected by its path)."""
+    import shutil
+
+    data = tmp_path / "data"
+    sources = {label: sorted((EUROSAT / "images" / label).glob("*.jpg"))[:5] for label in ("Forest", "River")}
+    for split_folder, chosen in (("train", slice(0, 3)), ("Val", slice(3, 4)), ("test", slice(4, 5))):
+        for label, files in sources.items():
+            (data / split_folder / label).mkdir(parents=True)
+            for source in files[chosen]:
+                shutil.copy(source, data / split_folder / label / source.name)
+    (data / "train" / "Forest" / "2019").mkdir()
+    shutil.copy(sorted((EUROSAT / "images" / "Forest").glob("*.jpg"))[9], data / "train" / "Forest" / "2019" / "a.jpg")
+    (data / "train" / "River" / "Thumbs.db").write_bytes(b"\0" * 10)
+    (data / "train" / "River" / "broken.jpg").write_text("not a picture")
+    (data / "train" / ".ipynb_checkpoints").mkdir()
+    shutil.copy(sources["River"][0], data / "train" / ".ipynb_checkpoints" / "copy.jpg")
+    shutil.copy(sources["River"][0], data / "train" / "loose.jpg")
+    result = prepare(PrepareConfig(archive=str(data), out=str(tmp_path / "m.parquet"), workers=1))
+    frame = pd.read_parquet(tmp_path / "m.parquet").set_index("path")
+    assert result.rows == 11 and len(frame) == 11
+    assert frame.loc["train/Forest/2019/a.jpg", "labels"].tolist() == ["Forest"]
+    for path, row in frame.iterrows():
+        assert row["labels"].tolist() == [path.split("/")[1]]
+        assert row["original_split"] == {"train": "train", "Val": "validation", "test": "test"}[path.split("/")[0]]
+    assert pd.read_csv(result.rejects_path)["reason"].tolist() == [
+        f"train/River/broken.jpg: {data}/train/River/broken.jpg: not an image geodino reads (GeoTIFF, JPEG 2000, "
+        "or a JPEG, PNG or other format PIL opens)"]
+    assert [warning.split(" (e.g. ")[0] for warning in result.warnings] == [
+        "left out 1 files that are not images by their name", "left out 1 images that lie in no class folder"]
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert (card["classes"], card["task"], card["rgb"], card["data_root"]) == (["Forest", "River"], "single_label",
+                                                                               True, str(data))
+    # The folder above the class folders, as EuroSAT's download holds them beside a table: both are named.
+    shutil.rmtree(data / "Val"), shutil.rmtree(data / "test"), shutil.rmtree(data / "train" / "River")
+    (data / "train" / "loose.jpg").unlink()
+    (data / "train").rename(data / "images")
+    (data / "labels.csv").write_text("path,label\nimages/Forest/2019/a.jpg,Forest\n")
+    with pytest.raises(ValueError, match=rf"the class folders are one level down, in {data}/images; give that "
+                                         rf"folder, or the table {data}/labels.csv"):
+        prepare(PrepareConfig(archive=str(data), out=str(tmp_path / "n.parquet"), workers=1))
+
+
 def test_demo_archive_is_deterministic_and_learnable_shaped(tmp_path):
     from geodino.archive.demo import make_demo_archive
 

@@ -13,7 +13,8 @@ from geodino.errors import ConfigError
 class PrepareConfig:
     """prepare.py's flags: how an archive is parsed and checked, then (with --pack) packed into shards."""
 
-    archive: str  # the positional ARCHIVE: a BigEarthNet v1 folder, a reBEN folder, or a table of images
+    archive: str  # the positional ARCHIVE: a BigEarthNet v1 folder, a reBEN folder, a table of images, or a folder of
+    # class folders
     out: str = flag("metadata.parquet", "Metadata parquet to write (local or s3://); its card (.json) and rejects "
                     "(.rejects.csv) go beside it. A new path, or an earlier output of prepare")
     splits_dir: str | None = flag(None, "Folder with BigEarthNet's official train.csv, val.csv, test.csv (.bz2 "

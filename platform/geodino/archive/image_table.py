@@ -90,44 +90,46 @@ def _labels_of(record: dict) -> list[str]:
     return [str(part) for part in value]
 
 
-def split_of(value, number: int) -> str | None:
+def split_of(value, where: str) -> str | None:
     """The split a row names, mapped to train/validation/test when unambiguous (case and common synonyms)."""
     text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
     if not text:
         return None
     split = SPLIT_NAMES.get(text.lower())
     if split is None:
-        raise RejectedPatch(f"row {number}: split {text!r} is not one of train, validation, test (also accepted: "
+        raise RejectedPatch(f"{where}: split {text!r} is not one of train, validation, test (also accepted: "
                             f"{', '.join(sorted(k for k in SPLIT_NAMES if k not in ('train', 'validation', 'test')))})")
     return split
 
 
-def parse_image_chunk(data_root: str, records: list[dict], verify: str):
+def parse_image_chunk(data_root: str, records: list[tuple[str, dict]], verify: str):
+    """Check each (where, record) pair; `where` names the row in messages: its line in a table ("row 7"), or the
+    image's path for a folder of class folders."""
     rows, rejects = [], []
-    for number, record in records:
+    for where, record in records:
         path = "" if record["path"] is None else str(record["path"])
         try:
             if not path:
-                raise RejectedPatch(f"row {number}: the path cell is empty")
+                raise RejectedPatch(f"{where}: the path cell is empty")
             if os.path.isabs(path):  # left absolute by rooted_paths: outside --data_dir
-                raise RejectedPatch(f"row {number}: path {path!r} is not inside --data_dir {data_root}")
+                raise RejectedPatch(f"{where}: path {path!r} is not inside --data_dir {data_root}")
             if ".." in path.replace("\\", "/").split("/"):
-                raise RejectedPatch(f"row {number}: path {path!r} leaves the data folder")
+                raise RejectedPatch(f"{where}: path {path!r} leaves the data folder")
             labels = _labels_of(record)
             if not labels:
-                raise RejectedPatch(f"row {number}: no label")
-            split = split_of(record.get("split"), number)
+                raise RejectedPatch(f"{where}: no label")
+            split = split_of(record.get("split"), where)
             form = digest = None
             if verify == "pixels":
                 pixels = read_image(storage.join(data_root, path))
                 if not np.isfinite(pixels).all():
-                    raise RejectedPatch(f"row {number}: image {path} has NaN or infinite pixels")
+                    raise RejectedPatch(f"{where}: image {path} has NaN or infinite pixels")
                 if not pixels.any():
-                    raise RejectedPatch(f"row {number}: image {path} is all zero (no data)")
+                    raise RejectedPatch(f"{where}: image {path} is all zero (no data)")
                 form = (pixels.shape[0], str(pixels.dtype), pixels.shape[1], pixels.shape[2])
                 digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
             elif not storage.exists(storage.join(data_root, path)):
-                raise RejectedPatch(f"row {number}: image file {path} missing")
+                raise RejectedPatch(f"{where}: image file {path} missing")
             rows.append(
                 {
                     "name": os.path.splitext(path)[0].replace("/", "_"),
@@ -136,13 +138,13 @@ def parse_image_chunk(data_root: str, records: list[dict], verify: str):
                     "labels": labels,
                     "labels_43": [],
                     "original_split": split,
-                    "_row": number,
+                    "_where": where,
                     "_form": form,
                     "_digest": digest,
                 }
             )
         except PatchReadError as error:
-            rejects.append({"name": path, "path": path, "reason": f"row {number}: {error}"})
+            rejects.append({"name": path, "path": path, "reason": f"{where}: {error}"})
         except RejectedPatch as reason:
             rejects.append({"name": path, "path": path, "reason": str(reason)})
     return rows, rejects
@@ -154,7 +156,7 @@ def _reject(rows: list[dict], rejects: list[dict], keep, reason) -> list[dict]:
         if keep(row):
             kept.append(row)
         else:
-            rejects.append({"name": row["name"], "path": row["path"], "reason": f"row {row['_row']}: {reason(row)}"})
+            rejects.append({"name": row["name"], "path": row["path"], "reason": f"{row['_where']}: {reason(row)}"})
     return kept
 
 
@@ -196,8 +198,9 @@ def reject_duplicates(rows: list[dict], rejects: list[dict]) -> list[dict]:
 
     def reason(row):
         how, original = duplicate_of(row)
-        return (f"same image ({'same path' if how == 'path' else 'identical pixels'}) as row {original['_row']} "
-                f"({original['path']}, split {original['original_split'] or 'none'})")
+        named = "" if original["_where"] == original["path"] else f"{original['path']}, "
+        return (f"same image ({'same path' if how == 'path' else 'identical pixels'}) as {original['_where']} "
+                f"({named}split {original['original_split'] or 'none'})")
 
     return _reject(rows, rejects, lambda row: duplicate_of(row) is None, reason)
 
@@ -207,7 +210,7 @@ def with_unique_names(rows: list[dict]) -> list[dict]:
     visualize's --images, so two images with one name (x/y.jpg and x_y.png both shorten to x_y) would take each
     other's split or pixels. A shared short name gives way to the path (unique once duplicates are rejected),
     and, should even that be taken, the path and its row."""
-    for rename in (lambda row: row["path"], lambda row: f"{row['path']} (row {row['_row']})"):
+    for rename in (lambda row: row["path"], lambda row: f"{row['path']} ({row['_where']})"):
         counts = Counter(row["name"] for row in rows)
         for row in rows:
             if counts[row["name"]] > 1:

@@ -174,6 +174,7 @@ def read_image(path: str) -> np.ndarray:
 # Read by GDAL, which keeps every band and dtype: Sentinel-2 products and NAIP tiles come as JPEG 2000, and PIL
 # reads a multi-band or 16-bit JPEG 2000 as 8-bit RGB.
 GDAL_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k")
+IMAGE_SUFFIXES = GDAL_SUFFIXES + (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # what a folder's images may be
 
 
 def is_wide_colour_png(data: bytes) -> bool:

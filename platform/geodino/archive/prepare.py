@@ -1,11 +1,12 @@
 """Turn an archive of overhead imagery into one metadata parquet (plus a JSON card).
 
-Three kinds of archive are understood:
+Four kinds of archive are understood:
 
 * BigEarthNet-S2 v1.0 folders (one folder per patch, one GeoTIFF per band and a
   ``*_labels_metadata.json`` with 43-class CORINE labels);
 * BigEarthNet v2.0 (reBEN): its ``metadata.parquet`` and LMDB pixel store;
-* a user's table (CSV or parquet) of image paths with labels.
+* a user's table (CSV or parquet) of image paths with labels;
+* a folder of class folders (EuroSAT's layout), read as such a table.
 
 Every patch is checked before it is listed, in parallel processes. A patch that
 fails a check is never fatal: it goes to ``<out>.rejects.csv`` with the reason,
@@ -35,6 +36,7 @@ from geodino.archive.bands import parse_bands
 from geodino.archive.ben_v1 import list_patch_dirs, nested_archive, parse_ben_v1_chunk
 from geodino.archive.card import card_file, metadata_file, rejects_file
 from geodino.archive.config import PrepareConfig
+from geodino.archive.image_folder import image_folder_table, is_image_folder, nested_image_folder
 from geodino.archive.image_table import (
     class_name_problems,
     parse_image_chunk,
@@ -117,8 +119,9 @@ def detect_format(archive: str) -> str:
         return FORMAT_IMAGE
     if storage.exists(storage.join(archive, "metadata.parquet")):
         return FORMAT_BEN_V2
+    if not storage.is_uri(archive) and is_image_folder(archive):
+        return FORMAT_IMAGE
     return FORMAT_BEN_V1
-
 
 
 # --------------------------------------------------------------------------- parallel driver
@@ -252,10 +255,17 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         records = read_ben_v2_table(config.archive).to_dict("records")
         task = partial(parse_ben_v2_chunk, data_root, bands=bands, verify=config.verify)
         rows, rejects = run_parallel(task, records, workers, "prepare")
+    elif os.path.isdir(config.archive):  # a folder of class folders: a row per image, named by its path
+        data_root = os.path.abspath(config.archive)
+        table, folder_warnings = image_folder_table(config.archive)
+        warnings += folder_warnings
+        records = [(record["path"], record) for record in table.to_dict("records")]
     else:
         data_root = config.data_dir or os.path.dirname(os.path.abspath(config.archive))
         table, data_root = rooted_paths(read_image_table(config.archive), data_root, config.data_dir is not None)
-        records = list(enumerate(table.to_dict("records"), start=2))  # CSV line numbers: header is line 1
+        records = [(f"row {line}", record)  # CSV line numbers: header is line 1
+                   for line, record in enumerate(table.to_dict("records"), start=2)]
+    if fmt == FORMAT_IMAGE:
         task = partial(parse_image_chunk, data_root, verify=config.verify)
         rows, rejects = run_parallel(task, records, workers, "prepare")
         rows, form = reject_mismatched_images(rows, rejects)
@@ -271,17 +281,24 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         is_rgb = images_are_rgb(data_root, [row["path"] for row in rows])
         bands = tuple(available_bands)
         for row in rows:
-            for key in ("_row", "_form", "_digest"):
+            for key in ("_where", "_form", "_digest"):
                 row.pop(key, None)
 
     if not rows and not rejects:
         raise ValueError(f"{config.archive}: found no patches to prepare; give the root folder of BigEarthNet v1 "
                          "(a folder per patch holding NAME_B02.tif, ...), a reBEN folder (metadata.parquet and its "
-                         "LMDB), or a table of your images (.csv or .parquet with path and label columns)")
+                         "LMDB), a table of your images (.csv or .parquet with path and label columns), or a folder of "
+                         "class folders (FOLDER/Forest/*.jpg)")
     if not rows and fmt == FORMAT_BEN_V1:
         inner = nested_archive(config.archive, [reject["name"] for reject in rejects])
         if inner:
             raise ValueError(f"{config.archive}: the patch folders are one level down, in {inner}; give that folder")
+        inner = None if storage.is_uri(config.archive) else nested_image_folder(config.archive)
+        if inner:
+            raise ValueError(f"{config.archive}: the class folders are one level down, in {inner}; give that folder"
+                             + "".join(f", or the table {storage.join(config.archive, name)}"
+                                       for name in sorted(os.listdir(config.archive))
+                                       if name.lower().endswith((".csv", ".parquet"))))
     if not rows:
         examples = "; ".join(f"{r['name']}: {r['reason']}" for r in rejects[:3])
         raise ValueError(f"{config.archive}: no usable patch ({len(rejects)} rejected, e.g. {examples})")

@@ -1,0 +1,112 @@
+"""A folder of images sorted into class folders, read as a user's table with a row per image.
+
+This is how EuroSAT, UC Merced, RESISC45, AID and PatternNet are distributed, and what torchvision's
+ImageFolder reads: ``FOLDER/Forest/Forest_1.jpg``, ``FOLDER/River/River_7.tif``, ... (the folder's name is
+the class), optionally split first (``FOLDER/train/Forest/...``, ``FOLDER/val/...``, ``FOLDER/test/...``).
+Making it a table, rather than a reader of its own, gives its rows every check a user's table gets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pandas as pd
+
+from geodino.archive.image_table import SPLIT_NAMES
+from geodino.archive.pixels import IMAGE_SUFFIXES
+
+
+def _visible(names: list[str]) -> list[str]:
+    return sorted(name for name in names if not name.startswith((".", "__")))  # .DS_Store, __MACOSX
+
+
+def _entries(folder: str) -> tuple[list[str], list[str]]:
+    """Sub-folders and files of a folder, hidden ones left out."""
+    try:
+        names = _visible(os.listdir(folder))
+    except OSError:
+        return [], []
+    folders = [name for name in names if os.path.isdir(os.path.join(folder, name))]
+    return folders, [name for name in names if name not in folders]
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def is_ben_patch_folder(folder: str, files: list[str]) -> bool:
+    """A BigEarthNet v1 patch folder (NAME_B02.tif, NAME_labels_metadata.json), whose GeoTIFFs are bands, not
+    images of a class."""
+    name = re.escape(os.path.basename(folder))
+    return any(re.fullmatch(rf"{name}_(B\d\d|B8A)\.tif|{name}_labels_metadata\.json", file) for file in files)
+
+
+def holds_class_folders(folder: str) -> bool:
+    """Whether some sub-folder of `folder` holds image files itself (and is not a BigEarthNet patch folder)."""
+    for sub in _entries(folder)[0]:
+        files = _entries(os.path.join(folder, sub))[1]
+        if any(is_image(file) for file in files) and not is_ben_patch_folder(os.path.join(folder, sub), files):
+            return True
+    return False
+
+
+def split_folders(folder: str) -> dict[str, str] | None:
+    """{sub-folder: split} when every sub-folder is named for a split (train/val/test, any case) and holds class
+    folders; None otherwise."""
+    subs = _entries(folder)[0]
+    if not subs or any(sub.lower() not in SPLIT_NAMES for sub in subs):
+        return None
+    if not any(holds_class_folders(os.path.join(folder, sub)) for sub in subs):
+        return None
+    return {sub: SPLIT_NAMES[sub.lower()] for sub in subs}
+
+
+def is_image_folder(archive: str) -> bool:
+    return os.path.isdir(archive) and (holds_class_folders(archive) or split_folders(archive) is not None)
+
+
+def _files_under(folder: str) -> list[str]:
+    """Every visible file below `folder`, as paths relative to it, sorted (a class folder may nest, e.g. by year)."""
+    found = []
+    for current, folders, files in os.walk(folder):
+        folders[:] = _visible(folders)
+        relative = os.path.relpath(current, folder)
+        found += [file if relative == "." else f"{relative}/{file}" for file in _visible(files)]
+    return sorted(found)
+
+
+def image_folder_table(archive: str) -> tuple[pd.DataFrame, list[str]]:
+    """The folder as a table (path relative to `archive`, label = class folder, split where the layout names it)
+    and warnings about files left out: files that are not images by their name, and images in no class folder."""
+    splits = split_folders(archive)
+    tops = [(f"{sub}/", split) for sub, split in splits.items()] if splits else [("", "")]
+    rows, not_images, loose = [], [], []
+    for prefix, split in tops:
+        classes, files = _entries(os.path.join(archive, prefix))
+        loose += [prefix + file for file in files if is_image(file)]
+        for label in classes:
+            for file in _files_under(os.path.join(archive, prefix, label)):
+                path = f"{prefix}{label}/{file}"
+                if is_image(file):
+                    rows.append({"path": path, "label": label, "split": split})
+                else:
+                    not_images.append(path)
+    warnings = []
+    if not_images:
+        warnings.append(f"left out {len(not_images)} files that are not images by their name (e.g. "
+                        f"{', '.join(not_images[:3])}); geodino reads {', '.join(IMAGE_SUFFIXES)}")
+    if loose:
+        warnings.append(f"left out {len(loose)} images that lie in no class folder (e.g. {', '.join(loose[:3])}); "
+                        "a class folder's name is its images' label")
+    return pd.DataFrame(rows, columns=["path", "label", "split"]), warnings
+
+
+def nested_image_folder(archive: str) -> str | None:
+    """The folder one level down that holds the class folders, when `archive` holds it instead (EuroSAT's
+    images/ beside its labels.csv); None otherwise."""
+    for sub in _entries(archive)[0][:5]:
+        inner = os.path.join(archive, sub)
+        if is_image_folder(inner):
+            return inner
+    return None
