@@ -120,7 +120,7 @@ def features(model: torch.nn.Module, images: torch.Tensor, n_last_blocks: int, b
 
 
 def split_tensors(metadata: str, split: str) -> tuple[torch.Tensor, np.ndarray]:
-    return labelled_images(DataConfig(metadata=metadata, split=split))
+    return labelled_images(DataConfig(metadata=metadata, split=split, labelled_only=True))
 
 
 def probe_scores(source: str, arch: str, patch: int, probe_data: dict, lrs: list[float], epochs: int,

@@ -16,6 +16,7 @@ import shlex
 import sys
 
 from geodino import cli, storage
+from geodino.archive.card import load_card
 from geodino.archive.demo import prepared_demo
 from geodino.cli import add_dataclass_arguments, given_flags, run_entry
 from geodino.dino.config import PretrainConfig
@@ -109,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher backbone (timm keys): {result.backbone_file}")
     print(f"TensorBoard (every run and sweep in this storage): tensorboard --logdir {config.resolved_storage()} "
           "--host 127.0.0.1")
-    print(f"next: {probe_command(config, result.backbone_file, job)}")
+    if load_card(config.metadata_dir)["classes"]:
+        print(f"next: {probe_command(config, result.backbone_file, job)}")
+    else:
+        print(f"these images have no labels, so nothing here can be probed: probe the teacher backbone on labelled "
+              f"images (a table with labels, or a folder of class folders, through {script_path('prepare.py')}) with "
+              f"{script_path('linear_probe.py')} --pretrained_weights {result.backbone_file} --metadata_dir LABELLED")
     return 0
 
 

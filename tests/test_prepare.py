@@ -216,7 +216,7 @@ def test_a_folder_of_class_folders_is_prepared_as_a_table(tmp_path):
     """EuroSAT, UC Merced, RESISC45 and AID come as a folder per class (torchvision's ImageFolder), often split
     first. prepare read such a folder as a BigEarthNet archive: 'no usable patch (... Forest: label file
     Forest_labels_metadata.json missing ...)'. Now each image is a row, its class folder its label, with every
-    check a table's rows get (a broken image rejected by its path)."""
+    check a table's rows get (a broken image rejected by its path); an image in no class folder has no label."""
     import shutil
 
     data = tmp_path / "data"
@@ -232,19 +232,20 @@ def test_a_folder_of_class_folders_is_prepared_as_a_table(tmp_path):
     (data / "train" / "River" / "broken.jpg").write_text("not a picture")
     (data / "train" / ".ipynb_checkpoints").mkdir()
     shutil.copy(sources["River"][0], data / "train" / ".ipynb_checkpoints" / "copy.jpg")
-    shutil.copy(sources["River"][0], data / "train" / "loose.jpg")
+    shutil.copy(sorted((EUROSAT / "images" / "SeaLake").glob("*.jpg"))[0], data / "train" / "loose.jpg")
     result = prepare(PrepareConfig(archive=str(data), out=str(tmp_path / "m.parquet"), workers=1))
     frame = pd.read_parquet(tmp_path / "m.parquet").set_index("path")
-    assert result.rows == 11 and len(frame) == 11
+    assert result.rows == 12 and len(frame) == 12
     assert frame.loc["train/Forest/2019/a.jpg", "labels"].tolist() == ["Forest"]
-    for path, row in frame.iterrows():
+    assert frame.loc["train/loose.jpg", "labels"].tolist() == []  # in no class folder: for pretraining only
+    for path, row in frame.drop("train/loose.jpg").iterrows():
         assert row["labels"].tolist() == [path.split("/")[1]]
         assert row["original_split"] == {"train": "train", "Val": "validation", "test": "test"}[path.split("/")[0]]
     assert pd.read_csv(result.rejects_path)["reason"].tolist() == [
         f"train/River/broken.jpg: {data}/train/River/broken.jpg: not an image geodino reads (GeoTIFF, JPEG 2000, "
         "or a JPEG, PNG or other format PIL opens)"]
-    assert [warning.split(" (e.g. ")[0] for warning in result.warnings] == [
-        "left out 1 files that are not images by their name", "left out 1 images that lie in no class folder"]
+    assert [warning.split(" (e.g. ")[0].split(":")[0] for warning in result.warnings] == [
+        "left out 1 files that are not images by their name", "1 of 12 images have no label"]
     card = json.loads((tmp_path / "m.json").read_text())
     assert (card["classes"], card["task"], card["rgb"], card["data_root"]) == (["Forest", "River"], "single_label",
                                                                                True, str(data))
@@ -256,6 +257,77 @@ def test_a_folder_of_class_folders_is_prepared_as_a_table(tmp_path):
     with pytest.raises(ValueError, match=rf"the class folders are one level down, in {data}/images; give that "
                                          rf"folder, or the table {data}/labels.csv"):
         prepare(PrepareConfig(archive=str(data), out=str(tmp_path / "n.parquet"), workers=1))
+
+
+def test_images_without_labels_are_for_pretraining_only(ray_session, tmp_path):
+    """Self-supervised pretraining needs no labels, yet a row without one was rejected ('no label'), a table without
+    a label column refused, and a folder of tiles without class folders read as a BigEarthNet archive. Now such
+    images are pretraining data: in the training split unless one is named, in every pretraining pipeline (Ray
+    Data and a pack), and left out of what probes and the k-NN monitor read, which refuse data with no labels
+    at all; predict labels them with a probe fitted elsewhere."""
+    import shutil
+
+    import torch
+
+    from geodino.archive.pack import PackConfig, pack
+    from geodino.data.config import DataConfig, dataset_size
+    from geodino.data.ray_data import build_dataset, tensor_columns
+    from geodino.dino.config import PretrainConfig
+    from geodino.errors import ConfigError
+    from geodino.launch.inputs import knn_monitor
+    from geodino.transfer.linear_probe import LinearProbeConfig, run_linear_probe
+    from geodino.transfer.predict import PredictConfig, resolved
+
+    table = pd.read_csv(EUROSAT / "labels.csv").groupby("label").head(6).reset_index(drop=True)
+    unlabelled = table.index % 3 == 0  # 20 of 60
+    table.loc[unlabelled, "label"] = ""
+    table.loc[unlabelled & (table.index % 2 == 0), "split"] = ""  # 10 without a split: train
+    table.to_csv(tmp_path / "mixed.csv", index=False)
+    mixed = prepare(PrepareConfig(archive=str(tmp_path / "mixed.csv"), out=str(tmp_path / "mixed.parquet"),
+                                  data_dir=str(EUROSAT), pack=str(tmp_path / "pack"), workers=1))
+    assert (mixed.rows, mixed.rejected) == (60, 0)
+    assert mixed.warnings == ["20 of 60 images have no label: pretraining uses them (split train unless the table "
+                              "names one), probes leave them out"]
+    frame = pd.read_parquet(tmp_path / "mixed.parquet")
+    without = frame["labels"].map(len) == 0
+    assert without.sum() == 20 and frame["recommended"].all()
+    assert (frame.loc[without, "original_split"] == "train").sum() == 10 + (table.loc[unlabelled, "split"] == "train").sum()
+    card = json.loads((tmp_path / "mixed.json").read_text())
+    assert len(card["classes"]) == 10 and card["split_source"] == ("the archive's own split column; train for images "
+                                                                   "without labels")
+    pack(PackConfig(metadata=str(tmp_path / "mixed.parquet"), out_dir=str(tmp_path / "pack"), workers=1))
+    expected = {False: int((frame["original_split"] == "train").sum()),
+                True: int(((frame["original_split"] == "train") & ~without).sum())}
+    for data_dir in (str(EUROSAT), str(tmp_path / "pack")):  # pixels from the files, then from the pack
+        for labelled_only, count in expected.items():
+            data = DataConfig(metadata=str(tmp_path / "mixed.parquet"), data_dir=data_dir, labelled_only=labelled_only)
+            assert dataset_size(data) == count
+            labels = [batch["labels"] for batch in tensor_columns(build_dataset(data)).iter_torch_batches(batch_size=64)]
+            assert sum(map(len, labels)) == count
+            assert torch.cat(labels).sum(1).min() == (1 if labelled_only else 0)
+    monitor = knn_monitor(PretrainConfig(metadata_dir=str(tmp_path / "mixed.parquet"), knn_every=1, knn_samples=20))
+    assert monitor.sets.bank_labels.sum(1).min() == 1 and monitor.sets.query_labels.sum(1).min() == 1
+
+    # A table of paths alone, and a folder of tiles: nothing to probe, but predict labels them with a probe of
+    # other data.
+    pd.DataFrame({"path": table["path"][:8]}).to_csv(tmp_path / "paths.csv", index=False)
+    for index, path in enumerate(table["path"][:8]):
+        shutil.copy(EUROSAT / path, (tmp_path / "tiles").mkdir(exist_ok=True) or tmp_path / "tiles" / f"{index}.jpg")
+    probe = tmp_path / "probe.pth"
+    torch.save({"state_dict": {}, "classes": card["classes"], "task": card["task"], "backbone": "random:vit_tiny/8",
+                "config": {"bands": "rgb", "normalize": "max", "arch": "vit_tiny", "patch_size": 8, "n_last_blocks": 4,
+                           "avgpool_patchtokens": False, "image_size": 64}}, probe)
+    for archive, data_dir in ((tmp_path / "paths.csv", str(EUROSAT)), (tmp_path / "tiles", None)):
+        out = str(tmp_path / f"{archive.stem}.parquet")
+        result = prepare(PrepareConfig(archive=str(archive), out=out, data_dir=data_dir, workers=1))
+        assert result.rows == 8 and set(pd.read_parquet(out)["original_split"]) == {"train"}
+        assert json.loads((tmp_path / f"{archive.stem}.json").read_text())["classes"] == []
+        assert dataset_size(DataConfig(metadata=out)) == 8
+        with pytest.raises(ConfigError, match="these images have no labels .* so there is nothing to probe"):
+            run_linear_probe(LinearProbeConfig(pretrained_weights="random:vit_tiny/8", metadata_dir=out))
+        assert knn_monitor(PretrainConfig(metadata_dir=out, knn_every=1)) is None
+        assert resolved(PredictConfig(pretrained_weights="random:vit_tiny/8", probe=str(probe), metadata_dir=out,
+                                      split="train")).bands == "rgb"
 
 
 def test_demo_archive_is_deterministic_and_learnable_shaped(tmp_path):

@@ -1,9 +1,11 @@
-"""A folder of images sorted into class folders, read as a user's table with a row per image.
+"""A folder of images, sorted into class folders or not, read as a user's table with a row per image.
 
 This is how EuroSAT, UC Merced, RESISC45, AID and PatternNet are distributed, and what torchvision's
 ImageFolder reads: ``FOLDER/Forest/Forest_1.jpg``, ``FOLDER/River/River_7.tif``, ... (the folder's name is
 the class), optionally split first (``FOLDER/train/Forest/...``, ``FOLDER/val/...``, ``FOLDER/test/...``).
-Making it a table, rather than a reader of its own, gives its rows every check a user's table gets.
+Images in no class folder (all of them, in a folder of tiles cut from a scene) have no label: they serve
+pretraining, which needs none. Making the folder a table, rather than a reader of its own, gives its rows
+every check a user's table gets.
 """
 
 from __future__ import annotations
@@ -63,7 +65,14 @@ def split_folders(folder: str) -> dict[str, str] | None:
 
 
 def is_image_folder(archive: str) -> bool:
-    return os.path.isdir(archive) and (holds_class_folders(archive) or split_folders(archive) is not None)
+    """Images in the folder itself (not the bands of one BigEarthNet patch), in class folders, or in split folders
+    of class folders."""
+    if not os.path.isdir(archive):
+        return False
+    files = _entries(archive)[1]
+    if is_ben_patch_folder(archive, files):
+        return False
+    return any(is_image(file) for file in files) or holds_class_folders(archive) or split_folders(archive) is not None
 
 
 def _files_under(folder: str) -> list[str]:
@@ -77,14 +86,14 @@ def _files_under(folder: str) -> list[str]:
 
 
 def image_folder_table(archive: str) -> tuple[pd.DataFrame, list[str]]:
-    """The folder as a table (path relative to `archive`, label = class folder, split where the layout names it)
-    and warnings about files left out: files that are not images by their name, and images in no class folder."""
+    """The folder as a table (path relative to `archive`, label = class folder or none, split where the layout
+    names it) and a warning about files left out as not images by their name."""
     splits = split_folders(archive)
     tops = [(f"{sub}/", split) for sub, split in splits.items()] if splits else [("", "")]
-    rows, not_images, loose = [], [], []
+    rows, not_images = [], []
     for prefix, split in tops:
         classes, files = _entries(os.path.join(archive, prefix))
-        loose += [prefix + file for file in files if is_image(file)]
+        rows += [{"path": prefix + file, "label": "", "split": split} for file in files if is_image(file)]
         for label in classes:
             for file in _files_under(os.path.join(archive, prefix, label)):
                 path = f"{prefix}{label}/{file}"
@@ -96,9 +105,6 @@ def image_folder_table(archive: str) -> tuple[pd.DataFrame, list[str]]:
     if not_images:
         warnings.append(f"left out {len(not_images)} files that are not images by their name (e.g. "
                         f"{', '.join(not_images[:3])}); geodino reads {', '.join(IMAGE_SUFFIXES)}")
-    if loose:
-        warnings.append(f"left out {len(loose)} images that lie in no class folder (e.g. {', '.join(loose[:3])}); "
-                        "a class folder's name is its images' label")
     return pd.DataFrame(rows, columns=["path", "label", "split"]), warnings
 
 

@@ -1,5 +1,8 @@
 """A user's table of images (CSV or parquet): a path and labels per row, optionally a split.
 
+A row without labels is an image for pretraining only (self-supervised learning needs none; probes leave it
+out).
+
 Images are multi-band GeoTIFFs or JPEG/PNG (read as RGB), at paths relative to the table's folder or
 --data_dir. Rows are checked like BigEarthNet patches: a row that fails is rejected with its line
 number and the reason. A table is checked as a whole too, because a user's table can be wrong in
@@ -41,12 +44,12 @@ def read_image_table(table_path: str) -> pd.DataFrame:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DamagedInputError(f"{table_path}: not a readable table ({reason}); give a comma-separated CSV "
                                 "(UTF-8) or a parquet file with a 'path' and a 'label' or 'labels' column") from error
-    if "path" not in table.columns or not ({"labels", "label"} & set(table.columns)):
+    if "path" not in table.columns:
         separator = next((sep for sep in ";\t|" if len(table.columns) == 1 and sep in table.columns[0]), None)
         hint = f" (its header looks separated by {separator!r}: geodino reads commas)" if separator else ""
         raise DamagedInputError(
-            f"{table_path}: needs a 'path' column and a 'labels' (';'-separated or list) or 'label' column; "
-            f"has {list(table.columns)}{hint}"
+            f"{table_path}: needs a 'path' column, and for labelled images a 'labels' (';'-separated or list) or "
+            f"'label' column; has {list(table.columns)}{hint}"
         )
     if table.empty:
         raise DamagedInputError(f"{table_path}: the table has a header but no rows; add a row per image")
@@ -115,9 +118,7 @@ def parse_image_chunk(data_root: str, records: list[tuple[str, dict]], verify: s
                 raise RejectedPatch(f"{where}: path {path!r} is not inside --data_dir {data_root}")
             if ".." in path.replace("\\", "/").split("/"):
                 raise RejectedPatch(f"{where}: path {path!r} leaves the data folder")
-            labels = _labels_of(record)
-            if not labels:
-                raise RejectedPatch(f"{where}: no label")
+            labels = _labels_of(record)  # none: an image for pretraining only
             split = split_of(record.get("split"), where)
             form = digest = None
             if verify == "pixels":

@@ -64,16 +64,22 @@ def check_shards_exist(fs, shards: list[str]) -> None:
                          "it back, or pack again (prepare --pack_only)")
 
 
-def split_condition(split: str | None, recommended_only: bool):
-    """A pyarrow filter keeping one split's rows (and only recommended ones); None keeps every row."""
+def split_condition(split: str | None, recommended_only: bool, labelled_only: bool = False):
+    """A pyarrow filter keeping one split's rows (only recommended ones, only labelled ones); None keeps every
+    row."""
+    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    condition = None
+    conditions = []
     if split:
-        condition = pads.field("original_split") == split
+        conditions.append(pads.field("original_split") == split)
     if recommended_only:
-        recommended = pads.field("recommended") == True  # noqa: E712 (an expression, not a test)
-        condition = recommended if condition is None else condition & recommended
+        conditions.append(pads.field("recommended") == True)  # noqa: E712 (an expression, not a test)
+    if labelled_only:
+        conditions.append(pc.list_value_length(pads.field("labels")) > 0)
+    condition = None
+    for each in conditions:
+        condition = each if condition is None else condition & each
     return condition
 
 

@@ -161,8 +161,11 @@ def run_parallel(task, items: list, workers: int, desc: str):
 # --------------------------------------------------------------------------- assembly
 
 
-def apply_splits(frame: pd.DataFrame, config: PrepareConfig, warnings: list[str]) -> str:
-    """Fill original_split (and the noise flags for v1); returns where the split came from."""
+def apply_splits(frame: pd.DataFrame, config: PrepareConfig, warnings: list[str],
+                 pretraining_only: pd.Series | None = None) -> str:
+    """Fill original_split (and the noise flags for v1); returns where the split came from. Rows marked
+    `pretraining_only` (a user's images without labels) go to train where no split is named: they serve no
+    probe."""
     if config.splits_dir:
         assignment = read_split_lists(config.splits_dir)
         frame["original_split"] = frame["name"].map(assignment)
@@ -177,13 +180,18 @@ def apply_splits(frame: pd.DataFrame, config: PrepareConfig, warnings: list[str]
         if unassigned:
             warnings.append(f"{unassigned} patches are in no split list; their original_split is empty")
         source = "official lists"
-    elif frame["original_split"].isna().all():
-        frame["original_split"] = frame["name"].map(hash_split)
-        source = "hash of the patch name (52/24/24 %)"
     else:
+        named = frame["original_split"].notna()
+        to_train = ~named & (False if pretraining_only is None else pretraining_only)
+        frame.loc[to_train, "original_split"] = "train"
         missing = frame["original_split"].isna()
         frame.loc[missing, "original_split"] = frame.loc[missing, "name"].map(hash_split)
-        source = "the archive's own split column" + (" (hash split where empty)" if missing.any() else "")
+        if named.any():
+            source = "the archive's own split column" + (" (hash split where empty)" if missing.any() else "")
+        else:
+            source = "hash of the patch name (52/24/24 %)" if missing.any() else ""
+        if to_train.any():
+            source = "; ".join(filter(None, [source, "train for images without labels"]))
     if config.exclusions_dir:
         flags = read_exclusion_lists(config.exclusions_dir)
         frame["snow"] = frame["name"].isin(flags["snow"])
@@ -270,7 +278,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         rows, rejects = run_parallel(task, records, workers, "prepare")
         rows, form = reject_mismatched_images(rows, rejects)
         rows = with_unique_names(reject_duplicates(rows, rejects))
-        classes = sorted({label for row in rows for label in row["labels"]})
+        classes = sorted({label for row in rows for label in row["labels"]})  # none: images for pretraining only
         for problem in class_name_problems(classes):
             if config.strict:
                 raise ValueError(f"{config.archive}: {problem}; fix the table (or leave out --strict to prepare it as "
@@ -303,8 +311,14 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         examples = "; ".join(f"{r['name']}: {r['reason']}" for r in rejects[:3])
         raise ValueError(f"{config.archive}: no usable patch ({len(rejects)} rejected, e.g. {examples})")
     frame = finish_frame(rows)
-    split_source = apply_splits(frame, config, warnings)
-    frame["recommended"] = ~frame["snow"] & ~frame["cloud_or_shadow"] & (frame["labels"].map(len) > 0)
+    unlabelled = frame["labels"].map(len) == 0
+    if fmt == FORMAT_IMAGE and unlabelled.any():
+        warnings.append(f"{int(unlabelled.sum())} of {len(frame)} images have no label: pretraining uses them "
+                        "(split train unless the table names one), probes leave them out")
+    split_source = apply_splits(frame, config, warnings, unlabelled if fmt == FORMAT_IMAGE else None)
+    # BigEarthNet's recommendation leaves out patches without labels; a user's unlabelled images are for pretraining
+    usable = ~frame["snow"] & ~frame["cloud_or_shadow"]
+    frame["recommended"] = usable if fmt == FORMAT_IMAGE else usable & ~unlabelled
     frame = frame.sort_values("name", kind="stable").reset_index(drop=True)
 
     stats, values, dtype = band_stats(frame, data_root, bands, config.stats_patches)

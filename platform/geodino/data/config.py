@@ -29,7 +29,8 @@ class DataConfig:
     split: str | None = "train"  # train / validation / test, or None for every row
     bands: str = "rgb"
     normalize: str = "max"  # "max": clip(x / pixel_max, 0, 1); "stats": per-band (x - mean) / std
-    recommended_only: bool = True  # leave out snow, cloud/shadow and unlabelled patches
+    recommended_only: bool = True  # leave out snow, cloud/shadow and BigEarthNet's unlabelled patches
+    labelled_only: bool = False  # also leave out a user's images without labels (pretraining takes them, probes not)
     limit: int | None = None
     read_batch_size: int = 16  # patches per pixel-reading task
 
@@ -124,11 +125,16 @@ def metadata_rows(config: DataConfig, columns: list[str] | None = None):
     parquet = metadata_file(config.metadata)
     check_metadata_columns(parquet)
     fs, inner = storage.filesystem(parquet)
+    filtered_by = ["original_split", "recommended"] + (["labels"] if config.labelled_only else [])
+    if columns is not None:
+        columns = columns + [column for column in filtered_by if column not in columns]
     frame = pq.read_table(inner, filesystem=fs, columns=columns or METADATA_COLUMNS).to_pandas()
     if config.split:
         frame = frame[frame["original_split"] == config.split]
     if config.recommended_only:
         frame = frame[frame["recommended"]]
+    if config.labelled_only:
+        frame = frame[frame["labels"].map(len) > 0]
     return frame.head(config.limit).reset_index(drop=True) if config.limit else frame.reset_index(drop=True)
 
 

@@ -40,6 +40,8 @@ def _filtered(dataset: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset
         dataset = dataset.filter(expr=col("original_split") == config.split)
     if config.recommended_only:
         dataset = dataset.filter(expr=col("recommended") == True)  # noqa: E712 (an expression, not a test)
+    if config.labelled_only:
+        dataset = dataset.filter(expr=col("labels").list.len() > 0)
     return dataset
 
 
@@ -76,7 +78,8 @@ def build_dataset(config: DataConfig, raw: bool = False, shuffle_seed: int | Non
         listing = ray.data.from_items([{"shard": shard} for shard in shards], override_num_blocks=len(shards))
         return _limited(shuffled_blocks(listing, shuffle_seed).map_batches(
             read_shards, batch_size=1,  # one shard per task; it streams the shard's batches as it decodes them
-            fn_kwargs={"filesystem": fs, "split": config.split, "recommended_only": config.recommended_only,
+            fn_kwargs={"filesystem": fs, "condition": split_condition(config.split, config.recommended_only,
+                                                                      config.labelled_only),
                        "shape": manifest["shape"], "dtype": manifest["dtype"],
                        "channels": packed_channels(manifest, bands, data_root), "raw": raw, **common}), config)
     parquet = metadata_file(config.metadata)
@@ -89,9 +92,9 @@ def build_dataset(config: DataConfig, raw: bool = False, shuffle_seed: int | Non
         read_pixels, batch_size=config.read_batch_size, fn_kwargs={"data_root": data_root, "bands": bands, **common})
 
 
-def read_shards(batch: dict, filesystem, split: str | None, recommended_only: bool, **decode) -> Iterator[dict]:
-    """Shard paths in, decoded rows of the split out, PACKED_BATCH rows at a time (decode_packed's columns)."""
-    condition = split_condition(split, recommended_only)
+def read_shards(batch: dict, filesystem, condition, **decode) -> Iterator[dict]:
+    """Shard paths in, decoded rows of the split out, PACKED_BATCH rows at a time (decode_packed's columns);
+    `condition` is split_condition's filter."""
     for shard in batch["shard"]:
         for rows in shard_batches(filesystem, shard, PACK_COLUMNS, condition, PACKED_BATCH):
             yield decode_packed(rows, **decode)

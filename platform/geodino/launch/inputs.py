@@ -45,7 +45,8 @@ def knn_monitor(cfg: PretrainConfig) -> KnnMonitor | None:
     without one, other training images). None when the monitor is off or the data has no labels."""
     if not cfg.knn_every or not load_card(cfg.metadata_dir).get("classes"):
         return None
-    common = dict(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, bands=cfg.bands, normalize=cfg.normalize)
+    common = dict(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, bands=cfg.bands, normalize=cfg.normalize,
+                  labelled_only=True)
     queries = max(MIN_QUERIES, cfg.knn_samples // 2)
     validation = DataConfig(split="validation", **common)
     if dataset_size(validation) >= MIN_QUERIES:

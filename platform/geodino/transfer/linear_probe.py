@@ -106,7 +106,7 @@ def split_features(source: str, cfg: LinearProbeConfig) -> tuple[dict[str, dict]
     A dataset without a validation split (EuroSAT's subset has none) gets a seeded 10 % of train.
     """
     splits = {split: DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split=split, bands=cfg.bands,
-                                normalize=cfg.normalize) for split in SPLITS}
+                                normalize=cfg.normalize, labelled_only=True) for split in SPLITS}
     if dataset_size(splits["validation"]) == 0:
         del splits["validation"]
     result, extracted_splits = extract_splits(source, splits, cfg.features(), cfg.resolved_cache_dir(),
@@ -136,6 +136,11 @@ def probe_image_size(source: str, cfg: LinearProbeConfig) -> int | None:
 
 
 def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
+    """--num_labels against the card; data without labels (images for pretraining only) cannot be probed."""
+    if not classes:
+        raise ConfigError(f"--metadata_dir {cfg.metadata_dir}: these images have no labels (prepared for pretraining "
+                          "only), so there is nothing to probe; give the metadata of labelled images (a table with a "
+                          "label column, or a folder of class folders, through experiments/prepare.py)")
     if cfg.num_labels is not None and cfg.num_labels != len(classes):
         raise ConfigError(f"--num_labels {cfg.num_labels} but {cfg.metadata_dir} has {len(classes)} classes: {classes}")
 

@@ -206,7 +206,7 @@ def resolved(config: PredictConfig) -> PredictConfig:
     weights = source_identity(config.pretrained_weights)
     if saved.get("backbone") and weights_key(weights) != weights_key(saved["backbone"]):
         problems.append(f"the probe was fitted on the features of {saved['backbone']}, not of {weights}")
-    if list(saved["classes"]) != list(card["classes"]):
+    if card["classes"] and list(saved["classes"]) != list(card["classes"]):  # none: images without labels
         problems.append(f"the probe's {len(saved['classes'])} classes are not this data's {len(card['classes'])} "
                         f"({sorted(set(saved['classes']) ^ set(card['classes']))[:3]} differ)")
     if resolve_bands(card, bands) != resolve_bands(card, trained["bands"] or "rgb"):
