@@ -26,9 +26,8 @@ from geodino.ray_cluster import SubmittedJob, submitted_job
 
 
 def script_path(name: str) -> str:
-    """An entry script's path as the user can type it from where they are (absolute outside the checkout)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    return os.path.relpath(path) if storage.lies_inside(path, os.getcwd()) else path
+    """An entry script beside this one, as the user can type it from where they are."""
+    return cli.script_path(name, beside=__file__)
 
 
 def config_from_argv(argv: list[str] | None) -> PretrainConfig:

@@ -272,6 +272,12 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
     with open(hashed, "wb") as handle:
         handle.write(b"not a checkpoint")
     damaged = damaged_inputs(metadata, tmp)
+    scene = str(sorted((EUROSAT / "images" / "Forest").glob("*.jpg"))[0])  # 64 px: a scene of 2 x 2 tiles of 32
+    for folder in ("a", "b"):
+        os.makedirs(f"{tmp}/{folder}")
+        shutil.copy(scene, f"{tmp}/{folder}/x.jpg")
+    with open(f"{tmp}/bad.tif", "w") as handle:
+        handle.write("not a raster")
     other_run = os.path.join(tmp, "runs", "other")
     os.makedirs(os.path.join(other_run, "checkpoint_2026-11-27_10-00-00.000000"))
     with open(os.path.join(other_run, "settings.json"), "w") as handle:
@@ -325,6 +331,14 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [table, "--workers", "-1", "--out", f"{tmp}/m.parquet"], "--workers must be 0"),
         ("prepare.py", [table, "--splits_dir", f"{tmp}/nowhere", "--out", f"{tmp}/m.parquet"], "--splits_dir"),
         ("prepare.py", [table, "--out", "s3:/bucket/m.parquet"], "--out 's3:/bucket/m.parquet' is not a well-formed"),
+        ("tile.py", [f"{tmp}/nowhere.tif"], f"SCENE '{tmp}/nowhere.tif': no such file"),
+        ("tile.py", [f"{tmp}/bad.tif", "--out", f"{tmp}/tiles"], f"{tmp}/bad.tif: cannot read the scene"),
+        ("tile.py", [scene, "--out", f"{tmp}/tiles"], "the scene is 64x64 px, smaller than one --size 120 tile"),
+        ("tile.py", [f"{tmp}/a/x.jpg", f"{tmp}/b/x.jpg", "--size", "32"], "share the name 'x', which names their tiles"),
+        ("tile.py", [scene, "--size", "32", "--out", table], "is a file, not a folder"),
+        ("tile.py", [scene, "--size", "0"], "--size must be greater than 0, not 0"),
+        ("tile.py", [scene, "--size", "32", "--max_nodata", "1"], "--max_nodata must lie in [0, 1), not 1.0"),
+        ("tile.py", [scene, "--size", "32", "--out", f"{tmp}/theirs"], "holds 1 files tile.py did not write"),
         # values float() takes but no run can use
         ("pretrain.py", ["--lr", "nan", *data], "argument --lr: expected a finite number, not 'nan'"),
         ("pretrain.py", ["--global_crops_scale", "0.4", "inf", *data], "expected a finite number, not 'inf'"),

@@ -346,3 +346,61 @@ def test_demo_archive_is_deterministic_and_learnable_shaped(tmp_path):
     with rasterio.open(tmp_path / "a" / files[0]) as src:
         assert src.crs.to_epsg() == 32633 and src.dtypes[0] == "uint16"
         assert 0 < np.median(src.read(1)) < 10000
+
+
+def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
+    """A user with scenes rather than patches: a scene in a table was read whole for every sample (a Sentinel-2
+    scene is gigabytes). Now prepare refuses an image beyond 4,096 px a side, pointing at tile.py, which cuts
+    scenes into GeoTIFF tiles keeping bands, dtype, nodata and georeference; its printed next command prepares
+    them. The scene here is 2 x 3 real BigEarthNet patches (B04, B03, B02, B08) side by side, with a no-data
+    corner in one and another all no data."""
+    import rasterio
+    from conftest import BEN_V1_NPZ
+    from rasterio.transform import from_origin
+
+    patches = sorted((BEN_V1_NPZ / "patches").glob("*.npz"))[:6]
+    bands = [np.stack([np.load(path)[band] for band in ("B04", "B03", "B02", "B08")]) for path in patches]
+    scene = np.zeros((4, 240, 410), np.uint16)  # a 50 px strip on the right that no whole tile covers
+    for index, pixels in enumerate(bands):
+        scene[:, 120 * (index // 3):120 * (index // 3 + 1), 120 * (index % 3):120 * (index % 3 + 1)] = pixels
+    scene[:, :10, 240:250] = 0  # a no-data corner in the third patch
+    scene[:, 120:, 240:360] = 0  # the sixth patch: outside the swath
+    path = tmp_path / "T32UNA.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=410, height=240, count=4, dtype="uint16", nodata=0,
+                       crs="EPSG:32632", transform=from_origin(500000, 5600000, 10, 10)) as dst:
+        dst.write(scene)
+    script = [sys.executable, str(REPO / "experiments" / "tile.py")]
+    done = subprocess.run(script + [str(path), "--out", "tiles"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 4 tiles of 120 px" in done.stdout and "skipped 2 with no data beyond --max_nodata 0" in done.stdout
+    for index in (0, 1, 3, 4):
+        top, left = 120 * (index // 3), 120 * (index % 3)
+        with rasterio.open(tmp_path / "tiles" / f"T32UNA_y{top:05d}_x{left:05d}.tif") as tile:
+            np.testing.assert_array_equal(tile.read(), bands[index])  # value for value
+            assert (tile.nodata, str(tile.crs), tile.transform.c, tile.transform.f) == (
+                0, "EPSG:32632", 500000 + 10 * left, 5600000 - 10 * top)
+    again = subprocess.run(script + [str(path), "--out", str(tmp_path / "tiles")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "wrote 0 tiles of 120 px to" in again.stdout and "(4 were already there" in again.stdout
+    other = subprocess.run(script + [str(path), "--out", str(tmp_path / "tiles"), "--max_nodata", "0.01"],
+                           capture_output=True, text=True)
+    assert (other.returncode, other.stderr) == (2, f"tile.py: error: --out {tmp_path / 'tiles'} holds tiles cut with "
+                                                   "other settings (--max_nodata 0.0 there, 0.01 now); give a new "
+                                                   "--out, or the same settings to continue\n")
+    next_command = done.stdout.splitlines()[-1].removeprefix("next: ")
+    assert next_command == f"python {REPO / 'experiments' / 'prepare.py'} tiles --out tiles_metadata/metadata.parquet"
+    prepared = subprocess.run([sys.executable, *next_command.split()[1:]], capture_output=True, text=True, cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stderr
+    frame = pd.read_parquet(tmp_path / "tiles_metadata" / "metadata.parquet")
+    assert len(frame) == 4 and frame["recommended"].all() and set(frame["original_split"]) == {"train"}
+
+    # the scene itself, beyond 4,096 px a side, in a table: refused by row, pointing at tile.py
+    with rasterio.open(tmp_path / "wide.tif", "w", driver="GTiff", width=4100, height=8, count=1, dtype="uint8") as dst:
+        dst.write(np.ones((1, 8, 4100), np.uint8))
+    pd.DataFrame({"path": ["tiles/T32UNA_y00000_x00000.tif", "wide.tif"], "label": ["a", "b"]}).to_csv(
+        tmp_path / "scenes.csv", index=False)
+    result = prepare(PrepareConfig(archive=str(tmp_path / "scenes.csv"), out=str(tmp_path / "s.parquet"), workers=1))
+    assert pd.read_csv(result.rejects_path)["reason"].tolist() == [
+        f"row 3: {tmp_path}/wide.tif: the image is 4100x8 px, a scene rather than a patch (geodino reads images up to "
+        f"4096 px a side); cut it into tiles: python experiments/tile.py {tmp_path}/wide.tif --size 120 --out DIR, "
+        "then prepare DIR"]

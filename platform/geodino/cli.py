@@ -166,6 +166,15 @@ def parse_config_and_given(cls, argv: list[str], prog: str | None = None):
     return dataclass_from_args(cls, parser.parse_args(argv)), given_flags(parser, argv)
 
 
+def script_path(name: str, beside: str) -> str:
+    """The entry script `name` in the folder of the script `beside` (its __file__), as the user can type it from
+    where they are: relative inside the checkout, absolute outside it."""
+    from geodino import storage
+
+    path = os.path.join(os.path.dirname(os.path.abspath(beside)), name)
+    return os.path.relpath(path) if storage.lies_inside(path, os.getcwd()) else path
+
+
 def run_entry(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run an entry script's main: a user's mistake (GeodinoError, also when raised inside a Ray task) ends as
     one line `prog: error: ...` and exit status 2; Ctrl-C as one line `prog: interrupted ...` and 130 (the

@@ -57,6 +57,18 @@ def open_raster(path: str):
             yield src
 
 
+# A side beyond this is a scene, not a patch: read whole, a Sentinel-2 scene (10,980 px) is gigabytes per sample.
+MAX_IMAGE_SIDE = 4096
+
+
+def check_patch_size(path: str, width: int, height: int) -> None:
+    """Refuse a scene before its pixels are read, saying how to cut it into patches."""
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise PatchReadError(f"{path}: the image is {width}x{height} px, a scene rather than a patch (geodino reads "
+                             f"images up to {MAX_IMAGE_SIDE} px a side); cut it into tiles: python experiments/tile.py "
+                             f"{path} --size 120 --out DIR, then prepare DIR")
+
+
 def read_geotiff(path: str) -> np.ndarray:
     """All bands of a GeoTIFF as a (bands, H, W) array, with errors that name the file; pixels the file marks as
     no data (its nodata value or mask) come back as their band's mean (`filled_nodata`)."""
@@ -64,6 +76,7 @@ def read_geotiff(path: str) -> np.ndarray:
 
     try:
         with open_raster(path) as src:
+            check_patch_size(path, src.width, src.height)
             if not marks_no_data(src.mask_flag_enums):
                 return src.read()  # BigEarthNet's band files: nothing to fill
             return filled_nodata(src.read(masked=True), path, src.nodata)
@@ -161,6 +174,7 @@ def read_image(path: str) -> np.ndarray:
         if is_wide_colour_png(data):
             return read_wide_colour_png(data, path)
         with Image.open(io.BytesIO(data)) as image:
+            check_patch_size(path, *image.size)
             if image.mode in WIDE_GREY_MODES:
                 return wide_grey_as_rgb(np.asarray(image))
             return np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy()
@@ -193,6 +207,7 @@ def read_wide_colour_png(data: bytes, path: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with MemoryFile(data) as memory, memory.open() as src:
+                check_patch_size(path, src.width, src.height)
                 bands = src.read()
     except (RasterioError, OSError) as error:
         raise PatchReadError(f"{path}: cannot read image ({error})") from error

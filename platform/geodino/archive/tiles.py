@@ -1,0 +1,165 @@
+"""Cut large rasters (a Sentinel-2 scene, a NAIP tile, an orthophoto) into tiles that prepare reads as a folder.
+
+geodino trains on patches (BigEarthNet's are 120 px): a whole scene read as one image would be gigabytes per
+sample. Tiles are GeoTIFFs that keep the scene's bands, dtype, nodata value, colour interpretation and
+georeference (each tile's transform is its window's), so nothing is resampled or rescaled on the way.
+Tiles whose pixels the scene marks as no data beyond --max_nodata (a swath edge), or that are all zero, are
+skipped; the strip at the right and bottom edge that no whole tile covers is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geodino.archive.pixels import PatchReadError, marks_no_data, open_raster
+from geodino.cli import flag
+from geodino.errors import ConfigError, GeodinoError
+
+MANIFEST = ".geodino_tiles.json"  # hidden: prepare leaves it out of the folder's images
+
+
+@dataclass
+class TileConfig:
+    """tile.py's flags: where the tiles go and how they are cut."""
+
+    scenes: list[str]  # the positional SCENE arguments: rasters GDAL reads (GeoTIFF, JPEG 2000, JPEG, PNG)
+    out: str = flag("tiles", "Folder for the tiles: new, empty, or one tile.py filled with the same settings (a rerun "
+                    "writes only the tiles not there yet)")
+    size: int = flag(120, "Tile side in pixels: 120 is BigEarthNet's (1.2 km at 10 m); a multiple of the ViT's "
+                     "patch size (8 or 16) spares a resize")
+    stride: int | None = flag(None, "Pixels from one tile to the next; default: --size (tiles do not overlap)")
+    max_nodata: float = flag(0.0, "Largest share of a tile's pixels the scene may mark as no data (its nodata value "
+                             "or mask); tiles with more are skipped. 0: only whole tiles of measurements")
+
+    def validate(self) -> None:
+        for name in ("size", "stride"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
+        if not 0 <= self.max_nodata < 1:
+            raise ConfigError(f"--max_nodata must lie in [0, 1), not {self.max_nodata}")
+        missing = [scene for scene in self.scenes if not os.path.isfile(scene)]
+        if missing:
+            raise ConfigError(f"SCENE {missing[0]!r}: no such file")
+        stems = {}
+        for scene in self.scenes:
+            stem = os.path.splitext(os.path.basename(scene))[0]
+            if stem in stems and os.path.abspath(stems[stem]) != os.path.abspath(scene):
+                raise ConfigError(f"SCENE {scene} and {stems[stem]} share the name {stem!r}, which names their tiles; "
+                                  "rename one (or tile them into two --out folders)")
+            stems[stem] = scene
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ConfigError(f"--out {self.out!r} is a file, not a folder")
+
+
+@dataclass
+class TileCounts:
+    written: int = 0
+    already_there: int = 0
+    skipped_nodata: int = 0
+    skipped_zero: int = 0
+    scenes: dict = field(default_factory=dict)  # scene -> tiles kept
+
+
+class ForeignFolderError(GeodinoError):
+    """--out holds files tile.py did not write, or tiles cut with other settings."""
+
+
+def claim_folder(config: TileConfig) -> None:
+    """--out becomes tile.py's: a new or empty folder, or its own with the same settings; nothing else is touched."""
+    settings = {"size": config.size, "stride": config.stride or config.size, "max_nodata": config.max_nodata}
+    manifest = os.path.join(config.out, MANIFEST)
+    if os.path.exists(manifest):
+        with open(manifest) as handle:
+            earlier = json.load(handle)["settings"]
+        if earlier != settings:
+            changed = ", ".join(f"--{key} {earlier[key]} there, {settings[key]} now" for key in settings
+                                if earlier[key] != settings[key])
+            raise ForeignFolderError(f"--out {config.out} holds tiles cut with other settings ({changed}); give a new "
+                                     "--out, or the same settings to continue")
+    elif os.path.isdir(config.out) and os.listdir(config.out):
+        raise ForeignFolderError(f"--out {config.out} holds {len(os.listdir(config.out))} files tile.py did not write; "
+                                 "give a new or empty folder")
+    os.makedirs(config.out, exist_ok=True)
+    with open(manifest + ".tmp", "w") as handle:
+        json.dump({"settings": settings}, handle)
+    os.replace(manifest + ".tmp", manifest)
+
+
+def tile_name(scene: str, top: int, left: int) -> str:
+    return f"{os.path.splitext(os.path.basename(scene))[0]}_y{top:05d}_x{left:05d}.tif"
+
+
+def check_scene(scene: str, size: int) -> None:
+    """A scene GDAL opens and one tile fits in, checked for every scene before a tile is written."""
+    from rasterio.errors import RasterioError
+
+    try:
+        with open_raster(scene) as src:
+            width, height = src.width, src.height
+    except RasterioError as error:
+        raise PatchReadError(f"{scene}: cannot read the scene ({error})") from error
+    if width < size or height < size:
+        raise PatchReadError(f"{scene}: the scene is {width}x{height} px, smaller than one --size {size} tile")
+
+
+def tile_scene(scene: str, config: TileConfig, counts: TileCounts) -> None:
+    """Write the tiles of one scene, each to a temporary name moved into place (a killed run leaves whole tiles)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    size, stride = config.size, config.stride or config.size
+    kept = 0
+    try:
+        with open_raster(scene) as src:
+            masked = marks_no_data(src.mask_flag_enums)
+            profile = {"driver": "GTiff", "width": size, "height": size, "count": src.count, "dtype": src.dtypes[0],
+                       "crs": src.crs, "nodata": src.nodata, "compress": "deflate"}
+            for top in range(0, src.height - size + 1, stride):
+                for left in range(0, src.width - size + 1, stride):
+                    path = os.path.join(config.out, tile_name(scene, top, left))
+                    if os.path.exists(path):
+                        counts.already_there += 1
+                        kept += 1
+                        continue
+                    window = Window(left, top, size, size)
+                    pixels = src.read(window=window, masked=masked)
+                    invalid = np.ma.getmaskarray(pixels).any(axis=0) if masked else None
+                    if invalid is not None and invalid.mean() > config.max_nodata:
+                        counts.skipped_nodata += 1
+                        continue
+                    data = np.ma.getdata(pixels)
+                    if not data.any():
+                        counts.skipped_zero += 1
+                        continue
+                    temporary = path + ".tmp"
+                    # a scene without georeference (a JPEG) gives tiles without one, not a made-up transform
+                    where = {"transform": src.window_transform(window)} if src.crs else {}
+                    with rasterio.open(temporary, "w", **where, **profile) as dst:
+                        dst.write(data)
+                        dst.colorinterp = src.colorinterp
+                        if invalid is not None and invalid.any() and src.nodata is None:
+                            dst.write_mask(~invalid)
+                    os.replace(temporary, path)
+                    counts.written += 1
+                    kept += 1
+    except RasterioError as error:
+        raise PatchReadError(f"{scene}: cannot read the scene ({error})") from error
+    counts.scenes[scene] = kept
+
+
+def tile_scenes(config: TileConfig) -> TileCounts:
+    """Every scene's tiles into --out; see the module docstring."""
+    config.validate()
+    scenes = list(dict.fromkeys(config.scenes))  # a scene named twice is cut once
+    for scene in scenes:
+        check_scene(scene, config.size)
+    claim_folder(config)
+    counts = TileCounts()
+    for scene in scenes:
+        tile_scene(scene, config, counts)
+    return counts
