@@ -404,3 +404,25 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
         f"row 3: {tmp_path}/wide.tif: the image is 4100x8 px, a scene rather than a patch (geodino reads images up to "
         f"4096 px a side); cut it into tiles: python experiments/tile.py {tmp_path}/wide.tif --size 120 --out DIR, "
         "then prepare DIR"]
+
+
+def test_table_headers_are_matched_by_name_and_never_guessed(tmp_path):
+    """'Path,Label' (a spreadsheet's capitals) was refused as lacking a 'path' column; it is read now. Headers of
+    other names ('filename', 'class') are named in the error with the rename to make, never taken on a guess; and
+    a table whose classes sit in a 'Class' column is refused rather than prepared as images without labels."""
+    from geodino.errors import DamagedInputError
+
+    rows = pd.read_csv(EUROSAT / "labels.csv").head(4)
+    for header in (["Path", " Label", "SPLIT"], ["filename", "class", "split"], ["path", "Class", "split"]):
+        rows.set_axis(header, axis=1).to_csv(tmp_path / f"{header[0]}.csv", index=False)
+    result = prepare(PrepareConfig(archive=str(tmp_path / "Path.csv"), out=str(tmp_path / "m.parquet"),
+                                   data_dir=str(EUROSAT), workers=1))
+    frame = pd.read_parquet(tmp_path / "m.parquet")
+    assert result.rows == 4 and frame["labels"].map(list).tolist() == [[label] for label in rows["label"]]
+    assert sorted(frame["original_split"]) == sorted(rows["split"])
+    with pytest.raises(DamagedInputError, match=r"has \['filename', 'class', 'split'\] \(rename 'filename' to 'path', "
+                                                r"'class' to 'label', if that is what they hold\)"):
+        prepare(PrepareConfig(archive=str(tmp_path / "filename.csv"), out=str(tmp_path / "n.parquet"), workers=1))
+    with pytest.raises(DamagedInputError, match="no 'label' or 'labels' column, but 'Class': rename it to 'label' if "
+                                                "it holds the classes"):
+        prepare(PrepareConfig(archive=str(tmp_path / "path.csv"), out=str(tmp_path / "n.parquet"), workers=1))

@@ -32,6 +32,26 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation", "vali
                "validation": "validation", "dev": "validation", "test": "test", "testing": "test"}
 
 
+COLUMNS = ("path", "labels", "label", "split")
+# Headers other tools write for these columns; named in the error, never taken on a guess (a 'filename' may
+# hold names without their folder, an 'id' anything).
+COLUMN_SYNONYMS = {"path": {"filename", "file", "filepath", "file_path", "image", "image_path", "img", "location"},
+                   "label": {"class", "class_name", "category", "target", "landcover", "land_cover"}}
+
+
+def known_column_names(columns: list) -> dict:
+    """Renames of headers that are geodino's column names but for case or spaces ('Path', ' Label'), where one
+    header alone matches."""
+    renames = {}
+    for name in COLUMNS:
+        if name in columns:
+            continue
+        matches = [column for column in columns if str(column).strip().lower() == name]
+        if len(matches) == 1:
+            renames[matches[0]] = name
+    return renames
+
+
 def read_image_table(table_path: str) -> pd.DataFrame:
     """The table as text cells (CSV: spaces after a comma ignored), refused with the file named when it is not a
     table geodino can read: not CSV or parquet, no rows, or no path and label columns."""
@@ -44,13 +64,21 @@ def read_image_table(table_path: str) -> pd.DataFrame:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DamagedInputError(f"{table_path}: not a readable table ({reason}); give a comma-separated CSV "
                                 "(UTF-8) or a parquet file with a 'path' and a 'label' or 'labels' column") from error
+    table = table.rename(columns=known_column_names(list(table.columns)))
     if "path" not in table.columns:
         separator = next((sep for sep in ";\t|" if len(table.columns) == 1 and sep in table.columns[0]), None)
         hint = f" (its header looks separated by {separator!r}: geodino reads commas)" if separator else ""
+        renames = [f"{column!r} to {target!r}" for column in table.columns
+                   for target, others in COLUMN_SYNONYMS.items() if str(column).strip().lower() in others]
+        hint += f" (rename {', '.join(renames)}, if that is what they hold)" if renames else ""
         raise DamagedInputError(
             f"{table_path}: needs a 'path' column, and for labelled images a 'labels' (';'-separated or list) or "
             f"'label' column; has {list(table.columns)}{hint}"
         )
+    named_otherwise = [column for column in table.columns if str(column).strip().lower() in COLUMN_SYNONYMS["label"]]
+    if not {"labels", "label"} & set(table.columns) and named_otherwise:  # else every image would be unlabelled
+        raise DamagedInputError(f"{table_path}: no 'label' or 'labels' column, but {named_otherwise[0]!r}: rename it "
+                                "to 'label' if it holds the classes (or leave it out to prepare images without labels)")
     if table.empty:
         raise DamagedInputError(f"{table_path}: the table has a header but no rows; add a row per image")
     return table
