@@ -336,6 +336,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("tile.py", [scene, "--out", f"{tmp}/tiles"], "the scene is 64x64 px, smaller than one --size 120 tile"),
         ("tile.py", [f"{tmp}/a/x.jpg", f"{tmp}/b/x.jpg", "--size", "32"], "share the name 'x', which names their tiles"),
         ("tile.py", [scene, "--size", "32", "--out", table], "is a file, not a folder"),
+        ("tile.py", [scene, "--size", "32", "--out", "s3://bucket/tiles"], "tile.py writes to a local folder"),
         ("tile.py", [scene, "--size", "0"], "--size must be greater than 0, not 0"),
         ("tile.py", [scene, "--size", "32", "--max_nodata", "1"], "--max_nodata must lie in [0, 1), not 1.0"),
         ("tile.py", [scene, "--size", "32", "--out", f"{tmp}/theirs"], "holds 1 files tile.py did not write"),

@@ -233,24 +233,28 @@ def test_a_folder_of_class_folders_is_prepared_as_a_table(tmp_path):
     (data / "train" / ".ipynb_checkpoints").mkdir()
     shutil.copy(sources["River"][0], data / "train" / ".ipynb_checkpoints" / "copy.jpg")
     shutil.copy(sorted((EUROSAT / "images" / "SeaLake").glob("*.jpg"))[0], data / "train" / "loose.jpg")
+    (data / "train" / "Unlabelled").mkdir()
+    shutil.copy(sorted((EUROSAT / "images" / "SeaLake").glob("*.jpg"))[1], data / "train" / "Unlabelled" / "s.jpg")
     result = prepare(PrepareConfig(archive=str(data), out=str(tmp_path / "m.parquet"), workers=1))
     frame = pd.read_parquet(tmp_path / "m.parquet").set_index("path")
-    assert result.rows == 12 and len(frame) == 12
+    assert result.rows == 13 and len(frame) == 13
     assert frame.loc["train/Forest/2019/a.jpg", "labels"].tolist() == ["Forest"]
-    assert frame.loc["train/loose.jpg", "labels"].tolist() == []  # in no class folder: for pretraining only
-    for path, row in frame.drop("train/loose.jpg").iterrows():
+    for unlabelled in ("train/loose.jpg", "train/Unlabelled/s.jpg"):  # for pretraining only
+        assert frame.loc[unlabelled, "labels"].tolist() == []
+    for path, row in frame.drop(["train/loose.jpg", "train/Unlabelled/s.jpg"]).iterrows():
         assert row["labels"].tolist() == [path.split("/")[1]]
         assert row["original_split"] == {"train": "train", "Val": "validation", "test": "test"}[path.split("/")[0]]
     assert pd.read_csv(result.rejects_path)["reason"].tolist() == [
         f"train/River/broken.jpg: {data}/train/River/broken.jpg: not an image geodino reads (GeoTIFF, JPEG 2000, "
         "or a JPEG, PNG or other format PIL opens)"]
     assert [warning.split(" (e.g. ")[0].split(":")[0] for warning in result.warnings] == [
-        "left out 1 files that are not images by their name", "1 of 12 images have no label"]
+        "left out 1 files that are not images by their name", "2 of 13 images have no label"]
     card = json.loads((tmp_path / "m.json").read_text())
     assert (card["classes"], card["task"], card["rgb"], card["data_root"]) == (["Forest", "River"], "single_label",
                                                                                True, str(data))
     # The folder above the class folders, as EuroSAT's download holds them beside a table: both are named.
-    shutil.rmtree(data / "Val"), shutil.rmtree(data / "test"), shutil.rmtree(data / "train" / "River")
+    for folder in ("Val", "test", "train/River", "train/Unlabelled"):
+        shutil.rmtree(data / folder)
     (data / "train" / "loose.jpg").unlink()
     (data / "train").rename(data / "images")
     (data / "labels.csv").write_text("path,label\nimages/Forest/2019/a.jpg,Forest\n")

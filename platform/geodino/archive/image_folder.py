@@ -3,8 +3,8 @@
 This is how EuroSAT, UC Merced, RESISC45, AID and PatternNet are distributed, and what torchvision's
 ImageFolder reads: ``FOLDER/Forest/Forest_1.jpg``, ``FOLDER/River/River_7.tif``, ... (the folder's name is
 the class), optionally split first (``FOLDER/train/Forest/...``, ``FOLDER/val/...``, ``FOLDER/test/...``).
-Images in no class folder (all of them, in a folder of tiles cut from a scene) have no label: they serve
-pretraining, which needs none. Making the folder a table, rather than a reader of its own, gives its rows
+Images in no class folder (all of them, in a folder of tiles cut from a scene), or in one named
+``unlabeled`` or ``unlabelled`` (STL-10's convention), have no label: they serve pretraining, which needs none. Making the folder a table, rather than a reader of its own, gives its rows
 every check a user's table gets.
 """
 
@@ -17,6 +17,8 @@ import pandas as pd
 
 from geodino.archive.image_table import SPLIT_NAMES
 from geodino.archive.pixels import IMAGE_SUFFIXES
+
+UNLABELLED_FOLDERS = {"unlabeled", "unlabelled"}  # STL-10's convention: images for pretraining only, not a class
 
 
 def _visible(names: list[str]) -> list[str]:
@@ -94,9 +96,10 @@ def image_folder_table(archive: str) -> tuple[pd.DataFrame, list[str]]:
     for prefix, split in tops:
         classes, files = _entries(os.path.join(archive, prefix))
         rows += [{"path": prefix + file, "label": "", "split": split} for file in files if is_image(file)]
-        for label in classes:
-            for file in _files_under(os.path.join(archive, prefix, label)):
-                path = f"{prefix}{label}/{file}"
+        for folder in classes:
+            label = "" if folder.lower() in UNLABELLED_FOLDERS else folder
+            for file in _files_under(os.path.join(archive, prefix, folder)):
+                path = f"{prefix}{folder}/{file}"
                 if is_image(file):
                     rows.append({"path": path, "label": label, "split": split})
                 else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from geodino import storage
 from geodino.archive.pixels import PatchReadError, marks_no_data, open_raster
 from geodino.cli import flag
 from geodino.errors import ConfigError, GeodinoError
@@ -41,9 +42,12 @@ class TileConfig:
                 raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
         if not 0 <= self.max_nodata < 1:
             raise ConfigError(f"--max_nodata must lie in [0, 1), not {self.max_nodata}")
-        missing = [scene for scene in self.scenes if not os.path.isfile(scene)]
+        missing = [scene for scene in self.scenes if not storage.exists(scene)]
         if missing:
             raise ConfigError(f"SCENE {missing[0]!r}: no such file")
+        if storage.is_uri(self.out):
+            raise ConfigError(f"--out {self.out}: tile.py writes to a local folder; copy the tiles up afterwards "
+                              "(aws s3 sync DIR s3://bucket/prefix)")
         stems = {}
         for scene in self.scenes:
             stem = os.path.splitext(os.path.basename(scene))[0]
@@ -51,8 +55,9 @@ class TileConfig:
                 raise ConfigError(f"SCENE {scene} and {stems[stem]} share the name {stem!r}, which names their tiles; "
                                   "rename one (or tile them into two --out folders)")
             stems[stem] = scene
-        if os.path.exists(self.out) and not os.path.isdir(self.out):
-            raise ConfigError(f"--out {self.out!r} is a file, not a folder")
+        problem = storage.first_location_problem({"--out": self.out}, folders=("--out",))
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass
