@@ -46,8 +46,8 @@ class TileConfig:
         if missing:
             raise ConfigError(f"SCENE {missing[0]!r}: no such file")
         if storage.is_uri(self.out):
-            raise ConfigError(f"--out {self.out}: tile.py writes to a local folder; copy the tiles up afterwards "
-                              "(aws s3 sync DIR s3://bucket/prefix)")
+            raise ConfigError(f"--out {self.out}: tile.py writes to a local folder; to train from S3, prepare the "
+                              "tiles there with --pack s3://bucket/pack")
         stems = {}
         for scene in self.scenes:
             stem = os.path.splitext(os.path.basename(scene))[0]
