@@ -138,6 +138,51 @@ def test_reben_v2_metadata_and_lmdb(tmp_path):
     assert frame.set_index("name")["country"].to_dict() == source.set_index("patch_id")["country"].to_dict()
 
 
+def test_reben_as_its_official_download_unpacks_reads_the_pixels_of_its_lmdb(tmp_path):
+    """BigEarthNet v2.0 is downloaded as GeoTIFFs (BigEarthNet-S2.tar.zst: TILE/PATCH/PATCH_B02.tif) plus
+    metadata.parquet; prepare read reBEN only from an LMDB, which only ConfigILM's encoder makes ('no LMDB found
+    next to metadata.parquet'). The download's layout is written here from the LMDB's real patches, one GeoTIFF
+    per band: prepared, every patch reads the same pixels as from the LMDB; a patch folder missing is rejected
+    by its band file."""
+    import rasterio
+    from safetensors.numpy import load
+
+    from geodino.archive.pixels import open_lmdb, read_patch
+    from geodino.archive.reben import find_lmdb, patch_folder
+
+    lmdb_path = find_lmdb(str(BEN_V2))
+    table = pd.concat([pd.read_parquet(BEN_V2 / "metadata.parquet"),
+                       pd.read_parquet(BEN_V2 / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")])
+    archive = tmp_path / "reben"
+    with open_lmdb(lmdb_path).begin() as txn:
+        for patch_id in table["patch_id"][1:]:  # the first patch's folder is missing
+            folder = archive / "BigEarthNet-S2" / patch_folder(patch_id)
+            folder.mkdir(parents=True)
+            for band, pixels in load(txn.get(patch_id.encode())).items():
+                with rasterio.open(folder / f"{patch_id}_{band}.tif", "w", driver="GTiff", width=pixels.shape[1],
+                                   height=pixels.shape[0], count=1, dtype=pixels.dtype) as dst:
+                    dst.write(pixels[None])
+    for name in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet"):
+        (archive / name).write_bytes((BEN_V2 / name).read_bytes())
+    result = prepare(PrepareConfig(archive=str(archive), out=str(tmp_path / "m.parquet"), workers=1))
+    first = table["patch_id"].iloc[0]
+    assert (result.rows, pd.read_csv(result.rejects_path)["reason"].tolist()) == (23, [f"missing band file {first}_B01.tif"])
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["data_root"] == str(archive / "BigEarthNet-S2") and card["format"] == "ben_v2"
+    frame = pd.read_parquet(tmp_path / "m.parquet")
+    assert frame["original_split"].notna().all() and frame["recommended"].sum() == 17
+    bands = ("B04", "B03", "B02", "B08", "B11")
+    for row in frame.itertuples():
+        np.testing.assert_array_equal(read_patch(row.format, card["data_root"], row.path, row.name, bands),
+                                      read_patch("ben_v2", lmdb_path, row.name, row.name, bands))
+    (archive / "BigEarthNet-S2").rename(tmp_path / "elsewhere")  # metadata downloaded apart: --data_dir
+    with pytest.raises(FileNotFoundError, match="neither BigEarthNet v2's GeoTIFF folders"):
+        prepare(PrepareConfig(archive=str(archive), out=str(tmp_path / "n.parquet"), workers=1))
+    moved = prepare(PrepareConfig(archive=str(archive), out=str(tmp_path / "n.parquet"), workers=1,
+                                  data_dir=str(tmp_path / "elsewhere")))
+    assert moved.rows == 23
+
+
 def test_user_image_table_with_bad_rows(tmp_path):
     table = pd.read_csv(EUROSAT / "labels.csv").groupby("label").head(4)
     table.loc[table.index[::2], "path"] = table["path"].str.replace("/", "\\")  # written on Windows: still read

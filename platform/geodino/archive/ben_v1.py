@@ -41,7 +41,7 @@ def nested_archive(archive: str, patch_dirs: list[str]) -> str | None:
     return None
 
 
-def _check_band(path: str, band: str, verify: str) -> None:
+def check_band(path: str, band: str, verify: str) -> None:
     import rasterio
     from rasterio.errors import RasterioError
 
@@ -86,7 +86,7 @@ def parse_ben_v1_patch(archive: str, name: str, bands: tuple[str, ...], verify: 
     except UnknownLabelError as error:
         raise RejectedPatch(f"label file {name + LABELS_SUFFIX}: {error}") from error
     for band in bands:
-        _check_band(ben_v1_band_path(archive, name, name, band), band, verify)
+        check_band(ben_v1_band_path(archive, name, name, band), band, verify)
     return {
         "name": name,
         "path": name,

@@ -23,7 +23,8 @@ class PrepareConfig:
     exclusions_dir: str | None = flag(None, "Folder with the seasonal-snow and cloud-and-shadow patch lists; "
                                       "default: no patch is flagged", aliases=("--exclusions-dir",))
     data_dir: str | None = flag(None, "For an image table: the folder its relative image paths start from; "
-                                "default: the table's folder")
+                                "default: the table's folder. For reBEN: the folder of its GeoTIFFs "
+                                "(BigEarthNet-S2), when not beside metadata.parquet")
     bands: str = flag("all", "Bands every BigEarthNet patch must have, and the bands --pack writes: all, rgb or a "
                       "list such as B04,B03,B02 (an image table keeps all its bands)")
     verify: str = flag("pixels", "pixels reads every band (catches truncated files); header only opens each file "

@@ -4,7 +4,7 @@ Four kinds of archive are understood:
 
 * BigEarthNet-S2 v1.0 folders (one folder per patch, one GeoTIFF per band and a
   ``*_labels_metadata.json`` with 43-class CORINE labels);
-* BigEarthNet v2.0 (reBEN): its ``metadata.parquet`` and LMDB pixel store;
+* BigEarthNet v2.0 (reBEN): its ``metadata.parquet`` and its GeoTIFFs as downloaded, or an LMDB;
 * a user's table (CSV or parquet) of image paths with labels;
 * a folder of class folders (EuroSAT's layout), read as such a table.
 
@@ -49,7 +49,13 @@ from geodino.archive.image_table import (
 from geodino.archive.labels import BEN19_CLASSES
 from geodino.archive.pixel_stats import band_stats, choose_pixel_max, choose_pixel_min
 from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, GDAL_SUFFIXES, declares_rgb
-from geodino.archive.reben import find_lmdb, parse_ben_v2_chunk, read_ben_v2_table
+from geodino.archive.reben import (
+    find_geotiff_root,
+    find_lmdb,
+    geotiff_root_candidates,
+    parse_ben_v2_chunk,
+    read_ben_v2_table,
+)
 from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
 from geodino.errors import GeodinoError
 
@@ -259,9 +265,19 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         task = partial(parse_ben_v1_chunk, config.archive, bands=bands, verify=config.verify)
         rows, rejects = run_parallel(task, names, workers, "prepare")
     elif fmt == FORMAT_BEN_V2:
-        data_root = os.path.abspath(find_lmdb(config.archive))
         records = read_ben_v2_table(config.archive).to_dict("records")
-        task = partial(parse_ben_v2_chunk, data_root, bands=bands, verify=config.verify)
+        data_root, geotiffs = find_lmdb(config.archive), False
+        if data_root is None:
+            data_root = find_geotiff_root(geotiff_root_candidates(config.archive, config.data_dir),
+                                          [record["patch_id"] for record in records])
+            geotiffs = True
+        if data_root is None:
+            raise FileNotFoundError(
+                f"{config.archive}: beside metadata.parquet there is neither BigEarthNet v2's GeoTIFF folders "
+                "(TILE/PATCH/PATCH_B02.tif, as BigEarthNet-S2.tar.zst unpacks) nor an LMDB (a folder with data.mdb); "
+                "unpack the S2 archive there, or give its folder as --data_dir")
+        data_root = storage.absolute(data_root)
+        task = partial(parse_ben_v2_chunk, data_root, bands=bands, verify=config.verify, geotiffs=geotiffs)
         rows, rejects = run_parallel(task, records, workers, "prepare")
     elif os.path.isdir(config.archive):  # a folder of class folders: a row per image, named by its path
         data_root = os.path.abspath(config.archive)
@@ -295,7 +311,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     if not rows and not rejects:
         raise ValueError(f"{config.archive}: found no patches to prepare; give the root folder of BigEarthNet v1 "
                          "(a folder per patch holding NAME_B02.tif, ...), a reBEN folder (metadata.parquet and its "
-                         "LMDB), a table of your images (.csv or .parquet with path and label columns), or a folder of "
+                         "GeoTIFFs or LMDB), a table of your images (.csv or .parquet with path and label columns), or a folder of "
                          "class folders (FOLDER/Forest/*.jpg)")
     if not rows and fmt == FORMAT_BEN_V1:
         inner = nested_archive(config.archive, [reject["name"] for reject in rejects])

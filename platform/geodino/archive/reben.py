@@ -1,4 +1,6 @@
-"""BigEarthNet v2.0 (reBEN): its metadata.parquet (patch_id, labels, split, ...) and an LMDB of safetensors."""
+"""BigEarthNet v2.0 (reBEN): its metadata.parquet (patch_id, labels, split, ...) and its pixels, either as the
+official download unpacks them (BigEarthNet-S2.tar.zst: TILE/PATCH/PATCH_B02.tif, one GeoTIFF per band, the
+layout of v1's patch folders one level deeper) or as an LMDB of safetensors (ConfigILM's rico-hdl encoding)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,38 @@ import os
 import pandas as pd
 
 from geodino import storage
+from geodino.archive.ben_v1 import check_band
 from geodino.archive.labels import BEN19_CLASSES, UnknownLabelError, check_labels
-from geodino.archive.pixels import FORMAT_BEN_V2, PatchReadError, read_ben_v2
+from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, PatchReadError, ben_v1_band_path, read_ben_v2
+from geodino.errors import RejectedPatch
 
 
-def find_lmdb(archive: str) -> str:
+def find_lmdb(archive: str) -> str | None:
+    """The folder holding data.mdb below the archive, or None."""
     for dirpath, _, filenames in os.walk(archive):
         if "data.mdb" in filenames:
             return dirpath
-    raise FileNotFoundError(f"{archive}: no LMDB (a folder with data.mdb) found next to metadata.parquet")
+    return None
+
+
+def patch_folder(patch_id: str) -> str:
+    """A reBEN patch's folder below the GeoTIFF root: its tile (the id without the trailing _ROW_COL), then itself."""
+    return f"{patch_id.rsplit('_', 2)[0]}/{patch_id}"
+
+
+def find_geotiff_root(candidates: list[str], patch_ids: list[str]) -> str | None:
+    """The first candidate folder holding TILE/PATCH/PATCH_B02.tif for one of the first patches: the archive
+    itself, the folder the tar unpacks into (BigEarthNet-S2), or --data_dir."""
+    for root in candidates:
+        for patch_id in patch_ids[:20]:
+            if storage.exists(ben_v1_band_path(root, patch_folder(patch_id), patch_id, "B02")):
+                return root
+    return None
+
+
+def geotiff_root_candidates(archive: str, data_dir: str | None) -> list[str]:
+    subfolders = sorted(entry.path for entry in os.scandir(archive) if entry.is_dir()) if os.path.isdir(archive) else []
+    return [path for path in (data_dir, archive, *subfolders) if path]
 
 
 def read_ben_v2_table(archive: str) -> pd.DataFrame:
@@ -30,28 +55,37 @@ def read_ben_v2_table(archive: str) -> pd.DataFrame:
     return table
 
 
-def parse_ben_v2_chunk(lmdb_path: str, records: list[dict], bands: tuple[str, ...], verify: str):
+def parse_ben_v2_chunk(pixel_root: str, records: list[dict], bands: tuple[str, ...], verify: str,
+                       geotiffs: bool = False):
+    """Rows of reBEN's table whose labels and pixels check out, and rejects with their reasons. With `geotiffs`,
+    `pixel_root` is the GeoTIFF root and rows read as v1's patch folders (format ben_v1, path TILE/PATCH);
+    otherwise it is the LMDB."""
     rows, rejects = [], []
-    for record in records:
-        name = record["patch_id"]
-        try:
-            labels = check_labels(list(record["labels"]), BEN19_CLASSES)
-            if verify == "pixels":
-                read_ben_v2(lmdb_path, name, bands)
-            rows.append(
-                {
-                    "name": name,
-                    "path": name,
-                    "format": FORMAT_BEN_V2,
-                    "labels": labels,
-                    "labels_43": [],
-                    "original_split": record.get("split"),
-                    "country": record.get("country"),
-                    "snow": bool(record.get("contains_seasonal_snow", False)),
-                    "cloud_or_shadow": bool(record.get("contains_cloud_or_shadow", False)),
-                }
-            )
-        except (UnknownLabelError, PatchReadError) as reason:
-            rejects.append({"name": name, "path": name, "reason": str(reason)})
+    with storage.raster_env(pixel_root, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):  # as v1: no listing per band
+        for record in records:
+            try:
+                rows.append(parse_ben_v2_record(pixel_root, record, bands, verify, geotiffs))
+            except (UnknownLabelError, PatchReadError, RejectedPatch) as reason:
+                rejects.append({"name": record["patch_id"], "path": record["patch_id"], "reason": str(reason)})
     return rows, rejects
 
+
+def parse_ben_v2_record(pixel_root: str, record: dict, bands: tuple[str, ...], verify: str, geotiffs: bool) -> dict:
+    name = record["patch_id"]
+    labels = check_labels(list(record["labels"]), BEN19_CLASSES)
+    path = patch_folder(name) if geotiffs else name
+    for band in bands if geotiffs else ():
+        check_band(ben_v1_band_path(pixel_root, path, name, band), band, verify)
+    if verify == "pixels" and not geotiffs:
+        read_ben_v2(pixel_root, name, bands)
+    return {
+        "name": name,
+        "path": path,
+        "format": FORMAT_BEN_V1 if geotiffs else FORMAT_BEN_V2,
+        "labels": labels,
+        "labels_43": [],
+        "original_split": record.get("split"),
+        "country": record.get("country"),
+        "snow": bool(record.get("contains_seasonal_snow", False)),
+        "cloud_or_shadow": bool(record.get("contains_cloud_or_shadow", False)),
+    }
