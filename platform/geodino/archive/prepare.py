@@ -6,7 +6,7 @@ Four kinds of archive are understood:
   ``*_labels_metadata.json`` with 43-class CORINE labels);
 * BigEarthNet v2.0 (reBEN): its ``metadata.parquet`` and its GeoTIFFs as downloaded, or an LMDB;
 * a user's table (CSV or parquet) of image paths with labels;
-* a folder of class folders (EuroSAT's layout), read as such a table.
+* a folder of images, in class folders (EuroSAT's layout) or not (tiles), read as such a table.
 
 Every patch is checked before it is listed, in parallel processes. A patch that
 fails a check is never fatal: it goes to ``<out>.rejects.csv`` with the reason,
@@ -279,7 +279,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         data_root = storage.absolute(data_root)
         task = partial(parse_ben_v2_chunk, data_root, bands=bands, verify=config.verify, geotiffs=geotiffs)
         rows, rejects = run_parallel(task, records, workers, "prepare")
-    elif os.path.isdir(config.archive):  # a folder of class folders: a row per image, named by its path
+    elif os.path.isdir(config.archive):  # a folder of images (in class folders or not): a row each, named by path
         data_root = os.path.abspath(config.archive)
         table, folder_warnings = image_folder_table(config.archive)
         warnings += folder_warnings
@@ -311,8 +311,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     if not rows and not rejects:
         raise ValueError(f"{config.archive}: found no patches to prepare; give the root folder of BigEarthNet v1 "
                          "(a folder per patch holding NAME_B02.tif, ...), a reBEN folder (metadata.parquet and its "
-                         "GeoTIFFs or LMDB), a table of your images (.csv or .parquet with path and label columns), or a folder of "
-                         "class folders (FOLDER/Forest/*.jpg)")
+                         "GeoTIFFs or LMDB), a table of your images (.csv or .parquet with path and label columns), "
+                         "or a folder of images (FOLDER/Forest/*.jpg: class folders)")
     if not rows and fmt == FORMAT_BEN_V1:
         inner = nested_archive(config.archive, [reject["name"] for reject in rejects])
         if inner:
