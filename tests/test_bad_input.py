@@ -371,7 +371,7 @@ def test_prepare_and_pack_never_replace_files_they_did_not_write(tmp_path):
     assert again.returncode == 0, again.stderr  # prepare's own output from the run above: replaced, as before
 
 
-def test_probe_sweep_and_pictures_never_replace_files_they_did_not_write(eurosat_metadata, tmp_path):
+def test_probe_sweep_and_pictures_never_replace_files_they_did_not_write(ben30_metadata, tmp_path):
     """The user's files carrying an output's name (metrics.json, comparison.csv, attention.png) survive byte for
     byte; the refusal is one line and comes before any Ray, features or training; files geodino wrote are
     replaced. The entry scripts run as users run them, in one fresh process (tests/entry_driver.py)."""
@@ -388,10 +388,10 @@ def test_probe_sweep_and_pictures_never_replace_files_they_did_not_write(eurosat
     run.mkdir()
     (run / "log.txt").write_text("\n".join(json.dumps({"epoch": e, "loss": 5 - e, "lr": 1e-4, "teacher_entropy": 3.0,
                                                        "max_entropy": 6.0}) for e in range(3)))
-    weights = ["--pretrained_weights", "random:vit_tiny/16", "--metadata_dir", eurosat_metadata]
+    weights = ["--pretrained_weights", "random:vit_tiny/8", "--metadata_dir", str(ben30_metadata)]  # a test split
     pictures = str(tmp_path / "pictures")
     lines = [("linear_probe.py", [*weights, "--output_dir", str(folder)]),
-             ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--metadata_dir", eurosat_metadata,
+             ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/8", "--metadata_dir", str(ben30_metadata),
                                  "--output_dir", str(folder)]),
              ("visualize.py", [*weights, "--output_dir", str(folder)]),
              ("visualize.py", ["--run", str(run), "--output_dir", pictures]),

@@ -356,6 +356,13 @@ def test_images_without_labels_are_for_pretraining_only(ray_session, tmp_path):
             assert torch.cat(labels).sum(1).min() == (1 if labelled_only else 0)
     monitor = knn_monitor(PretrainConfig(metadata_dir=str(tmp_path / "mixed.parquet"), knn_every=1, knn_samples=20))
     assert monitor.sets.bank_labels.sum(1).min() == 1 and monitor.sets.query_labels.sum(1).min() == 1
+    table.loc[table["split"] == "test", "label"] = ""  # labels left on training images only: no test to measure on
+    table.to_csv(tmp_path / "untested.csv", index=False)
+    prepare(PrepareConfig(archive=str(tmp_path / "untested.csv"), out=str(tmp_path / "untested.parquet"),
+                          data_dir=str(EUROSAT), workers=1))
+    with pytest.raises(ConfigError, match=r"its test split holds no labelled images \(\d+ without labels\)"):
+        run_linear_probe(LinearProbeConfig(pretrained_weights="random:vit_tiny/8",
+                                           metadata_dir=str(tmp_path / "untested.parquet")))
 
     # A table of paths alone, and a folder of tiles: nothing to probe, but predict labels them with a probe of
     # other data.

@@ -145,6 +145,19 @@ def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
         raise ConfigError(f"--num_labels {cfg.num_labels} but {cfg.metadata_dir} has {len(classes)} classes: {classes}")
 
 
+def check_labelled_splits(cfg: LinearProbeConfig) -> None:
+    """Before Ray starts: labelled images in the splits a probe needs (images without labels serve pretraining
+    only, and a split may hold nothing else); found after extraction, this was 'the split is empty after filters'."""
+    for split in ("train", "test"):
+        data = DataConfig(metadata=cfg.metadata_dir, split=split)
+        if dataset_size(dataclasses.replace(data, labelled_only=True)) == 0:
+            unlabelled = dataset_size(data)
+            held = f"holds no labelled images ({unlabelled} without labels)" if unlabelled else "is empty"
+            raise ConfigError(f"--metadata_dir {cfg.metadata_dir}: its {split} split {held}; a probe is fitted on "
+                              "labelled train images and measured on labelled test images: give labelled images those "
+                              "splits (a split column, or none for a hash split) and prepare again")
+
+
 PROBE_KEYS = ("state_dict", "classes", "task", "config")
 PROBE_SETTINGS = ("arch", "patch_size", "n_last_blocks", "avgpool_patchtokens", "image_size", "bands", "normalize")
 
@@ -173,6 +186,7 @@ def run_linear_probe(cfg: LinearProbeConfig) -> dict:
     card = load_card(cfg.metadata_dir)
     check_num_labels(cfg, card["classes"])
     cfg = with_image_size(cfg.pretrained_weights, cfg)  # checks the weights against the data before Ray starts
+    check_labelled_splits(cfg)
     paths = claim_outputs(cfg.output_dir, ("probe.pth", "metrics.json"), "linear_probe.py", "--output_dir")
     init_ray()
     features, _ = split_features(cfg.pretrained_weights, cfg)

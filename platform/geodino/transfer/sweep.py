@@ -30,7 +30,13 @@ from geodino.outputs import claim_outputs
 from geodino.ray_cluster import cluster_gpus, init_ray
 from geodino.tracking import MLflowRun, check_tracking_uri, tune_callbacks
 from geodino.transfer.backbones import parse_named
-from geodino.transfer.linear_probe import LinearProbeConfig, check_num_labels, split_features, with_image_size
+from geodino.transfer.linear_probe import (
+    LinearProbeConfig,
+    check_labelled_splits,
+    check_num_labels,
+    split_features,
+    with_image_size,
+)
 from geodino.transfer.probe import OPTIMIZERS, ProbeConfig, evaluate_probe, train_probe
 
 METRIC = "val_ap_macro"
@@ -135,6 +141,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     if len({name for name, _ in named}) != len(named):
         raise ConfigError(f"--backbone names must be unique: {[name for name, _ in named]}")
     configs = {name: with_image_size(source, base) for name, source in named}  # every contract checked first
+    check_labelled_splits(base)
     paths = claim_outputs(cfg.resolved_output_dir(), OUTPUT_FILES, "sweep_probe.py",
                           "--output_dir" if cfg.output_dir else "--storage_path/--run_name")
     init_ray()
