@@ -482,3 +482,17 @@ def test_table_headers_are_matched_by_name_and_never_guessed(tmp_path):
     with pytest.raises(DamagedInputError, match="no 'label' or 'labels' column, but 'Class': rename it to 'label' if "
                                                 "it holds the classes"):
         prepare(PrepareConfig(archive=str(tmp_path / "path.csv"), out=str(tmp_path / "n.parquet"), workers=1))
+
+
+def test_telling_a_bigearthnet_archive_from_a_folder_of_images_lists_one_patch_folder(monkeypatch):
+    """Looking for class folders listed every sub-folder: 10 s for 20,000 BigEarthNet patch folders (measured),
+    so about 5 minutes before prepare began on the 590,326 of the real archive. The first patch folder decides."""
+    import os
+
+    from geodino.archive.prepare import detect_format
+
+    listed = []
+    for name in ("scandir", "listdir"):
+        monkeypatch.setattr(os, name, lambda path, real=getattr(os, name): listed.append(path) or real(path))
+    assert detect_format(str(BEN_V1_EXAMPLE)) == "ben_v1"
+    assert len([path for path in listed if path != str(BEN_V1_EXAMPLE)]) == 1, listed  # of its 6 patch folders
