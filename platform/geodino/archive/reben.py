@@ -16,10 +16,11 @@ from geodino.errors import RejectedPatch
 
 
 def find_lmdb(archive: str) -> str | None:
-    """The folder holding data.mdb below the archive, or None."""
-    for dirpath, _, filenames in os.walk(archive):
-        if "data.mdb" in filenames:
-            return dirpath
+    """The folder holding data.mdb: the archive or one of its folders (ConfigILM's BigEarthNet-V2-LMDB), or None.
+    No deeper: beside the GeoTIFFs of the download, a walk would list all 549,488 patch folders."""
+    for folder in folder_and_subfolders(archive):
+        if os.path.exists(os.path.join(folder, "data.mdb")):
+            return folder
     return None
 
 
@@ -38,9 +39,14 @@ def find_geotiff_root(candidates: list[str], patch_ids: list[str]) -> str | None
     return None
 
 
+def folder_and_subfolders(folder: str) -> list[str]:
+    """`folder` and the folders in it: where reBEN's pixels lie once unpacked (BigEarthNet-S2, BigEarthNet-V2-LMDB)."""
+    subfolders = sorted(entry.path for entry in os.scandir(folder) if entry.is_dir()) if os.path.isdir(folder) else []
+    return [folder, *subfolders]
+
+
 def geotiff_root_candidates(archive: str, data_dir: str | None) -> list[str]:
-    subfolders = sorted(entry.path for entry in os.scandir(archive) if entry.is_dir()) if os.path.isdir(archive) else []
-    return [path for path in (data_dir, archive, *subfolders) if path]
+    return ([data_dir] if data_dir else []) + folder_and_subfolders(archive)
 
 
 def read_ben_v2_table(archive: str) -> pd.DataFrame:
