@@ -88,10 +88,7 @@ def claim_folder(config: TileConfig) -> None:
     elif os.path.isdir(config.out) and os.listdir(config.out):
         raise ForeignFolderError(f"--out {config.out} holds {len(os.listdir(config.out))} files tile.py did not write; "
                                  "give a new or empty folder")
-    os.makedirs(config.out, exist_ok=True)
-    with open(manifest + ".tmp", "w") as handle:
-        json.dump({"settings": settings}, handle)
-    os.replace(manifest + ".tmp", manifest)
+    storage.write_bytes_atomic(manifest, json.dumps({"settings": settings}).encode())  # makes --out too
 
 
 def tile_name(scene: str, top: int, left: int) -> str:
