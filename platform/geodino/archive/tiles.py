@@ -109,49 +109,50 @@ def check_scene(scene: str, size: int) -> None:
 
 
 def tile_scene(scene: str, config: TileConfig, counts: TileCounts) -> None:
-    """Write the tiles of one scene, each to a temporary name moved into place (a killed run leaves whole tiles)."""
-    import rasterio
+    """Write the tiles of one scene, row by row (the order a striped GeoTIFF is stored in)."""
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     size, stride = config.size, config.stride or config.size
-    kept = 0
+    before = counts.written + counts.already_there
     try:
         with open_raster(scene) as src:
-            masked = marks_no_data(src.mask_flag_enums)
-            profile = {"driver": "GTiff", "width": size, "height": size, "count": src.count, "dtype": src.dtypes[0],
-                       "crs": src.crs, "nodata": src.nodata, "compress": "deflate"}
             for top in range(0, src.height - size + 1, stride):
                 for left in range(0, src.width - size + 1, stride):
                     path = os.path.join(config.out, tile_name(scene, top, left))
-                    if os.path.exists(path):
-                        counts.already_there += 1
-                        kept += 1
-                        continue
-                    window = Window(left, top, size, size)
-                    pixels = src.read(window=window, masked=masked)
-                    invalid = np.ma.getmaskarray(pixels).any(axis=0) if masked else None
-                    if invalid is not None and invalid.mean() > config.max_nodata:
-                        counts.skipped_nodata += 1
-                        continue
-                    data = np.ma.getdata(pixels)
-                    if not data.any():
-                        counts.skipped_zero += 1
-                        continue
-                    temporary = path + ".tmp"
-                    # a scene without georeference (a JPEG) gives tiles without one, not a made-up transform
-                    where = {"transform": src.window_transform(window)} if src.crs else {}
-                    with rasterio.open(temporary, "w", **where, **profile) as dst:
-                        dst.write(data)
-                        dst.colorinterp = src.colorinterp
-                        if invalid is not None and invalid.any() and src.nodata is None:
-                            dst.write_mask(~invalid)
-                    os.replace(temporary, path)
-                    counts.written += 1
-                    kept += 1
+                    outcome = cut_tile(src, Window(left, top, size, size), path, config.max_nodata)
+                    setattr(counts, outcome, getattr(counts, outcome) + 1)
     except RasterioError as error:
         raise PatchReadError(f"{scene}: cannot read the scene ({error})") from error
-    counts.scenes[scene] = kept
+    counts.scenes[scene] = counts.written + counts.already_there - before
+
+
+def cut_tile(src, window, path: str, max_nodata: float) -> str:
+    """One tile of `src` written to `path` through a temporary name moved into place (a killed run leaves whole
+    tiles), or why not; returns the TileCounts field that counts it."""
+    import rasterio
+
+    if os.path.exists(path):
+        return "already_there"
+    pixels = src.read(window=window, masked=marks_no_data(src.mask_flag_enums))
+    invalid = np.ma.getmaskarray(pixels).any(axis=0)  # all False where the scene marks no data
+    if invalid.mean() > max_nodata:
+        return "skipped_nodata"
+    data = np.ma.getdata(pixels)
+    if not data.any():
+        return "skipped_zero"
+    profile = {"driver": "GTiff", "width": window.width, "height": window.height, "count": src.count,
+               "dtype": src.dtypes[0], "crs": src.crs, "nodata": src.nodata, "compress": "deflate"}
+    # a scene without georeference (a JPEG) gives tiles without one, not a made-up transform
+    where = {"transform": src.window_transform(window)} if src.crs else {}
+    temporary = path + ".tmp"
+    with rasterio.open(temporary, "w", **where, **profile) as dst:
+        dst.write(data)
+        dst.colorinterp = src.colorinterp
+        if invalid.any() and src.nodata is None:  # a mask of the scene's own: kept as the tile's
+            dst.write_mask(~invalid)
+    os.replace(temporary, path)
+    return "written"
 
 
 def tile_scenes(config: TileConfig) -> TileCounts:
