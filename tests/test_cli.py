@@ -364,6 +364,11 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["binary_table"], "--out", f"{tmp}/m.parquet"], "not a readable table"),
         ("prepare.py", [damaged["header_table"], "--out", f"{tmp}/m.parquet"], "the table has a header but no rows"),
         ("prepare.py", [damaged["semicolon_table"], "--out", f"{tmp}/m.parquet"], "looks separated by ';'"),
+        ("prepare.py", [damaged["excel_windows_table"], "--out", f"{tmp}/m.parquet"], "Excel: Save As 'CSV UTF-8'"),
+        ("prepare.py", [damaged["spreadsheet"], "--out", f"{tmp}/m.parquet"], "a spreadsheet: save it as CSV"),
+        ("prepare.py", [damaged["archive"], "--out", f"{tmp}/m.parquet"], "unpack it (tar xf archive.tar.gz)"),
+        ("prepare.py", [damaged["scene"], "--out", f"{tmp}/m.parquet"], "one image: prepare reads a folder"),
+        ("prepare.py", [damaged["labels"], "--out", f"{tmp}/m.parquet"], "a file prepare does not read"),
         ("pretrain.py", ["--preset", "smal_cpu", *data], "--preset must be one of bigearthnet120, demo, seed"),
         ("pretrain.py", ["--backend", "nccl", "--use_gpu", "false", *data], "--backend nccl joins GPUs"),
         *([("pretrain.py", ["--backend", "nccl", "--launcher", "torchrun", *data], "auto with no GPU found")]
@@ -414,11 +419,14 @@ def damaged_inputs(metadata: str, tmp: str) -> dict[str, str]:
     shutil.copy(paths["weights"], paths["sidecar"])
     with open(os.path.join(tmp, "with-contract.json"), "w") as handle:
         handle.write('{"bands": ')
-    tables = {"binary_table": b"\xcd\x00\xff" * 50, "header_table": b"path,label,split\n",
-              "semicolon_table": b"path;label;split\nimages/a.jpg;Forest;train\n"}
+    tables = {"binary_table.csv": b"\xcd\x00\xff" * 50, "header_table.csv": b"path,label,split\n",
+              "semicolon_table.csv": b"path;label;split\nimages/a.jpg;Forest;train\n",
+              "excel_windows_table.csv": "path,label\nimages/a.jpg,Forêt\n".encode("cp1252"),
+              "spreadsheet.xlsx": b"PK\x03\x04" + bytes(60), "archive.tar.gz": bytes(60),
+              "scene.tif": bytes(60), "labels.json": b"[]"}
     for name, content in tables.items():
-        paths[name] = os.path.join(tmp, f"{name}.csv")
-        with open(paths[name], "wb") as handle:
+        paths[name.split(".")[0]] = os.path.join(tmp, name)
+        with open(paths[name.split(".")[0]], "wb") as handle:
             handle.write(content)
     return paths
 

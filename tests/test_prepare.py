@@ -465,7 +465,9 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
 def test_table_headers_are_matched_by_name_and_never_guessed(tmp_path):
     """'Path,Label' (a spreadsheet's capitals) was refused as lacking a 'path' column; it is read now. Headers of
     other names ('filename', 'class') are named in the error with the rename to make, never taken on a guess; and
-    a table whose classes sit in a 'Class' column is refused rather than prepared as images without labels."""
+    a table whose classes sit in a 'Class' column is refused rather than prepared as images without labels. Excel's
+    tab-separated text, with its byte-order mark, is read as the same table (before: a .tsv was listed as a
+    BigEarthNet folder, a pyarrow NotADirectoryError traceback)."""
     from geodino.errors import DamagedInputError
 
     rows = pd.read_csv(EUROSAT / "labels.csv").head(4)
@@ -476,6 +478,10 @@ def test_table_headers_are_matched_by_name_and_never_guessed(tmp_path):
     frame = pd.read_parquet(tmp_path / "m.parquet")
     assert result.rows == 4 and frame["labels"].map(list).tolist() == [[label] for label in rows["label"]]
     assert sorted(frame["original_split"]) == sorted(rows["split"])
+    rows.to_csv(tmp_path / "excel.tsv", sep="\t", index=False, encoding="utf-8-sig")
+    prepare(PrepareConfig(archive=str(tmp_path / "excel.tsv"), out=str(tmp_path / "t.parquet"),
+                          data_dir=str(EUROSAT), workers=1))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), frame)
     with pytest.raises(DamagedInputError, match=r"has \['filename', 'class', 'split'\] \(rename 'filename' to 'path', "
                                                 r"'class' to 'label', if that is what they hold\)"):
         prepare(PrepareConfig(archive=str(tmp_path / "filename.csv"), out=str(tmp_path / "n.parquet"), workers=1))

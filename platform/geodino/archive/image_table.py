@@ -1,4 +1,4 @@
-"""A user's table of images (CSV or parquet): a path and labels per row, optionally a split.
+"""A user's table of images (CSV, TSV or parquet): a path and labels per row, optionally a split.
 
 A row without labels is an image for pretraining only (self-supervised learning needs none; probes leave it
 out).
@@ -33,6 +33,9 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation", "vali
 
 
 COLUMNS = ("path", "labels", "label", "split")
+# A table's kind by its file name's ending: the separator of a text table, None for parquet.
+TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".parquet": None}
+TABLE_SUFFIXES = tuple(TABLE_SEPARATORS)
 # Headers other tools write for these columns; named in the error, never taken on a guess (a 'filename' may
 # hold names without their folder, an 'id' anything).
 COLUMN_SYNONYMS = {"path": {"filename", "file", "filepath", "file_path", "image", "image_path", "img", "location"},
@@ -53,21 +56,26 @@ def known_column_names(columns: list) -> dict:
 
 
 def read_image_table(table_path: str) -> pd.DataFrame:
-    """The table as text cells (CSV: spaces after a comma ignored), refused with the file named when it is not a
-    table geodino can read: not CSV or parquet, no rows, or no path and label columns."""
+    """The table as text cells (CSV/TSV: spaces after a separator ignored), refused with the file named when it is
+    not a table geodino can read: not CSV, TSV or parquet, no rows, or no path and label columns."""
+    separator = TABLE_SEPARATORS.get(os.path.splitext(table_path)[1].lower(), ",")
     try:
-        if table_path.lower().endswith(".parquet"):
+        if separator is None:
             table = pd.read_parquet(table_path)
         else:
-            table = pd.read_csv(table_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            table = pd.read_csv(table_path, sep=separator, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ArrowInvalid) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        encoding = "; Excel: Save As 'CSV UTF-8'" if isinstance(error, UnicodeDecodeError) else ""
         raise DamagedInputError(f"{table_path}: not a readable table ({reason}); give a comma-separated CSV "
-                                "(UTF-8) or a parquet file with a 'path' and a 'label' or 'labels' column") from error
+                                f"(UTF-8{encoding}), a tab-separated .tsv, or a parquet file with a 'path' and a "
+                                "'label' or 'labels' column") from error
     table = table.rename(columns=known_column_names(list(table.columns)))
     if "path" not in table.columns:
-        separator = next((sep for sep in ";\t|" if len(table.columns) == 1 and sep in table.columns[0]), None)
-        hint = f" (its header looks separated by {separator!r}: geodino reads commas)" if separator else ""
+        other = next((sep for sep in ";\t|," if sep != separator and len(table.columns) == 1
+                      and sep in str(table.columns[0])), None)
+        read_as = "tabs in a .tsv file" if separator == "\t" else "commas (a .tsv file: tabs)"
+        hint = f" (its header looks separated by {other!r}: geodino reads {read_as})" if other else ""
         renames = [f"{column!r} to {target!r}" for column in table.columns
                    for target, others in COLUMN_SYNONYMS.items() if str(column).strip().lower() in others]
         hint += f" (rename {', '.join(renames)}, if that is what they hold)" if renames else ""

@@ -38,6 +38,7 @@ from geodino.archive.card import card_file, metadata_file, rejects_file
 from geodino.archive.config import PrepareConfig
 from geodino.archive.image_folder import image_folder_table, is_image_folder, nested_image_folder
 from geodino.archive.image_table import (
+    TABLE_SUFFIXES,
     class_name_problems,
     parse_image_chunk,
     read_image_table,
@@ -48,7 +49,14 @@ from geodino.archive.image_table import (
 )
 from geodino.archive.labels import BEN19_CLASSES
 from geodino.archive.pixel_stats import band_stats, choose_pixel_max, choose_pixel_min
-from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, GDAL_SUFFIXES, declares_rgb
+from geodino.archive.pixels import (
+    FORMAT_BEN_V1,
+    FORMAT_BEN_V2,
+    FORMAT_IMAGE,
+    GDAL_SUFFIXES,
+    IMAGE_SUFFIXES,
+    declares_rgb,
+)
 from geodino.archive.reben import (
     find_geotiff_root,
     find_lmdb,
@@ -57,7 +65,7 @@ from geodino.archive.reben import (
     read_ben_v2_table,
 )
 from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
-from geodino.errors import GeodinoError
+from geodino.errors import GeodinoError, MissingInputError
 
 COLUMNS = (
     "name",
@@ -120,14 +128,36 @@ def images_are_rgb(data_root: str, paths: list[str]) -> bool:
     return raster is None or declares_rgb(storage.join(data_root, raster))
 
 
+ARCHIVE_FILE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.bz2", ".tar.xz", ".zip", ".7z", ".rar")
+SPREADSHEET_SUFFIXES = (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
+
+
 def detect_format(archive: str) -> str:
-    if archive.lower().endswith((".csv", ".parquet")) and not os.path.isdir(archive):
+    if archive.lower().endswith(TABLE_SUFFIXES) and not os.path.isdir(archive):
         return FORMAT_IMAGE
+    if not storage.is_uri(archive) and os.path.isfile(archive):
+        raise MissingInputError(f"{archive}: {what_file_instead(os.path.basename(archive))}")
     if storage.exists(storage.join(archive, "metadata.parquet")):
         return FORMAT_BEN_V2
     if not storage.is_uri(archive) and is_image_folder(archive):
         return FORMAT_IMAGE
     return FORMAT_BEN_V1
+
+
+def what_file_instead(name: str) -> str:
+    """What to give prepare instead of a file that is not a table: each kind of file a user reaches for first."""
+    lowered = name.lower()
+    if lowered.endswith(ARCHIVE_FILE_SUFFIXES):
+        unpack = (f"unzip {name}" if lowered.endswith(".zip") else f"7z x {name}" if lowered.endswith((".7z", ".rar"))
+                  else f"tar xf {name}")
+        return f"a packed archive, which prepare does not open: unpack it ({unpack}) and give the folder it makes"
+    if lowered.endswith(SPREADSHEET_SUFFIXES):
+        return "a spreadsheet: save it as CSV (UTF-8) or tab-separated text (.tsv) and give that file"
+    if lowered.endswith(IMAGE_SUFFIXES):
+        return ("one image: prepare reads a folder of images, or a table of them (.csv, .tsv, .parquet); "
+                "a scene is cut into such a folder by python experiments/tile.py SCENE --size 120 --out FOLDER")
+    return ("a file prepare does not read: give a folder (BigEarthNet v1 or v2, or a folder of images) or a "
+            "table of images (.csv, .tsv or .parquet with path and label columns)")
 
 
 # --------------------------------------------------------------------------- parallel driver
@@ -311,7 +341,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     if not rows and not rejects:
         raise ValueError(f"{config.archive}: found no patches to prepare; give the root folder of BigEarthNet v1 "
                          "(a folder per patch holding NAME_B02.tif, ...), a reBEN folder (metadata.parquet and its "
-                         "GeoTIFFs or LMDB), a table of your images (.csv or .parquet with path and label columns), "
+                         "GeoTIFFs or LMDB), a table of your images (.csv, .tsv or .parquet with path and label columns), "
                          "or a folder of images (FOLDER/Forest/*.jpg: class folders)")
     if not rows and fmt == FORMAT_BEN_V1:
         inner = nested_archive(config.archive, [reject["name"] for reject in rejects])
@@ -322,7 +352,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
             raise ValueError(f"{config.archive}: the class folders are one level down, in {inner}; give that folder"
                              + "".join(f", or the table {storage.join(config.archive, name)}"
                                        for name in sorted(os.listdir(config.archive))
-                                       if name.lower().endswith((".csv", ".parquet"))))
+                                       if name.lower().endswith(TABLE_SUFFIXES)))
     if not rows:
         examples = "; ".join(f"{r['name']}: {r['reason']}" for r in rejects[:3])
         raise ValueError(f"{config.archive}: no usable patch ({len(rejects)} rejected, e.g. {examples})")
