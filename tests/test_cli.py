@@ -369,6 +369,9 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["archive"], "--out", f"{tmp}/m.parquet"], "unpack it (tar xf archive.tar.gz)"),
         ("prepare.py", [damaged["scene"], "--out", f"{tmp}/m.parquet"], "one image: prepare reads a folder"),
         ("prepare.py", [damaged["labels"], "--out", f"{tmp}/m.parquet"], "a file prepare does not read"),
+        ("prepare.py", [table, "--bands", "rgb", "--out", f"{tmp}/m.parquet"], "of your own images prepare keeps"),
+        ("prepare.py", [table, "--out", metadata, "--pack", f"{tmp}/pack", "--pack_only", "--bands", "B04"],
+         "of your own images prepare keeps every channel"),
         ("pretrain.py", ["--preset", "smal_cpu", *data], "--preset must be one of bigearthnet120, demo, seed"),
         ("pretrain.py", ["--backend", "nccl", "--use_gpu", "false", *data], "--backend nccl joins GPUs"),
         *([("pretrain.py", ["--backend", "nccl", "--launcher", "torchrun", *data], "auto with no GPU found")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geodino.errors import GeodinoError
+from geodino.errors import ConfigError, GeodinoError
 
 # BigEarthNet's 12 L2A bands (B10, cirrus, is not distributed), in the order
 # BigEarthNet tools use, with ground sampling distance in metres.
@@ -58,3 +58,12 @@ def parse_bands(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise UnknownBandError(f"band list {names} names a band twice")
     return tuple(names)
+
+
+def check_all_channels_of_images(bands: str | None) -> None:
+    """Of a user's images, prepare and --pack keep every channel (channels are chosen when training), so a --bands
+    given to them would otherwise be ignored without a word: a typo's fate."""
+    if bands is not None and bands.strip().lower() != "all":
+        raise ConfigError(f"--bands {bands!r} chooses among BigEarthNet's bands; of your own images prepare keeps "
+                          "every channel (and --pack packs them all): leave --bands out here, and choose channels "
+                          "when training, e.g. pretrain.py --bands band4,band3,band2")

@@ -26,7 +26,7 @@ class PrepareConfig:
                                 "default: the table's folder. For reBEN: the folder of its GeoTIFFs "
                                 "(BigEarthNet-S2), when not beside metadata.parquet")
     bands: str = flag("all", "Bands every BigEarthNet patch must have, and the bands --pack writes: all, rgb or a "
-                      "list such as B04,B03,B02 (an image table keeps all its bands)")
+                      "list such as B04,B03,B02 (your own images keep every channel: choose channels when training)")
     verify: str = flag("pixels", "pixels reads every band (catches truncated files); header only opens each file "
                        "(faster, for an archive checked before)", choices=("pixels", "header"))
     workers: int = flag(0, "Parallel processes; 0: one per core")

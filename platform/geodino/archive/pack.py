@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geodino import storage
-from geodino.archive.bands import parse_bands
+from geodino.archive.bands import check_all_channels_of_images, parse_bands
 from geodino.archive.card import load_card, metadata_file, write_card
 from geodino.archive.packed import MANIFEST, read_manifest
 from geodino.archive.pixels import FORMAT_IMAGE, PatchReadError, read_patch
@@ -47,7 +47,7 @@ CARRIED_COLUMNS = ["name", "labels", "original_split", "recommended"]  # enough 
 class PackConfig:
     metadata: str  # the parquet written by prepare (or its folder)
     out_dir: str  # local folder or s3:// prefix
-    bands: str = "rgb"  # ignored for image archives: they keep all their channels
+    bands: str | None = None  # BigEarthNet's bands to pack (None: rgb); image archives keep all their channels
     shard_size: int = 2048  # patches per shard
     workers: int = 0  # 0: one process per core
 
@@ -82,7 +82,10 @@ def storage_dtype(card: dict) -> str:
 
 def packed_bands(config: PackConfig, card: dict) -> list[str]:
     """Image archives keep all their channels; BigEarthNet packs the chosen bands."""
-    return list(card["bands"]) if card["format"] == FORMAT_IMAGE else list(parse_bands(config.bands))
+    if card["format"] == FORMAT_IMAGE:
+        check_all_channels_of_images(config.bands)
+        return list(card["bands"])
+    return list(parse_bands(config.bands or "rgb"))
 
 
 def plan_for(config: PackConfig, card: dict, names: list[str], shape: tuple[int, ...]) -> dict:

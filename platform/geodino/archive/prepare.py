@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geodino import storage
-from geodino.archive.bands import parse_bands
+from geodino.archive.bands import check_all_channels_of_images, parse_bands
 from geodino.archive.ben_v1 import list_patch_dirs, nested_archive, parse_ben_v1_chunk
 from geodino.archive.card import card_file, metadata_file, rejects_file
 from geodino.archive.config import PrepareConfig
@@ -282,6 +282,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     check_out(config)
     workers = config.workers or os.cpu_count() or 1
     fmt = detect_format(config.archive)
+    if fmt == FORMAT_IMAGE:
+        check_all_channels_of_images(config.bands)
     warnings: list[str] = []
     bands = parse_bands(config.bands)
     classes: list[str] = list(BEN19_CLASSES)
