@@ -185,6 +185,51 @@ def write_float_geotiff(path, pixels: np.ndarray, nodata: float | None = None) -
         dst.write(pixels)
 
 
+def test_channels_a_geotiff_names_are_chosen_by_those_names_and_match_weights_of_those_bands(tmp_path):
+    """Real Sentinel-2 B02, B03, B04, B08 as one GeoTIFF per patch, its bands named as Earth Engine names them (B2,
+    B3, B4, B8). Before, the card called them band1..band4 only: weights of B04, B03, B02 (BigEarthNet RGB, or
+    ImageNet's through timm:) were refused on them (`the weights take bands ['B04', 'B03', 'B02'], the data gives
+    ['band1', ..., 'band4'] ... --force`), and --bands B04,B03,B02 was not one of the table's channels."""
+    from conftest import BEN_V1_EXAMPLE
+
+    from geodino.archive.card import load_card
+    from geodino.data.config import resolve_bands
+    from geodino.data.indexed import labelled_images
+    from geodino.launch.inputs import input_spec
+    from geodino.transfer.contract import resolve_inputs
+
+    rows = []
+    for index, folder in enumerate(sorted(p for p in BEN_V1_EXAMPLE.iterdir() if p.is_dir())):
+        bands = [rasterio.open(folder / f"{folder.name}_{b}.tif").read(1) for b in ("B02", "B03", "B04", "B08")]
+        with rasterio.open(tmp_path / f"{folder.name}.tif", "w", driver="GTiff", width=120, height=120, count=4,
+                           dtype="uint16") as dst:
+            dst.write(np.stack(bands))
+            dst.descriptions = ("B2", "B3", "B4", "B8")
+        rows.append({"path": f"{folder.name}.tif", "label": "field" if index % 2 else "forest"})
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    metadata = str(tmp_path / "m.parquet")
+    prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=metadata, workers=1))
+    card = load_card(metadata)
+    assert card["bands"] == ["band1", "band2", "band3", "band4"] and card["band_names"] == ["B02", "B03", "B04", "B08"]
+    assert resolve_bands(card, "B04,B03,B02") == resolve_bands(card, "b4, B3,B2") == ("band3", "band2", "band1")
+    with pytest.raises(UnknownBandError, match=r"the channels band1 \(B02\), band2 \(B03\), band3 \(B04\), "
+                                               r"band4 \(B08\) \('B11' is not one of them\)"):
+        resolve_bands(card, "B04,B11")
+    # weights of red, green, blue: by default the probe takes B04, B03, B02 of these 4 bands, with no --force
+    weights = tmp_path / "ben_rgb.pth"
+    weights.write_bytes(b"")
+    (tmp_path / "ben_rgb.json").write_text('{"bands": ["B04", "B03", "B02"], "rgb": true, "normalize": "max"}')
+    for source in (str(weights), "timm:vit_small_patch16_224.dino"):
+        assert resolve_inputs(source, card, None, None, None, force=False).bands == "B04,B03,B02"
+    images, _ = labelled_images(DataConfig(metadata=metadata, split=None, bands="B04,B03,B02"))
+    raw = np.stack([rasterio.open(tmp_path / path).read()[[2, 1, 0]] for path in sorted(r["path"] for r in rows)])
+    assert np.allclose(images, np.clip((raw - card["pixel_min"]) / (card["pixel_max"] - card["pixel_min"]), 0, 1),
+                       atol=1e-5)  # the red, green and blue of the files, in that order
+    # weights pretrained on these channels carry their names, as BigEarthNet's would
+    spec = input_spec(PretrainConfig(metadata_dir=metadata, bands="band3,band2,band1"))
+    assert spec.bands == ("B04", "B03", "B02") and spec.rgb
+
+
 def test_images_with_negative_values_span_zero_to_one(tmp_path):
     """Real Sentinel-2 B04/B08 as decibels (10 log10 of reflectance: nearly every value below 0, as Sentinel-1
     backscatter in dB is): --normalize max divided by the 99.9th percentile and clipped, so nearly every pixel

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from geodino.errors import ConfigError, GeodinoError
 
 # BigEarthNet's 12 L2A bands (B10, cirrus, is not distributed), in the order
@@ -32,6 +34,18 @@ NATIVE_SIZE = {band: PATCH_METRES // res for band, res in S2_BAND_RESOLUTION.ite
 OPTICAL_MAX = 2750.0
 
 _ALIASES = {"rgb": RGB_BANDS, "all": S2_BANDS, "s2": S2_BANDS}
+
+
+def sentinel2_name(text: str) -> str | None:
+    """A Sentinel-2 band as BigEarthNet spells it, from the spellings exports use ('B4' from Earth Engine, 'b04',
+    'B8a'); None for any other text. B10 (cirrus) is a band of L1C products, so it is one too."""
+    match = re.fullmatch(r"b0?(\d{1,2})(a?)", text.strip().lower())
+    if not match:
+        return None
+    number, narrow = int(match[1]), bool(match[2])
+    if narrow:
+        return "B8A" if number == 8 else None
+    return f"B{number:02d}" if 1 <= number <= 12 else None
 
 
 class UnknownBandError(GeodinoError, ValueError):

@@ -93,6 +93,13 @@ def declares_rgb(path: str) -> bool:
         return tuple(src.colorinterp[:3]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
 
 
+def band_descriptions(path: str) -> list[str]:
+    """The names a raster gives its bands ('' where a band has none): GDAL keeps an exporter's band names there
+    (Earth Engine writes B2, B3, B4, ...)."""
+    with open_raster(path) as src:
+        return [(description or "").strip() for description in src.descriptions]
+
+
 def marks_no_data(mask_flags) -> bool:
     """Whether a file declares pixels that are not measurements: a nodata value, or a mask of its own. A mask GDAL
     derives from an alpha band does not count: a 4-band uint8 GeoTIFF written with rasterio's defaults

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geodino import storage
-from geodino.archive.bands import check_all_channels_of_images, parse_bands
+from geodino.archive.bands import check_all_channels_of_images, parse_bands, sentinel2_name
 from geodino.archive.ben_v1 import list_patch_dirs, nested_archive, parse_ben_v1_chunk
 from geodino.archive.card import card_file, metadata_file, rejects_file
 from geodino.archive.config import PrepareConfig
@@ -55,6 +55,7 @@ from geodino.archive.pixels import (
     FORMAT_IMAGE,
     GDAL_SUFFIXES,
     IMAGE_SUFFIXES,
+    band_descriptions,
     declares_rgb,
 )
 from geodino.archive.reben import (
@@ -126,6 +127,22 @@ def images_are_rgb(data_root: str, paths: list[str]) -> bool:
     is asked: a table's images share one form."""
     raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
     return raster is None or declares_rgb(storage.join(data_root, raster))
+
+
+def image_band_names(data_root: str, paths: list[str], channels: int) -> list[str] | None:
+    """The names a table's GeoTIFFs give their channels (a Sentinel-2 export's B2, B3, B4, B8), Sentinel-2's
+    spelled as BigEarthNet spells them (B02), so that --bands and the weights' data contract can speak of B04
+    rather than band3. None unless each channel has its own name, none with a comma, none another channel's bandN.
+    One file is asked, as for RGB: a table's images share one form."""
+    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
+    if raster is None:
+        return None
+    names = [sentinel2_name(text) or text for text in band_descriptions(storage.join(data_root, raster))]
+    canonical = [f"band{i + 1}" for i in range(channels)]
+    if (len(names) != channels or not all(names) or len(set(names)) != channels or any("," in n for n in names)
+            or any(name in canonical and name != own for name, own in zip(names, canonical))):
+        return None
+    return names
 
 
 ARCHIVE_FILE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.bz2", ".tar.xz", ".zip", ".7z", ".rar")
@@ -290,6 +307,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     task_type = "multi_label"
     available_bands: list[str] = list(bands)
     is_rgb = False  # BigEarthNet: whether the chosen bands are R, G, B is decided by the reader's band choice
+    band_names = None  # BigEarthNet's bands are named by their own names
 
     if fmt == FORMAT_BEN_V1:
         data_root = storage.absolute(config.archive)
@@ -335,6 +353,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         task_type = "single_label" if "label" in table.columns and "labels" not in table.columns else "multi_label"
         available_bands = [f"band{i + 1}" for i in range(form[0] if form else 3)]
         is_rgb = images_are_rgb(data_root, [row["path"] for row in rows])
+        band_names = image_band_names(data_root, [row["path"] for row in rows], len(available_bands))
         bands = tuple(available_bands)
         for row in rows:
             for key in ("_where", "_form", "_digest"):
@@ -387,6 +406,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         "classes": classes,
         "task": task_type,
         "bands": available_bands,
+        "band_names": band_names,  # a user's images: what their files call band1..bandN (B02, ...), if anything
         "rgb": is_rgb,  # band1, band2, band3 are R, G, B (JPEG/PNG, or a GeoTIFF saying so): probes of RGB weights
         "dtype": dtype,
         "pixel_min": pixel_min,  # --normalize max maps this to 0 ...

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geodino import storage
-from geodino.archive.bands import UnknownBandError, parse_bands
+from geodino.archive.bands import UnknownBandError, parse_bands, sentinel2_name
 from geodino.archive.card import METADATA_COLUMNS, check_metadata_columns, metadata_file
 from geodino.archive.pixels import FORMAT_IMAGE
 from geodino.archive.splits import SPLITS
@@ -57,19 +57,33 @@ class StreamConfig:
 
 def resolve_bands(card: dict, bands: str) -> tuple[str, ...]:
     """Band selection for this archive. A user's images: every channel by default (rgb, all), or some of them by
-    the card's names (band4,band3,band2 of a 13-band Sentinel-2 GeoTIFF is its red, green, blue)."""
+    the card's names (band4,band3,band2 of a 13-band Sentinel-2 GeoTIFF is its red, green, blue), or by the names
+    its files give them (B04,B03,B02, also spelt B4,B3,B2). Always answered in the card's bandN names."""
     if card["format"] == FORMAT_IMAGE:
         own = tuple(card["bands"])
         if bands in (None, "rgb", "all"):
             return own
-        chosen = tuple(band.strip() for band in bands.split(","))
-        unknown = [band for band in chosen if band not in own]
+        named = dict(zip(card.get("band_names") or (), own))
+        asked = [band.strip() for band in bands.split(",")]
+        chosen = tuple(named.get(band, named.get(sentinel2_name(band) or band, band)) for band in asked)
+        unknown = [band for band, channel in zip(asked, chosen) if channel not in own]
         if unknown or len(set(chosen)) != len(chosen):
             problem = f"{unknown[0]!r} is not one of them" if unknown else "a channel is named twice"
-            raise UnknownBandError(f"--bands {bands!r}: the images of this table have the channels {', '.join(own)} "
+            listed = ", ".join(f"{channel} ({name})" if name != channel else channel
+                               for channel, name in zip(own, channel_names(card, own)))
+            raise UnknownBandError(f"--bands {bands!r}: the images of this table have the channels {listed} "
                                    f"({problem}); give some of them, in the order wanted, or all")
         return chosen
     return parse_bands(bands)
+
+
+def channel_names(card: dict, bands: tuple[str, ...]) -> tuple[str, ...]:
+    """The chosen bands by the names the world knows them by: a user's image channels by what their files call
+    them (B04 rather than band3) where they do, so that weights record them so and are matched with BigEarthNet's."""
+    names = card.get("band_names") if card["format"] == FORMAT_IMAGE else None
+    if not names:
+        return tuple(bands)
+    return tuple(dict(zip(card["bands"], names)).get(band, band) for band in bands)
 
 
 def rgb_image_bands(card: dict, bands: tuple[str, ...]) -> bool:

@@ -145,7 +145,8 @@ class PretrainConfig:
         "BigEarthNet patches")
     local_crops_size: int = flag(96, "Side of the local crops in pixels, a multiple of --patch_size. 96 as published")
     bands: str = flag("rgb", "Input bands: rgb, all (every band of the archive) or a list such as B04,B03,B02,B08; "
-                      "an image table: every channel, or a list of its card's band1...bandN")
+                      "an image table: every channel, or a list of its card's band1...bandN (or of the names its "
+                      "GeoTIFFs give them, such as B04)")
     normalize: str = flag(
         "max",
         "max: map the card's pixel range (0, or pixel_min for data below zero, to its pixel scale) to [0, 1]; "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from geodino.archive.bands import RGB_BANDS
 from geodino.archive.pixels import FORMAT_IMAGE
-from geodino.data.config import pixel_range, rgb_image_bands
+from geodino.data.config import channel_names, pixel_range, rgb_image_bands
 from geodino.dino.checkpoint import BACKBONE_FILE, CONTRACT_FILE, data_contract, source_path_and_part
 from geodino.errors import GeodinoError
 
@@ -81,12 +81,14 @@ def contract_of(source: str) -> dict | None:
 
 
 def same_bands(contract: dict, card: dict, bands: tuple[str, ...]) -> bool:
-    """R, G, B is R, G, B whichever archive it comes from; other bands must match by name and order."""
+    """R, G, B is R, G, B whichever archive it comes from; other bands must match by name and order (the names a
+    user's GeoTIFFs give their channels, or the card's bandN of weights trained on such a table)."""
+    named = channel_names(card, bands)
     if contract.get("rgb") and len(bands) == 3:
-        rgb_data = tuple(bands) == RGB_BANDS or (card["format"] == FORMAT_IMAGE and rgb_image_bands(card, bands))
+        rgb_data = named == RGB_BANDS or (card["format"] == FORMAT_IMAGE and rgb_image_bands(card, bands))
         if rgb_data:
             return True
-    return list(bands) == list(contract["bands"])
+    return list(contract["bands"]) in (list(named), list(bands))
 
 
 def resolve_inputs(source: str, card: dict, bands: str | None, normalize: str | None, image_size: int | None,
@@ -98,7 +100,8 @@ def resolve_inputs(source: str, card: dict, bands: str | None, normalize: str | 
     if contract is None or contract.get("bands") is None:
         return ProbeInputs(bands or DEFAULT_BANDS, normalize or DEFAULT_NORMALIZE, image_size)
     if bands is None:
-        bands = DEFAULT_BANDS if contract.get("rgb") else ",".join(contract["bands"])
+        rgb_by_name = contract.get("rgb") and set(RGB_BANDS) <= set(card.get("band_names") or ())
+        bands = DEFAULT_BANDS if contract.get("rgb") and not rgb_by_name else ",".join(contract["bands"])
     chosen = resolve_bands(card, bands)
     problems = []
     if not same_bands(contract, card, chosen):
