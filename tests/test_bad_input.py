@@ -1,5 +1,6 @@
 """The bad-input catalogue of the README: each bad input, made for real, and the message the user sees."""
 
+import json
 import shutil
 import warnings
 
@@ -251,6 +252,47 @@ def test_images_with_negative_values_span_zero_to_one(tmp_path):
     images = np.asarray(images)
     assert 0.2 < float(images.mean()) < 0.8
     assert float((images == 0).mean()) < 0.01 and float((images == 1).mean()) < 0.01
+
+
+def test_signed_and_float_images_are_packed_in_their_own_type(ray_session, tmp_path):
+    """The dB images as float32 and as int16 (hundredths of a dB, as SAR products store them): --pack refused both
+    (`the images are int16; a pack stores 8- or 16-bit integers`), so such data trained from its files alone. Packed
+    now in their own type, they read as the files do, through the in-memory reader and through Ray Data's raw path
+    (integers normalised on the device; floats in the pipeline)."""
+    import torch
+
+    from geodino.archive.pack import PackConfig, pack
+    from geodino.data.indexed import labelled_images
+    from geodino.data.normalize import Normalizer
+    from geodino.data.ray_data import build_dataset
+
+    for dtype, scale in (("float32", 1), ("int16", 100)):
+        folder = tmp_path / dtype
+        folder.mkdir()
+        rows = []
+        for index, decibels in enumerate(decibel_images()):
+            with rasterio.open(folder / f"{index}.tif", "w", driver="GTiff", width=120, height=120, count=2,
+                               dtype=dtype) as dst:
+                dst.write((decibels * scale).astype(dtype))
+            rows.append({"path": f"{index}.tif", "label": "field" if index % 2 else "forest", "split": "train"})
+        pd.DataFrame(rows).to_csv(folder / "table.csv", index=False)
+        metadata = str(folder / "m.parquet")
+        prepare(PrepareConfig(archive=str(folder / "table.csv"), out=metadata, workers=1))
+        manifest = pack(PackConfig(metadata=metadata, out_dir=str(folder / "pack"), workers=1))
+        assert manifest.rows == len(rows)
+        assert json.loads((folder / "pack" / "pack.json").read_text())["dtype"] == dtype
+        from_files, _ = labelled_images(DataConfig(metadata=metadata, split="train"))
+        from_pack, _ = labelled_images(DataConfig(metadata=metadata, data_dir=str(folder / "pack"), split="train"))
+        assert np.allclose(from_pack, from_files, atol=1e-6) and 0.2 < float(from_files.mean()) < 0.8, dtype
+        config = DataConfig(metadata=metadata, data_dir=str(folder / "pack"), split="train")
+        batch = next(iter(build_dataset(config, raw=True).iter_batches(batch_size=len(rows), batch_format="numpy")))
+        assert batch["image"].dtype == (np.int16 if dtype == "int16" else np.float32)  # integers go raw, floats not
+        card = json.loads((folder / "m.json").read_text())
+        offset, scale_ = card["pixel_min"], card["pixel_max"] - card["pixel_min"]
+        normalised = Normalizer(np.full(2, offset), np.full(2, scale_), True, torch.device("cpu"))(
+            torch.from_numpy(batch["image"]))
+        order = np.argsort(batch["name"])
+        assert np.allclose(normalised.numpy()[order], from_files, atol=1e-6), dtype
 
 
 def test_pixels_a_file_marks_as_no_data_are_not_measurements(tmp_path):

@@ -69,12 +69,15 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
+PACKED_IMAGE_DTYPES = ("uint8", "uint16", "int16", "float32")  # a user's images in their own type; others as float32
+
+
 def storage_dtype(card: dict) -> str:
-    """The integer type that holds the archive's raw values: the images' own (8 or 16 bit), 16 bit for Sentinel-2."""
+    """The type that holds the archive's values as they are: a user's images' own (8 or 16 bit, signed 16 bit for
+    SAR or elevations, float32 for reflectances or dB; wider types as float32), 16 bit for Sentinel-2."""
     dtype = card.get("dtype")
-    if card["format"] == FORMAT_IMAGE and dtype not in (None, "uint8", "uint16"):
-        raise PackMismatchError(f"the images are {dtype}; a pack stores 8- or 16-bit integers: train from the images "
-                                "themselves (leave out --pack)")
+    if card["format"] == FORMAT_IMAGE and dtype is not None:
+        return dtype if dtype in PACKED_IMAGE_DTYPES else "float32"
     if dtype in ("uint8", "uint16"):
         return dtype
     return "uint8" if card["pixel_max"] <= 255 else "uint16"
@@ -114,7 +117,9 @@ def check_same_plan(out_dir: str, existing: dict, plan: dict) -> None:
 
 
 def to_storage(pixels: np.ndarray, dtype: str, name: str) -> np.ndarray:
-    """Round resampled values back to integers, refusing values the storage type cannot hold."""
+    """Round resampled values back to integers, refusing values the storage type cannot hold; floats as float32."""
+    if np.dtype(dtype).kind == "f":
+        return pixels.astype(np.dtype(dtype).newbyteorder("<"))
     info = np.iinfo(dtype)
     low, high = float(pixels.min()), float(pixels.max())
     if low < info.min or high > info.max:

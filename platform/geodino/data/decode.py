@@ -42,10 +42,12 @@ def decode_packed(table, shape: list[int], dtype: str, channels: list[int], clas
     """Pack rows in (an Arrow table or record batch), the same columns read_pixels gives out.
 
     raw: the pixels stay in the pack's integer type (a half or a quarter of float32's bytes through the object
-    store and the cache); the consumer normalises them on its device with Normalizer.
+    store and the cache); the consumer normalises them on its device with Normalizer. A pack of floats (a user's
+    float32 images) is normalised here all the same: Normalizer takes floats as normalised already.
     """
     pixels = binary_as_array(table.column("pixels"), shape, dtype)
     images = pixels if channels == list(range(shape[0])) else pixels[:, channels]
+    raw = raw and np.dtype(dtype).kind in "ui"
     return {
         "image": np.ascontiguousarray(images) if raw else normalize_in_place(images.astype(np.float32), offset,
                                                                                scale, clip),
