@@ -67,7 +67,7 @@ def test_nan_and_empty_images_and_mixed_band_counts_in_a_users_table(tmp_path):
     assert "row 6" in reasons["images/nan.tif"] and "NaN" in reasons["images/nan.tif"]
     assert "row 7" in reasons["images/empty.tif"] and "all zero" in reasons["images/empty.tif"]
     assert reasons["images/four_bands.tif"] == ("row 8: image has 4 bands, the others 3 bands; image has float32, "
-                                                "the others uint8; image has 16x16 px, the others 64x64 px")
+                                                "the others uint8")
     assert result.rows == 4
 
 
@@ -383,6 +383,8 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
 
     from conftest import EUROSAT
 
+    from geodino.data.indexed import labelled_images
+
     sources = sorted((EUROSAT / "images" / "Forest").glob("*.jpg"))[:4]
     for path in sources:
         shutil.copy(path, tmp_path / path.name)
@@ -402,7 +404,7 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
         {"path": sources[3].name, "label": "forest", "split": "holdout"},  # row 5: no such split
         {"path": "copy-of-first.jpg", "label": "Forest", "split": "test"},  # row 6: row 2's pixels
         {"path": sources[0].name, "label": "Forest", "split": "test"},  # row 7: row 2's path
-        {"path": "small.jpg", "label": "Forest", "split": "train"},  # row 8: 32 px among 64 px images
+        {"path": "small.jpg", "label": "Forest", "split": "train"},  # row 8: 32 px among 64 px images: resized
         {"path": "x/y.jpg", "label": "River", "split": "train"},  # row 9: short name x_y
         {"path": "x_y.png", "label": "River", "split": "test"},  # row 10: short name x_y too
         {"path": "both.jpg", "label": "Forest|River", "split": "train"},  # row 11: two labels, not joined by ';'
@@ -414,7 +416,7 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
     frame = pd.read_parquet(tmp_path / "m.parquet").set_index("path")
     assert dict(frame["original_split"]) == {sources[0].name: "train", sources[1].name: "validation",
                                              sources[2].name: "test", "x/y.jpg": "train", "x_y.png": "test",
-                                             "both.jpg": "train"}
+                                             "both.jpg": "train", "small.jpg": "train"}
     # names key a feature's split, a pack's rows and predict's resume: one shared would mix train and test
     assert frame["name"].is_unique and dict(frame["name"])["x/y.jpg"] == "x/y.jpg"
     assert dict(frame["name"])[sources[0].name] == sources[0].stem  # the short name where it is unique
@@ -422,7 +424,15 @@ def test_a_users_table_is_checked_as_a_whole(tmp_path):
     assert reasons[sources[3].name].startswith("row 5: split 'holdout' is not one of train, validation, test")
     assert reasons["copy-of-first.jpg"] == (f"row 6: same image (identical pixels) as row 2 ({sources[0].name}, "
                                             "split train)")
-    assert reasons["small.jpg"] == "row 8: image has 32x32 px, the others 64x64 px"
+    # an image of another size is kept (before: rejected, `row 8: image has 32x32 px, the others 64x64 px`) and
+    # read at the table's size: the 32 px copy of row 3's image reads as that image, blurred
+    assert ("warning: 1 of 7 images are not 64x64 px like the others and are resized to it when read (e.g. row 8 "
+            "(32x32 px))") in done.stdout
+    images, _ = labelled_images(DataConfig(metadata=str(tmp_path / "m.parquet"), split=None))
+    order = list(pd.read_parquet(tmp_path / "m.parquet")["path"])
+    small = images[order.index("small.jpg")]
+    distances = [float((small - images[order.index(name)]).abs().mean()) for name in (sources[1].name, sources[2].name)]
+    assert images.shape[-2:] == (64, 64) and distances[0] < distances[1] / 2, distances
     assert "warning: class names that differ only by case or a typo: 'Forest' and 'Forrest'" in done.stdout
     assert ("warning: labels that join other classes with ',' or '|' (a row's labels are separated by ';'): "
             "'Forest|River'; each is its own class") in done.stdout

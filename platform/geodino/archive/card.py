@@ -45,6 +45,13 @@ def check_is_metadata(metadata: str) -> None:
                                 "DIR/metadata.parquet) and give DIR/metadata.parquet")
 
 
+def image_size(card: dict) -> tuple[int, int] | None:
+    """The common (height, width) of a user's images, to which an image of another size is resized when read; None
+    for BigEarthNet (its readers put every band on the 10 m grid) and for cards written before it was recorded."""
+    size = card.get("image_size")
+    return (int(size[0]), int(size[1])) if size else None
+
+
 def load_card(metadata: str) -> dict:
     check_is_metadata(metadata)
     card_path = card_file(metadata)

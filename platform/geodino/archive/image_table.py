@@ -6,8 +6,8 @@ out).
 Images are multi-band GeoTIFFs or JPEG/PNG (read as RGB), at paths relative to the table's folder or
 --data_dir. Rows are checked like BigEarthNet patches: a row that fails is rejected with its line
 number and the reason. A table is checked as a whole too, because a user's table can be wrong in
-ways no single row shows: images must share one form (band count, dtype, size), the same image may
-not appear twice (by path or by pixels, which would leak between splits), split values are mapped
+ways no single row shows: images must share band count and dtype (another size is resized), the same
+image may not appear twice (by path or by pixels, which would leak between splits), split values are mapped
 when unambiguous (`Train`, `val`, `valid`) and refused otherwise, and class names that differ only by
 case or a typo (`Forrest`, `forest`) are reported.
 """
@@ -203,19 +203,29 @@ def describe_form(form: tuple) -> dict:
 
 
 def reject_mismatched_images(rows: list[dict], rejects: list[dict]) -> tuple[list[dict], tuple | None]:
-    """Images must share one form (band count, dtype, size): the most common form wins, the others are
-    rejected naming what differs. Returns the kept rows and the form (None when no pixels were read)."""
-    counts = Counter(row["_form"] for row in rows if row["_form"] is not None)
-    if not counts:
+    """Images must share band count and dtype: the most common wins, the others are rejected naming what differs.
+    Their size may differ (UC Merced's 256 px images include some of 247 px): the most common size is the table's,
+    to which readers resize the others. Returns the kept rows and the form (None when no pixels were read)."""
+    kinds = Counter(row["_form"][:2] for row in rows if row["_form"] is not None)
+    if not kinds:
         return rows, None
-    form = counts.most_common(1)[0][0]
-    wanted = describe_form(form)
+    kind = kinds.most_common(1)[0][0]
+    wanted = describe_form((*kind, 0, 0))
 
     def reason(row):
-        found = describe_form(row["_form"])
-        return "; ".join(f"image has {found[key]}, the others {wanted[key]}" for key in wanted if found[key] != wanted[key])
+        found = describe_form((*row["_form"][:2], 0, 0))
+        return "; ".join(f"image has {found[key]}, the others {wanted[key]}" for key in ("bands", "dtype")
+                         if found[key] != wanted[key])
 
-    return _reject(rows, rejects, lambda row: row["_form"] in (None, form), reason), form
+    kept = _reject(rows, rejects, lambda row: row["_form"] is None or row["_form"][:2] == kind, reason)
+    size = Counter(row["_form"][2:] for row in kept if row["_form"] is not None).most_common(1)[0][0]
+    return kept, (*kind, *size)
+
+
+def resized_images(rows: list[dict], form: tuple | None) -> list[str]:
+    """Where each image whose size is not the table's is (it is read resized to the table's size)."""
+    return [f"{row['_where']} ({row['_form'][2]}x{row['_form'][3]} px)" for row in rows
+            if form is not None and row["_form"] is not None and row["_form"][2:] != form[2:]]
 
 
 def reject_duplicates(rows: list[dict], rejects: list[dict]) -> list[dict]:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from geodino import storage
 from geodino.archive.bands import check_all_channels_of_images, parse_bands
-from geodino.archive.card import load_card, metadata_file, write_card
+from geodino.archive.card import image_size, load_card, metadata_file, write_card
 from geodino.archive.packed import MANIFEST, read_manifest
 from geodino.archive.pixels import FORMAT_IMAGE, PatchReadError, read_patch
 from geodino.errors import GeodinoError
@@ -159,7 +159,8 @@ def write_shard(index: int, rows: list[dict], data_root: str, read_bands: list[s
 
 
 def packed_pixels(row: dict, data_root: str, bands: list[str] | tuple, plan: dict) -> bytes:
-    pixels = read_patch(row["format"], data_root, row["path"], row["name"], bands)
+    size = tuple(plan["shape"][1:]) if row["format"] == FORMAT_IMAGE else None  # a user's images: one size
+    pixels = read_patch(row["format"], data_root, row["path"], row["name"], bands, size)
     if list(pixels.shape) != plan["shape"]:
         raise PatchReadError(f"{row['name']}: pixels of shape {tuple(pixels.shape)}, the pack holds "
                              f"{tuple(plan['shape'])}; a pack needs one patch size")
@@ -181,7 +182,8 @@ def pack(config: PackConfig) -> PackResult:
         raise ValueError(f"{config.metadata}: no rows to pack")
     read_bands = () if card["format"] == FORMAT_IMAGE else packed_bands(config, card)  # images: every channel
     first = records[0]
-    shape = read_patch(first["format"], card["data_root"], first["path"], first["name"], read_bands).shape
+    shape = read_patch(first["format"], card["data_root"], first["path"], first["name"], read_bands,
+                       image_size(card)).shape
     plan = plan_for(config, card, names, shape)
     existing = read_manifest(config.out_dir)
     if existing is not None:

@@ -18,7 +18,8 @@ from geodino.archive.pixels import FORMAT_IMAGE, read_patch
 VALUES_PER_PATCH = 4096  # pixel values sampled per patch for the pixel scale
 
 
-def band_stats(frame: pd.DataFrame, data_root: str, bands: tuple[str, ...], limit: int):
+def band_stats(frame: pd.DataFrame, data_root: str, bands: tuple[str, ...], limit: int,
+               size: tuple[int, int] | None = None):
     """Per-band mean and std of raw values over a deterministic sample of recommended training patches; also a
     sample of their values and their dtype, from which a user's pixel scale is chosen.
 
@@ -33,7 +34,7 @@ def band_stats(frame: pd.DataFrame, data_root: str, bands: tuple[str, ...], limi
     rng = np.random.default_rng(0)
     values, dtypes = [], Counter()
     for row in sample.itertuples():
-        raw = read_patch(row.format, data_root, row.path, row.name, bands)
+        raw = read_patch(row.format, data_root, row.path, row.name, bands, size)
         dtypes[str(raw.dtype)] += 1
         flat = raw.astype(np.float64).reshape(raw.shape[0], -1)
         total = flat.sum(1) if total is None else total + flat.sum(1)

@@ -36,12 +36,16 @@ def ben_v1_band_path(data_root: str, patch_dir: str, name: str, band: str) -> st
     return storage.join(data_root, patch_dir, f"{name}_{band}.tif")
 
 
-def to_grid(array: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resampling of a (H, W) band onto the (size, size) grid; a no-op when it is already there."""
-    if array.shape == (size, size):
+def to_grid(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear resampling of a (H, W) band, or of (C, H, W) bands, onto the (size, size) or (H, W) grid; a no-op
+    when it is already there."""
+    grid = (size, size) if isinstance(size, int) else tuple(size)
+    if array.shape[-2:] == grid:
         return array.astype(np.float32, copy=False)
-    tensor = torch.from_numpy(array.astype(np.float32, copy=False))[None, None]
-    return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    tensor = torch.from_numpy(array.astype(np.float32, copy=False))
+    resized = F.interpolate(tensor.reshape(-1, 1, *array.shape[-2:]), size=grid, mode="bilinear", align_corners=False,
+                            antialias=True)
+    return resized.reshape(*array.shape[:-2], *grid).numpy()
 
 
 @contextmanager
@@ -236,14 +240,17 @@ def wide_grey_as_rgb(grey: np.ndarray) -> np.ndarray:
     return np.repeat(grey[None], 3, axis=0)
 
 
-def read_patch(fmt: str, data_root: str, path: str, name: str, bands: Sequence[str]) -> np.ndarray:
-    """Dispatch on the metadata's `format` column."""
+def read_patch(fmt: str, data_root: str, path: str, name: str, bands: Sequence[str],
+               size: tuple[int, int] | None = None) -> np.ndarray:
+    """Dispatch on the metadata's `format` column. size: a user's image of another size is resized to it (the
+    table's common size, from the card), as BigEarthNet's 20 and 60 m bands are to the 10 m grid."""
     if fmt == FORMAT_BEN_V1:
         return read_ben_v1(data_root, path, name, bands)
     if fmt == FORMAT_BEN_V2:
         return read_ben_v2(data_root, path, bands)
     if fmt == FORMAT_IMAGE:
-        return image_channels(read_image(storage.join(data_root, path)), bands, path)
+        pixels = image_channels(read_image(storage.join(data_root, path)), bands, path)
+        return pixels if size is None or pixels.shape[1:] == tuple(size) else to_grid(pixels, size)
     raise PatchReadError(f"{name}: unknown format {fmt!r} in metadata")
 
 

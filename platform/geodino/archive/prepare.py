@@ -44,6 +44,7 @@ from geodino.archive.image_table import (
     read_image_table,
     reject_duplicates,
     reject_mismatched_images,
+    resized_images,
     rooted_paths,
     with_unique_names,
 )
@@ -308,6 +309,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     available_bands: list[str] = list(bands)
     is_rgb = False  # BigEarthNet: whether the chosen bands are R, G, B is decided by the reader's band choice
     band_names = None  # BigEarthNet's bands are named by their own names
+    form = None  # a user's images: band count, dtype, height, width
 
     if fmt == FORMAT_BEN_V1:
         data_root = storage.absolute(config.archive)
@@ -344,6 +346,10 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         rows, rejects = run_parallel(task, records, workers, "prepare")
         rows, form = reject_mismatched_images(rows, rejects)
         rows = with_unique_names(reject_duplicates(rows, rejects))
+        resized = resized_images(rows, form)
+        if resized:
+            warnings.append(f"{len(resized)} of {len(rows)} images are not {form[2]}x{form[3]} px like the others and "
+                            f"are resized to it when read (e.g. {', '.join(resized[:3])})")
         classes = sorted({label for row in rows for label in row["labels"]})  # none: images for pretraining only
         for problem in class_name_problems(classes):
             if config.strict:
@@ -362,8 +368,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     if not rows and not rejects:
         raise ValueError(f"{config.archive}: found no patches to prepare; give the root folder of BigEarthNet v1 "
                          "(a folder per patch holding NAME_B02.tif, ...), a reBEN folder (metadata.parquet and its "
-                         "GeoTIFFs or LMDB), a table of your images (.csv, .tsv or .parquet with path and label columns), "
-                         "or a folder of images (FOLDER/Forest/*.jpg: class folders)")
+                         "GeoTIFFs or LMDB), a table of your images (.csv, .tsv or .parquet with path and label "
+                         "columns), or a folder of images (FOLDER/Forest/*.jpg: class folders)")
     if not rows and fmt == FORMAT_BEN_V1:
         inner = nested_archive(config.archive, [reject["name"] for reject in rejects])
         if inner:
@@ -388,7 +394,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     frame["recommended"] = usable if fmt == FORMAT_IMAGE else usable & ~unlabelled
     frame = frame.sort_values("name", kind="stable").reset_index(drop=True)
 
-    stats, values, dtype = band_stats(frame, data_root, bands, config.stats_patches)
+    size = list(form[2:]) if fmt == FORMAT_IMAGE and form else None
+    stats, values, dtype = band_stats(frame, data_root, bands, config.stats_patches, size and tuple(size))
     if fmt != FORMAT_IMAGE:
         dtype = "uint16"  # Sentinel-2 L2A as BigEarthNet distributes it (read back resampled, as float32)
     pixel_max, pixel_scale = choose_pixel_max(fmt, dtype, values, config.pixel_max, warnings)
@@ -407,6 +414,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         "task": task_type,
         "bands": available_bands,
         "band_names": band_names,  # a user's images: what their files call band1..bandN (B02, ...), if anything
+        "image_size": size,  # a user's images: their common height and width; readers resize others to it
         "rgb": is_rgb,  # band1, band2, band3 are R, G, B (JPEG/PNG, or a GeoTIFF saying so): probes of RGB weights
         "dtype": dtype,
         "pixel_min": pixel_min,  # --normalize max maps this to 0 ...

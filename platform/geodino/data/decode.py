@@ -22,11 +22,13 @@ def read_pixels(
     offset: np.ndarray,
     scale: np.ndarray,
     clip: bool,
+    size: tuple[int, int] | None = None,
 ) -> dict:
-    """Metadata rows in (an archive of files), normalised image tensors and multi-hot labels out."""
+    """Metadata rows in (an archive of files), normalised image tensors and multi-hot labels out; size: the card's
+    image_size, to which a user's image of another size is resized."""
     images = []
     for fmt, path, name in zip(batch["format"], batch["path"], batch["name"]):
-        pixels = read_patch(fmt, data_root, path, name, bands)
+        pixels = read_patch(fmt, data_root, path, name, bands, size)
         if pixels.shape[0] != len(offset):
             raise ValueError(f"{name}: {pixels.shape[0]} bands read, {len(offset)} expected")
         images.append(pixels.astype(np.float32))

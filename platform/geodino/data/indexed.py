@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geodino.archive.card import load_card
+from geodino.archive.card import image_size, load_card
 from geodino.archive.labels import multi_hot
 from geodino.archive.packed import packed_channels, packed_images, packed_manifest, packed_rows
 from geodino.data.config import DataConfig, metadata_rows, normalize_in_place, normalizer, pixel_root, resolve_bands
@@ -28,6 +28,7 @@ class PatchDataset(Dataset):
         self.data_root = pixel_root(config, card)
         self.classes = list(card["classes"])
         self.clip = config.normalize == "max"
+        self.size = image_size(card)
         manifest = packed_manifest(config.metadata, self.data_root)
         self.packed = None if manifest is None else packed_images(
             self.data_root, manifest, packed_channels(manifest, self.bands, self.data_root), config.split,
@@ -43,7 +44,8 @@ class PatchDataset(Dataset):
             return {"image": torch.from_numpy(pixels)}
         row = self.rows.iloc[index]
         batch = {"format": [row["format"]], "path": [row["path"]], "name": [row["name"]], "labels": [row["labels"]]}
-        pixels = read_pixels(batch, self.data_root, self.bands, self.classes, self.offset, self.scale, self.clip)
+        pixels = read_pixels(batch, self.data_root, self.bands, self.classes, self.offset, self.scale, self.clip,
+                             self.size)
         return {"image": torch.from_numpy(pixels["image"][0])}
 
 
@@ -74,5 +76,5 @@ def labelled_images(config: DataConfig, count: int | None = None, seed: int = 0)
         images = normalize_in_place(raw.astype(np.float32), offset, scale, clip)
     else:
         batch = {column: list(rows[column]) for column in ("format", "path", "name", "labels")}
-        images = read_pixels(batch, data_root, bands, classes, offset, scale, clip)["image"]
+        images = read_pixels(batch, data_root, bands, classes, offset, scale, clip, image_size(card))["image"]
     return torch.from_numpy(images), labels.astype(np.float32)

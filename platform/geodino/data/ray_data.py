@@ -18,7 +18,7 @@ from ray.data import RandomSeedConfig
 from ray.data.expressions import col
 
 from geodino import storage
-from geodino.archive.card import METADATA_COLUMNS, check_metadata_columns, load_card, metadata_file
+from geodino.archive.card import METADATA_COLUMNS, check_metadata_columns, image_size, load_card, metadata_file
 from geodino.archive.packed import (
     check_shards_exist,
     packed_channels,
@@ -89,7 +89,8 @@ def build_dataset(config: DataConfig, raw: bool = False, shuffle_seed: int | Non
     # The metadata is one small file, i.e. one block: without splitting it, one task would read every patch.
     dataset = _limited(_filtered(dataset, config), config).repartition(max(1, -(-rows // METADATA_BLOCK_ROWS)))
     return shuffled_blocks(dataset, shuffle_seed).map_batches(
-        read_pixels, batch_size=config.read_batch_size, fn_kwargs={"data_root": data_root, "bands": bands, **common})
+        read_pixels, batch_size=config.read_batch_size,
+        fn_kwargs={"data_root": data_root, "bands": bands, "size": image_size(card), **common})
 
 
 def read_shards(batch: dict, filesystem, condition, **decode) -> Iterator[dict]:
