@@ -198,3 +198,37 @@ def test_pack_on_s3_is_read_by_ray_data_like_the_geotiffs(ray_session, s3_archiv
     for name, image in zip(from_pack["name"], from_pack["image"]):
         np.testing.assert_allclose(image, by_name[name], atol=1e-6)
     assert pack(PackConfig(metadata=metadata, out_dir=f"s3://{S3_BUCKET}/packed/rgb", shard_size=4)).written == 0
+
+
+def test_a_table_and_a_folder_of_images_on_s3_are_prepared_as_they_are_here(s3_endpoint, tmp_path):
+    """EuroSAT JPEGs in class folders on S3, with their table (paths relative to it, and s3:// URIs as a script
+    writes them): prepared where they lie, the same rows and pixels as from the same files here. Before, the
+    table's folder was taken for a local path (`.../s3:/geodino-test/...`) and every row was rejected, and the
+    folder was read as a BigEarthNet archive (`no usable patch ... label file ... missing`)."""
+    import shutil
+
+    import pandas as pd
+    from conftest import EUROSAT
+
+    from geodino.data.indexed import labelled_images
+
+    local = tmp_path / "eurosat"
+    table = pd.read_csv(EUROSAT / "labels.csv").groupby("label").head(2)  # 20 images, 10 classes
+    for path in table["path"]:
+        (local / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EUROSAT / path, local / path)
+    uri = f"s3://{S3_BUCKET}/eurosat"
+    table.to_csv(local / "labels.csv", index=False)
+    table.assign(path=[f"{uri}/{path}" for path in table["path"]]).to_csv(local / "uris.csv", index=False)
+    assert upload_folder(local, uri) == len(table) + 2
+    here = prepare(PrepareConfig(archive=str(local / "labels.csv"), out=str(tmp_path / "here.parquet"), workers=1))
+    expected, _ = labelled_images(DataConfig(metadata=here.metadata_path, split=None))
+    for name, archive in (("relative", f"{uri}/labels.csv"), ("uris", f"{uri}/uris.csv"),
+                          ("folder", f"{uri}/images")):
+        result = prepare(PrepareConfig(archive=archive, out=str(tmp_path / f"{name}.parquet"), workers=1))
+        assert (result.rows, result.rejected) == (len(table), 0), name
+        card = load_card(result.metadata_path)
+        assert card["data_root"] == (uri if name == "relative" else f"{uri}/images"), name  # where all images are
+        assert card["classes"] == sorted(table["label"].unique())
+        images, _ = labelled_images(DataConfig(metadata=result.metadata_path, split=None))
+        assert np.array_equal(images, expected), name  # read from S3: the same pixels, in the same order

@@ -108,6 +108,48 @@ def join(root: str, *parts: str) -> str:
     return os.path.join(str(root), *parts)
 
 
+def parent(path: str) -> str:
+    """The folder holding a local file (made absolute) or an object (its prefix, as a URI)."""
+    return posixpath.dirname(str(path)) if is_uri(path) else os.path.dirname(os.path.abspath(path))
+
+
+def is_absolute(path: str) -> bool:
+    """An absolute local path or a URI: a place that does not depend on the folder it is read from."""
+    return os.path.isabs(path) or is_uri(path)
+
+
+def _base_and_key(path: str) -> tuple[str, str]:
+    """('s3://bucket', '/key/of/object') for a URI, ('', '/normalised/path') for a local path."""
+    if is_uri(path):
+        parsed = urlparse(str(path))
+        return f"{parsed.scheme}://{parsed.netloc}", posixpath.normpath(parsed.path or "/")
+    return "", os.path.normpath(path)
+
+
+def common_folder(paths: Sequence[str]) -> str:
+    """The deepest folder holding every file of `paths` that lies where the first one does (the same bucket, or
+    this machine); the others are outside it."""
+    base = _base_and_key(paths[0])[0]
+    keys = [key for other, key in map(_base_and_key, paths) if other == base]
+    return base + posixpath.commonpath([posixpath.dirname(key) for key in keys])
+
+
+def relative_inside(path: str, folder: str) -> str | None:
+    """`path` relative to `folder` when it lies inside it (both absolute or URIs), else None."""
+    (base, key), (folder_base, folder_key) = _base_and_key(path), _base_and_key(folder)
+    if base != folder_base or posixpath.commonpath([key, folder_key]) != folder_key:
+        return None
+    return posixpath.relpath(key, folder_key)
+
+
+def is_folder(path: str) -> bool:
+    """A local folder, or an S3 prefix that holds objects."""
+    if not is_uri(path):
+        return os.path.isdir(path)
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type == pafs.FileType.Directory
+
+
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem for `path` and the path inside it."""
     path = str(path)

@@ -11,10 +11,13 @@ every check a user's table gets.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 
 import pandas as pd
+import pyarrow.fs as pafs
 
+from geodino import storage
 from geodino.archive.image_table import SPLIT_NAMES
 from geodino.archive.pixels import IMAGE_SUFFIXES
 
@@ -25,14 +28,27 @@ def _visible(names: list[str]) -> list[str]:
     return sorted(name for name in names if not name.startswith((".", "__")))  # .DS_Store, __MACOSX
 
 
-def _entries(folder: str) -> tuple[list[str], list[str]]:
-    """Sub-folders and files of a folder, hidden ones left out (scandir: no stat per entry, for BigEarthNet's
-    590,326 patch folders)."""
+def _listing(folder: str, recursive: bool = False) -> dict[str, bool]:
+    """{path relative to `folder`: is a folder} of a local folder or an S3 prefix; empty when it cannot be listed.
+    Locally scandir: no stat per entry, for BigEarthNet's 590,326 patch folders."""
     try:
-        with os.scandir(folder) as listing:
-            kinds = {entry.name: entry.is_dir() for entry in listing}
+        if not storage.is_uri(folder):
+            if recursive:
+                return {os.path.relpath(os.path.join(current, name), folder).replace(os.sep, "/"): False
+                        for current, _, files in os.walk(folder) for name in files}
+            with os.scandir(folder) as listing:
+                return {entry.name: entry.is_dir() for entry in listing}
+        fs, inner = storage.filesystem(folder)
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=recursive, allow_not_found=True))
     except OSError:
-        return [], []
+        return {}
+    return {posixpath.relpath(info.path, inner): info.type == pafs.FileType.Directory for info in infos
+            if recursive is False or info.type == pafs.FileType.File}
+
+
+def _entries(folder: str) -> tuple[list[str], list[str]]:
+    """Sub-folders and files of a folder, hidden ones left out."""
+    kinds = _listing(folder)
     names = _visible(list(kinds))
     return [name for name in names if kinds[name]], [name for name in names if not kinds[name]]
 
@@ -44,7 +60,7 @@ def is_image(name: str) -> bool:
 def is_ben_patch_folder(folder: str, files: list[str]) -> bool:
     """A BigEarthNet v1 patch folder (NAME_B02.tif, NAME_labels_metadata.json), whose GeoTIFFs are bands, not
     images of a class."""
-    name = re.escape(os.path.basename(folder))
+    name = re.escape(posixpath.basename(folder.rstrip("/")))
     return any(re.fullmatch(rf"{name}_(B\d\d|B8A)\.tif|{name}_labels_metadata\.json", file) for file in files)
 
 
@@ -52,8 +68,8 @@ def holds_class_folders(folder: str) -> bool:
     """Whether some sub-folder of `folder` holds image files itself. The first BigEarthNet patch folder ends the
     search: it is that archive (whose 590,326 folders would otherwise each be listed)."""
     for sub in _entries(folder)[0]:
-        files = _entries(os.path.join(folder, sub))[1]
-        if is_ben_patch_folder(os.path.join(folder, sub), files):
+        files = _entries(storage.join(folder, sub))[1]
+        if is_ben_patch_folder(storage.join(folder, sub), files):
             return False
         if any(is_image(file) for file in files):
             return True
@@ -66,7 +82,7 @@ def split_folders(folder: str) -> dict[str, str] | None:
     subs = _entries(folder)[0]
     if not subs or any(sub.lower() not in SPLIT_NAMES for sub in subs):
         return None
-    if not any(holds_class_folders(os.path.join(folder, sub)) for sub in subs):
+    if not any(holds_class_folders(storage.join(folder, sub)) for sub in subs):
         return None
     return {sub: SPLIT_NAMES[sub.lower()] for sub in subs}
 
@@ -74,7 +90,7 @@ def split_folders(folder: str) -> dict[str, str] | None:
 def is_image_folder(archive: str) -> bool:
     """Images in the folder itself (not the bands of one BigEarthNet patch), in class folders, or in split folders
     of class folders."""
-    if not os.path.isdir(archive):
+    if not storage.is_folder(archive):
         return False
     files = _entries(archive)[1]
     if is_ben_patch_folder(archive, files):
@@ -84,12 +100,8 @@ def is_image_folder(archive: str) -> bool:
 
 def _files_under(folder: str) -> list[str]:
     """Every visible file below `folder`, as paths relative to it, sorted (a class folder may nest, e.g. by year)."""
-    found = []
-    for current, folders, files in os.walk(folder):
-        folders[:] = _visible(folders)
-        relative = os.path.relpath(current, folder)
-        found += [file if relative == "." else f"{relative}/{file}" for file in _visible(files)]
-    return sorted(found)
+    return sorted(path for path in _listing(folder, recursive=True)
+                  if not any(part.startswith((".", "__")) for part in path.split("/")))
 
 
 def image_folder_table(archive: str) -> tuple[pd.DataFrame, list[str]]:
@@ -99,11 +111,11 @@ def image_folder_table(archive: str) -> tuple[pd.DataFrame, list[str]]:
     tops = [(f"{sub}/", split) for sub, split in splits.items()] if splits else [("", "")]
     rows, not_images = [], []
     for prefix, split in tops:
-        classes, files = _entries(os.path.join(archive, prefix))
+        classes, files = _entries(storage.join(archive, prefix))
         rows += [{"path": prefix + file, "label": "", "split": split} for file in files if is_image(file)]
         for folder in classes:
             label = "" if folder.lower() in UNLABELLED_FOLDERS else folder
-            for file in _files_under(os.path.join(archive, prefix, folder)):
+            for file in _files_under(storage.join(archive, prefix, folder)):
                 path = f"{prefix}{folder}/{file}"
                 if is_image(file):
                     rows.append({"path": path, "label": label, "split": split})

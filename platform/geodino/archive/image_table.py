@@ -15,6 +15,7 @@ case or a typo (`Forrest`, `forest`) are reported.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 from collections import Counter
@@ -59,11 +60,12 @@ def read_image_table(table_path: str) -> pd.DataFrame:
     """The table as text cells (CSV/TSV: spaces after a separator ignored), refused with the file named when it is
     not a table geodino can read: not CSV, TSV or parquet, no rows, or no path and label columns."""
     separator = TABLE_SEPARATORS.get(os.path.splitext(table_path)[1].lower(), ",")
+    source = io.BytesIO(storage.read_bytes(table_path)) if storage.is_uri(table_path) else table_path
     try:
         if separator is None:
-            table = pd.read_parquet(table_path)
+            table = pd.read_parquet(source)
         else:
-            table = pd.read_csv(table_path, sep=separator, dtype=str, keep_default_na=False, skipinitialspace=True)
+            table = pd.read_csv(source, sep=separator, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ArrowInvalid) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         encoding = "; Excel: Save As 'CSV UTF-8'" if isinstance(error, UnicodeDecodeError) else ""
@@ -99,23 +101,21 @@ def rooted_paths(table: pd.DataFrame, data_root: str, data_dir_given: bool) -> t
     stays absolute, and is rejected by its row."""
     paths = [posix_path("" if value is None else str(value), data_root) for value in table["path"]]
     table = table.assign(path=paths)
-    if not any(os.path.isabs(path) for path in paths):
+    if not any(storage.is_absolute(path) for path in paths):
         return table, data_root
-    root = os.path.abspath(data_root)
+    root = storage.absolute(data_root)
     if not data_dir_given:
-        paths = [path if not path or os.path.isabs(path) or ".." in path.split("/") else os.path.join(root, path)
+        paths = [path if not path or storage.is_absolute(path) or ".." in path.split("/") else storage.join(root, path)
                  for path in paths]  # a relative path that climbs out stays as it is: rejected
-        root = os.path.commonpath([os.path.dirname(os.path.normpath(path)) for path in paths if os.path.isabs(path)])
-    rooted = [os.path.relpath(os.path.normpath(path), root)
-              if os.path.isabs(path) and os.path.commonpath([os.path.normpath(path), root]) == root else path
-              for path in paths]
+        root = storage.common_folder([path for path in paths if storage.is_absolute(path)])
+    rooted = [(storage.relative_inside(path, root) or path) if storage.is_absolute(path) else path for path in paths]
     return table.assign(path=rooted), root
 
 
 def posix_path(path: str, data_root: str) -> str:
     """A table written on Windows (images\\Forest\\1.jpg) read on Linux: '\\' as '/' unless a file of that
     literal name is there."""
-    if "\\" not in path or os.path.exists(os.path.join(data_root, path)):
+    if "\\" not in path or (not storage.is_uri(data_root) and os.path.exists(os.path.join(data_root, path))):
         return path
     return path.replace("\\", "/")
 
@@ -150,7 +150,7 @@ def parse_image_chunk(data_root: str, records: list[tuple[str, dict]], verify: s
         try:
             if not path:
                 raise RejectedPatch(f"{where}: the path cell is empty")
-            if os.path.isabs(path):  # left absolute by rooted_paths: outside --data_dir
+            if storage.is_absolute(path):  # left absolute by rooted_paths: outside --data_dir
                 raise RejectedPatch(f"{where}: path {path!r} is not inside --data_dir {data_root}")
             if ".." in path.replace("\\", "/").split("/"):
                 raise RejectedPatch(f"{where}: path {path!r} leaves the data folder")

@@ -157,7 +157,7 @@ def detect_format(archive: str) -> str:
         raise MissingInputError(f"{archive}: {what_file_instead(os.path.basename(archive))}")
     if storage.exists(storage.join(archive, "metadata.parquet")):
         return FORMAT_BEN_V2
-    if not storage.is_uri(archive) and is_image_folder(archive):
+    if is_image_folder(archive):
         return FORMAT_IMAGE
     return FORMAT_BEN_V1
 
@@ -331,13 +331,13 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         data_root = storage.absolute(data_root)
         task = partial(parse_ben_v2_chunk, data_root, bands=bands, verify=config.verify, geotiffs=geotiffs)
         rows, rejects = run_parallel(task, records, workers, "prepare")
-    elif os.path.isdir(config.archive):  # a folder of images (in class folders or not): a row each, named by path
-        data_root = os.path.abspath(config.archive)
+    elif storage.is_folder(config.archive):  # a folder of images (in class folders or not): a row each, named by path
+        data_root = storage.absolute(config.archive)
         table, folder_warnings = image_folder_table(config.archive)
         warnings += folder_warnings
         records = [(record["path"], record) for record in table.to_dict("records")]
     else:
-        data_root = config.data_dir or os.path.dirname(os.path.abspath(config.archive))
+        data_root = config.data_dir or storage.parent(config.archive)
         table, data_root = rooted_paths(read_image_table(config.archive), data_root, config.data_dir is not None)
         records = [(f"row {line}", record)  # CSV line numbers: header is line 1
                    for line, record in enumerate(table.to_dict("records"), start=2)]
