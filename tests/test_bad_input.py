@@ -212,6 +212,11 @@ def test_channels_a_geotiff_names_are_chosen_by_those_names_and_match_weights_of
     prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=metadata, workers=1))
     card = load_card(metadata)
     assert card["bands"] == ["band1", "band2", "band3", "band4"] and card["band_names"] == ["B02", "B03", "B04", "B08"]
+    prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=str(tmp_path / "h.parquet"), workers=1,
+                          verify="header"))  # reads no pixels but the first image's (before: taken as 3 bands)
+    header = load_card(str(tmp_path / "h.parquet"))
+    assert [header[key] for key in ("bands", "band_names", "image_size", "dtype")] == [
+        card[key] for key in ("bands", "band_names", "image_size", "dtype")]
     assert resolve_bands(card, "B04,B03,B02") == resolve_bands(card, "b4, B3,B2") == ("band3", "band2", "band1")
     with pytest.raises(UnknownBandError, match=r"the channels band1 \(B02\), band2 \(B03\), band3 \(B04\), "
                                                r"band4 \(B08\) \('B11' is not one of them\)"):

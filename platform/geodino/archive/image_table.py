@@ -163,7 +163,7 @@ def parse_image_chunk(data_root: str, records: list[tuple[str, dict]], verify: s
                     raise RejectedPatch(f"{where}: image {path} has NaN or infinite pixels")
                 if not pixels.any():
                     raise RejectedPatch(f"{where}: image {path} is all zero (no data)")
-                form = (pixels.shape[0], str(pixels.dtype), pixels.shape[1], pixels.shape[2])
+                form = pixel_form(pixels)
                 digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
             elif not storage.exists(storage.join(data_root, path)):
                 raise RejectedPatch(f"{where}: image file {path} missing")
@@ -185,6 +185,11 @@ def parse_image_chunk(data_root: str, records: list[tuple[str, dict]], verify: s
         except RejectedPatch as reason:
             rejects.append({"name": path, "path": path, "reason": str(reason)})
     return rows, rejects
+
+
+def pixel_form(pixels: np.ndarray) -> tuple:
+    """(bands, dtype, height, width): what every image of a table must share but the size."""
+    return pixels.shape[0], str(pixels.dtype), pixels.shape[1], pixels.shape[2]
 
 
 def _reject(rows: list[dict], rejects: list[dict], keep, reason) -> list[dict]:

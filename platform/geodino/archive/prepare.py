@@ -41,6 +41,7 @@ from geodino.archive.image_table import (
     TABLE_SUFFIXES,
     class_name_problems,
     parse_image_chunk,
+    pixel_form,
     read_image_table,
     reject_duplicates,
     reject_mismatched_images,
@@ -58,6 +59,7 @@ from geodino.archive.pixels import (
     IMAGE_SUFFIXES,
     band_descriptions,
     declares_rgb,
+    read_image,
 )
 from geodino.archive.reben import (
     find_geotiff_root,
@@ -345,6 +347,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         task = partial(parse_image_chunk, data_root, verify=config.verify)
         rows, rejects = run_parallel(task, records, workers, "prepare")
         rows, form = reject_mismatched_images(rows, rejects)
+        if form is None and rows:  # --verify header read no pixels: the first image tells the table's form
+            form = pixel_form(read_image(storage.join(data_root, rows[0]["path"])))
         rows = with_unique_names(reject_duplicates(rows, rejects))
         resized = resized_images(rows, form)
         if resized:
