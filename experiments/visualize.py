@@ -30,19 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         print(plot_curves(config.run, paths["pretraining_curves.png"]))
     if config.pretrained_weights:
         from geodino.archive.card import load_card
-        from geodino.data.config import DataConfig, resolve_bands
+        from geodino.data.config import DataConfig, channel_names, resolve_bands
         from geodino.data.ray_data import build_dataset
         from geodino.ray_cluster import init_ray
         from geodino.transfer.backbones import load_backbone
         from geodino.transfer.contract import resolve_inputs
         from geodino.transfer.features import fitted_image_size
-        from geodino.transfer.visualize import plot_attention
+        from geodino.transfer.visualize import display_channels, plot_attention
 
         card = load_card(config.metadata_dir)
         inputs = resolve_inputs(config.pretrained_weights, card, config.bands, config.normalize, config.image_size,
                                 config.force, "visualize.py")
         config.bands, config.normalize = inputs.bands, inputs.normalize
-        in_chans = len(resolve_bands(card, config.bands))
+        chosen = resolve_bands(card, config.bands)
+        in_chans = len(chosen)
         data = DataConfig(metadata=config.metadata_dir, data_dir=config.data_dir, split=config.split, bands=config.bands,
                           normalize=config.normalize, recommended_only=False)
         check_images(parser, data, config.images)
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         if size and images.shape[-1] != size:  # a ViT takes whole patches: 120 px images and 16 px patches do not fit
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         backbone = load_backbone(config.pretrained_weights, config.arch, config.patch_size, in_chans)
-        print(plot_attention(backbone.model, images, [row["name"] for row in rows],
-                             paths["attention.png"]))
+        print(plot_attention(backbone.model, images, [row["name"] for row in rows], paths["attention.png"],
+                             display_channels(channel_names(card, chosen))))
     return 0
 
 

@@ -299,3 +299,19 @@ def test_attention_maps_and_curves_render(tmp_path):
     (tmp_path / "run" / "log.txt").write_text("\n".join(
         json.dumps({"epoch": e, "loss": 5 - e, "lr": 1e-4, "teacher_entropy": 3.0, "max_entropy": 6.0}) for e in range(3)))
     assert np.asarray(Image.open(plot_curves(str(tmp_path / "run"), str(tmp_path / "c.png")))).std() > 0
+
+
+
+def test_pictures_show_red_green_blue_wherever_they_sit_among_the_bands():
+    """A 12-band BigEarthNet input was drawn as B01, B02, B03 and a Sentinel-2 GeoTIFF's B02, B03, B04, B08 as
+    blue, green, red: B04, B03, B02 are shown as red, green, blue wherever they sit."""
+    from geodino.archive.bands import S2_BANDS
+    from geodino.transfer.visualize import display_channels, rgb_view
+
+    assert display_channels(S2_BANDS) == [3, 2, 1]
+    assert display_channels(("B02", "B03", "B04", "B08")) == [2, 1, 0]
+    assert display_channels(("band1", "band2", "band3")) == [0, 1, 2] and display_channels(("VV",)) == [0, 0, 0]
+    bands = np.stack([np.full((4, 4), value, np.float32) for value in (0.1, 0.2, 0.9, 0.5)])  # B02 B03 B04 B08
+    bands[:, 0, 0] = 0  # a dark pixel, so the stretch keeps the bands apart
+    picture = rgb_view(bands, display_channels(("B02", "B03", "B04", "B08")))
+    assert picture[1, 1, 0] > picture[1, 1, 1] > picture[1, 1, 2]  # red is B04's 0.9, blue B02's 0.1

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geodino.archive.bands import RGB_BANDS
 from geodino.archive.splits import SPLITS
 from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS
@@ -76,14 +77,24 @@ def last_block_attention(model: torch.nn.Module, images: torch.Tensor) -> torch.
     return weights[:, :, 0, prefix:].reshape(batch, heads, *grid)
 
 
-def rgb_view(image: np.ndarray) -> np.ndarray:
-    """A displayable (H, W, 3) picture of a normalised patch: its first three bands, contrast-stretched."""
-    rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+def display_channels(band_names: tuple[str, ...]) -> list[int]:
+    """Which bands to show as red, green, blue: Sentinel-2's B04, B03, B02 where the input has them (a 12-band
+    BigEarthNet input starts with B01, a Sentinel-2 GeoTIFF's with B02), else the first three."""
+    if set(RGB_BANDS) <= set(band_names):
+        return [band_names.index(band) for band in RGB_BANDS]
+    return [0, 1, 2] if len(band_names) >= 3 else [0, 0, 0]
+
+
+def rgb_view(image: np.ndarray, channels: list[int] | None = None) -> np.ndarray:
+    """A displayable (H, W, 3) picture of a normalised patch: `channels` (default: the first three bands),
+    contrast-stretched."""
+    channels = channels or ([0, 1, 2] if image.shape[0] >= 3 else [0, 0, 0])
+    rgb = image[channels]
     low, high = np.percentile(rgb, 1), np.percentile(rgb, 99)
     return np.clip((rgb - low) / max(high - low, 1e-6), 0, 1).transpose(1, 2, 0)
 
 
-def plot_attention(model, images: torch.Tensor, names: list[str], path: str) -> str:
+def plot_attention(model, images: torch.Tensor, names: list[str], path: str, channels: list[int] | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +105,7 @@ def plot_attention(model, images: torch.Tensor, names: list[str], path: str) -> 
     heads = maps.shape[1]
     figure, axes = plt.subplots(len(images), heads + 2, figsize=(2 * (heads + 2), 2.1 * len(images)), squeeze=False)
     for row, (image, name) in enumerate(zip(images.numpy(), names)):
-        picture = rgb_view(image)
+        picture = rgb_view(image, channels)
         axes[row, 0].imshow(picture)
         axes[row, 0].set_title(name[-18:], fontsize=7)
         axes[row, 1].imshow(picture)
