@@ -490,6 +490,20 @@ def test_table_headers_are_matched_by_name_and_never_guessed(tmp_path):
         prepare(PrepareConfig(archive=str(tmp_path / "path.csv"), out=str(tmp_path / "n.parquet"), workers=1))
 
 
+def test_a_label_column_naming_two_classes_in_a_row_makes_the_task_multi_label(tmp_path):
+    """A 'label' column is one class per image, unless a row names two ('Forest;River'): before, such a table was
+    still single-label, so probes scored that row by one of its classes (softmax and top-1)."""
+    from geodino.archive.card import load_card
+
+    rows = pd.read_csv(EUROSAT / "labels.csv").head(4)
+    for name, labels in (("one", rows["label"]), ("two", ["Forest;River", *rows["label"][1:]])):
+        rows.assign(label=labels).to_csv(tmp_path / f"{name}.csv", index=False)
+        prepare(PrepareConfig(archive=str(tmp_path / f"{name}.csv"), out=str(tmp_path / f"{name}.parquet"),
+                              data_dir=str(EUROSAT), workers=1))
+    assert load_card(str(tmp_path / "one.parquet"))["task"] == "single_label"
+    assert load_card(str(tmp_path / "two.parquet"))["task"] == "multi_label"
+
+
 def test_telling_a_bigearthnet_archive_from_a_folder_of_images_lists_one_patch_folder(monkeypatch):
     """Looking for class folders listed every sub-folder: 10 s for 20,000 BigEarthNet patch folders (measured),
     so about 5 minutes before prepare began on the 590,326 of the real archive. The first patch folder decides."""

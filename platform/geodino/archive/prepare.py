@@ -360,7 +360,9 @@ def prepare(config: PrepareConfig) -> PrepareResult:
                 raise ValueError(f"{config.archive}: {problem}; fix the table (or leave out --strict to prepare it as "
                                  "it is)")
             warnings.append(f"{problem}; each is its own class")
-        task_type = "single_label" if "label" in table.columns and "labels" not in table.columns else "multi_label"
+        # one class per image: a 'label' column (or class folders) whose every row names at most one
+        task_type = ("single_label" if "labels" not in table.columns and all(len(row["labels"]) <= 1 for row in rows)
+                     else "multi_label")
         available_bands = [f"band{i + 1}" for i in range(form[0] if form else 3)]
         is_rgb = images_are_rgb(data_root, [row["path"] for row in rows])
         band_names = image_band_names(data_root, [row["path"] for row in rows], len(available_bands))
