@@ -12,7 +12,7 @@ import rasterio
 from conftest import EUROSAT
 
 from geodino.archive.bands import UnknownBandError, parse_bands
-from geodino.archive.prepare import PrepareConfig, prepare
+from geodino.archive.prepare import OutputError, PrepareConfig, prepare
 from geodino.data.config import DataConfig
 from geodino.data.ray_data import build_dataset
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
@@ -459,6 +459,13 @@ def test_prepare_and_pack_never_replace_files_they_did_not_write(tmp_path):
     replaced = prepare_cli(user_table, "--out", other, "--data_dir", EUROSAT, "--workers", "1")
     assert replaced.returncode == 2 and f"--out {other} exists and was not written by prepare" in replaced.stderr
     assert user_table.read_bytes() == before and other.read_bytes() == before
+    theirs = tmp_path / "theirs"  # a folder of the user's, with a metadata.json of their own and no parquet
+    theirs.mkdir()
+    (theirs / "metadata.json").write_text('{"mine": true}')
+    with pytest.raises(OutputError, match=r"would replace .*metadata.json, which exists and was not written by"):
+        prepare(PrepareConfig(archive=str(user_table), out=str(theirs), data_dir=str(EUROSAT), workers=1))
+    assert sorted(p.name for p in theirs.iterdir()) == ["metadata.json"]  # before: replaced by prepare's card
+    assert (theirs / "metadata.json").read_text() == '{"mine": true}'
     unwritable = prepare_cli(user_table, "--out", tmp_path / "my_images.parquet" / "m.parquet", "--workers", "1")
     assert unwritable.returncode == 2 and "cannot create its folder" in unwritable.stderr  # before any image is read
 

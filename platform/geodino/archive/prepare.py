@@ -278,14 +278,36 @@ def write_outputs(frame: pd.DataFrame, rejects: list[dict], card: dict, config: 
     return card_path, rejects_path
 
 
+def written_by_prepare(out: str, card: str, rejects: str) -> dict[str, bool]:
+    """Whether prepare wrote the card beside --out (a JSON object with its keys: a folder may hold a metadata.json
+    of the user's) and the rejects list (its header); the parquet counts as prepare's when the card does."""
+    def read(path: str) -> bytes:
+        try:
+            return storage.read_bytes(path)
+        except OSError:
+            return b""
+
+    try:
+        described = json.loads(read(card) or b"null")
+    except ValueError:
+        described = None
+    card_is_ours = isinstance(described, dict) and {"format", "bands", "classes"} <= set(described)
+    return {out: card_is_ours, card: card_is_ours, rejects: read(rejects).startswith(b"name,path,reason")}
+
+
 def check_out(config: PrepareConfig) -> None:
     """Before anything is parsed: --out may be replaced only if prepare wrote it, and must be writable."""
     out = metadata_file(config.out)
     if not storage.is_uri(out) and os.path.abspath(out) == os.path.abspath(config.archive):
         raise OutputError(f"--out {config.out} is the table being prepared: choose another path for the metadata")
-    if storage.exists(out) and not storage.exists(card_file(config.out)):
-        raise OutputError(f"--out {out} exists and was not written by prepare (there is no {card_file(config.out)} "
-                          "beside it): choose another path, or move that file away yourself")
+    card, rejects = card_file(config.out), rejects_file(config.out)
+    ours = written_by_prepare(out, card, rejects)
+    for path in (out, card, rejects):
+        if storage.exists(path) and not ours[path]:
+            what = (f"--out {out} exists and was not written by prepare (there is no card of prepare's, {card}, "
+                    "beside it)") if path == out else (f"--out {config.out} would replace {path}, which exists and "
+                                                       "was not written by prepare")
+            raise OutputError(f"{what}: choose another --out, or move that file away yourself")
     if not storage.is_uri(out):
         folder = os.path.dirname(os.path.abspath(out))
         try:
