@@ -8,7 +8,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "platform"))
 
+from geodino.cli import run_entry  # noqa: E402
 from geodino.launch.sagemaker_host import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry("sagemaker_entry.py", main))

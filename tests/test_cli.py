@@ -364,6 +364,9 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["binary_table"], "--out", f"{tmp}/m.parquet"], "not a readable table"),
         ("prepare.py", [damaged["header_table"], "--out", f"{tmp}/m.parquet"], "the table has a header but no rows"),
         ("prepare.py", [damaged["semicolon_table"], "--out", f"{tmp}/m.parquet"], "looks separated by ';'"),
+        ("stream.py", ["--data_dir", damaged["other_pack"], *data], "the pack was made from other metadata"),
+        ("sagemaker_entry.py", [], "not on SageMaker: neither"),  # run here, not by a SageMaker job
+        ("linear_probe.py", ["--data_dir", damaged["unfinished_pack"], *weights], "packing has not finished"),
         ("prepare.py", [damaged["excel_windows_table"], "--out", f"{tmp}/m.parquet"], "Excel: Save As 'CSV UTF-8'"),
         ("prepare.py", [damaged["spreadsheet"], "--out", f"{tmp}/m.parquet"], "a spreadsheet: save it as CSV"),
         ("prepare.py", [damaged["archive"], "--out", f"{tmp}/m.parquet"], "unpack it (tar xf archive.tar.gz)"),
@@ -412,6 +415,11 @@ def damaged_inputs(metadata: str, tmp: str) -> dict[str, str]:
         with open(os.path.join(folder, damaged_file), "wb") as handle:
             handle.write(content)
         paths[name] = os.path.join(folder, "metadata.parquet")
+    for name, manifest in (("other_pack", {"complete": True, "rows": 1}), ("unfinished_pack", {"complete": False})):
+        paths[name] = os.path.join(tmp, name)
+        os.makedirs(paths[name])
+        with open(os.path.join(paths[name], "pack.json"), "w") as handle:
+            json.dump(manifest, handle)
     paths["empty_folder"] = os.path.join(tmp, "not-an-archive")
     os.makedirs(paths["empty_folder"])
     paths["empty"] = os.path.join(tmp, "empty.pth")

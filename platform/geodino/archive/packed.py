@@ -14,6 +14,7 @@ import numpy as np
 
 from geodino import storage
 from geodino.archive.card import check_metadata_columns
+from geodino.errors import DamagedInputError
 
 MANIFEST = "pack.json"
 
@@ -30,11 +31,11 @@ def packed_manifest(metadata: str, data_root: str) -> dict | None:
     if manifest is None:
         return None
     if not manifest.get("complete"):
-        raise ValueError(f"{data_root}: packing has not finished (pack.json says complete: false); rerun the same "
+        raise DamagedInputError(f"{data_root}: packing has not finished (pack.json says complete: false); rerun the same "
                          "prepare --pack command to continue it")
     rows = check_metadata_columns(metadata)
     if rows != manifest["rows"]:
-        raise ValueError(f"{data_root} packs {manifest['rows']} patches but {metadata} lists {rows}: the pack "
+        raise DamagedInputError(f"{data_root} packs {manifest['rows']} patches but {metadata} lists {rows}: the pack "
                          "was made from other metadata; pack again (prepare --pack_only) after preparing")
     return manifest
 
@@ -43,7 +44,7 @@ def packed_channels(manifest: dict, bands: tuple[str, ...], data_root: str) -> l
     """Indices of the requested bands among the packed ones."""
     missing = [band for band in bands if band not in manifest["bands"]]
     if missing:
-        raise ValueError(f"{data_root} packs the bands {manifest['bands']}, not {missing}: pack again with those "
+        raise DamagedInputError(f"{data_root} packs the bands {manifest['bands']}, not {missing}: pack again with those "
                          "--bands, or pass --data_dir pointing at the original archive")
     return [manifest["bands"].index(band) for band in bands]
 
@@ -60,7 +61,7 @@ def check_shards_exist(fs, shards: list[str]) -> None:
 
     missing = [info.path for info in fs.get_file_info(shards) if info.type == pafs.FileType.NotFound]
     if missing:
-        raise ValueError(f"{missing[0]}: this shard of the pack is missing ({len(missing)} of {len(shards)} are); copy "
+        raise DamagedInputError(f"{missing[0]}: this shard of the pack is missing ({len(missing)} of {len(shards)} are); copy "
                          "it back, or pack again (prepare --pack_only)")
 
 
@@ -105,11 +106,11 @@ def binary_as_array(column, shape: list[int], dtype: str) -> np.ndarray:
     parts = []
     for array in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]):
         if array.null_count:
-            raise ValueError("a packed shard has patches without pixels; pack again")
+            raise DamagedInputError("a packed shard has patches without pixels; pack again")
         offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
         offsets = np.frombuffer(array.buffers()[1], offset_type)[array.offset : array.offset + len(array) + 1]
         if len(array) and not (np.diff(offsets) == expected).all():
-            raise ValueError(f"a packed shard holds pixel blobs of other than {expected} bytes; pack again")
+            raise DamagedInputError(f"a packed shard holds pixel blobs of other than {expected} bytes; pack again")
         data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0] : offsets[-1]] if len(array) else np.empty(0, np.uint8)
         parts.append(data.view(np.dtype(dtype).newbyteorder("<")).reshape(len(array), *shape))
     return np.concatenate(parts) if len(parts) != 1 else parts[0]
@@ -155,5 +156,5 @@ def packed_rows(data_root: str, manifest: dict, channels: list[int], names: list
             found[name] = image
     missing = [name for name in names if name not in found]
     if missing:
-        raise ValueError(f"{data_root} holds no pixels for {missing[:3]} ({len(missing)} patches): pack again")
+        raise DamagedInputError(f"{data_root} holds no pixels for {missing[:3]} ({len(missing)} patches): pack again")
     return np.stack([found[name] for name in names])

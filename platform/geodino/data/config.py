@@ -111,11 +111,11 @@ def normalizer(card: dict, bands: tuple[str, ...], mode: str) -> tuple[np.ndarra
     if mode == "stats":
         stats = card.get("band_stats") or {}
         if not stats:
-            raise ValueError("normalize='stats' needs band statistics, and prepare recorded none for this archive")
+            raise ConfigError("normalize='stats' needs band statistics, and prepare recorded none for this archive")
         index = {band: i for i, band in enumerate(stats["bands"])}
         missing = [band for band in bands if band not in index]
         if missing:
-            raise ValueError(f"no statistics for bands {missing}; prepare computed them for {stats['bands']}")
+            raise ConfigError(f"no statistics for bands {missing}; prepare computed them for {stats['bands']}")
         mean = np.array([stats["mean"][index[b]] for b in bands], np.float32)
         std = np.array([stats["std"][index[b]] for b in bands], np.float32)
         return mean, std

@@ -12,6 +12,7 @@ from geodino.archive.labels import multi_hot
 from geodino.archive.packed import binary_as_array
 from geodino.archive.pixels import read_patch
 from geodino.data.config import normalize_in_place
+from geodino.errors import DamagedInputError
 
 
 def read_pixels(
@@ -30,7 +31,8 @@ def read_pixels(
     for fmt, path, name in zip(batch["format"], batch["path"], batch["name"]):
         pixels = read_patch(fmt, data_root, path, name, bands, size)
         if pixels.shape[0] != len(offset):
-            raise ValueError(f"{name}: {pixels.shape[0]} bands read, {len(offset)} expected")
+            raise DamagedInputError(f"{name}: {pixels.shape[0]} bands read, {len(offset)} expected (the image "
+                                    "changed since prepare: prepare again)")
         images.append(pixels.astype(np.float32))
     return {
         "image": normalize_in_place(np.stack(images), offset, scale, clip),

@@ -35,7 +35,7 @@ from geodino.dino.augment import crop_columns
 from geodino.dino.checkpoint import read_checkpoint, write_checkpoint
 from geodino.dino.config import InputSpec, PretrainConfig, collective_backend, steps_per_epoch_for
 from geodino.dino.loop import dino_loop
-from geodino.errors import ConfigError, RunInterrupted
+from geodino.errors import ConfigError, DamagedInputError, RunInterrupted
 from geodino.launch.inputs import input_spec, knn_monitor
 from geodino.launch.result import PretrainResult
 from geodino.ray_cluster import cluster_gpus, init_ray, object_store_bytes, ray_log_level, worker_cpus
@@ -75,8 +75,8 @@ class RayTrainRuntime:
                     return read_checkpoint(folder, map_location=self.device)
             except RuntimeError as error:
                 warnings.warn(f"{error}; using the previous one", stacklevel=1)
-        raise RuntimeError(f"no checkpoint of this run loads (newest: {checkpoint.path}); move the run folder away "
-                           "to start over")
+        raise DamagedInputError(f"no checkpoint of this run loads (newest: {checkpoint.path}); move the run folder "
+                                "away to start over")
 
     def report(self, metrics: dict, state: dict | None, teacher_backbone: dict | None) -> None:
         """Every rank reports; rank 0 passes the checkpoint, which Ray copies to the run's storage."""

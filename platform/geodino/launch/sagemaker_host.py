@@ -25,6 +25,7 @@ import ray
 from geodino import cli
 from geodino.cli import parse_config, parse_config_and_given
 from geodino.dino.config import PretrainConfig
+from geodino.errors import ConfigError
 from geodino.launch.run import run_pretraining
 from geodino.launch.sagemaker_job import BACKENDS, TASKS
 from geodino.ray_cluster import init_ray
@@ -66,9 +67,11 @@ def read_sagemaker_env(environ: dict | None = None) -> SageMakerEnv:
     elif "SM_HOSTS" in environ and "SM_CURRENT_HOST" in environ:
         hosts, current = json.loads(environ["SM_HOSTS"]), environ["SM_CURRENT_HOST"]
     else:
-        raise RuntimeError(f"not on SageMaker: neither {config_path} nor SM_HOSTS/SM_CURRENT_HOST is there")
+        raise ConfigError(f"not on SageMaker: neither {config_path} nor SM_HOSTS/SM_CURRENT_HOST is there; this is "
+                          "what a SageMaker job runs on each host: submit one with experiments/submit_sagemaker.py, "
+                          "or train here with experiments/pretrain.py")
     if current not in hosts:
-        raise RuntimeError(f"current host {current!r} is not among the job's hosts {hosts}")
+        raise ConfigError(f"current host {current!r} is not among the job's hosts {hosts}")
     channels = {key[len("SM_CHANNEL_"):].lower(): value for key, value in environ.items() if key.startswith("SM_CHANNEL_")}
     return SageMakerEnv(
         hosts=hosts,
