@@ -91,6 +91,39 @@ def test_user_jpegs_stream_as_rgb(ray_session, tmp_path):
         assert 0 <= row["image"].min() and row["image"].max() <= 1
 
 
+def test_a_file_gone_mid_run_is_one_line_not_ray_datas_traceback(ray_session, tmp_path, capfd):
+    """Ray Data logged a failed read with 170 lines of traceback, calling it an error "in Ray Data or Ray Core
+    internal code", and appended its retry advice to the message: the script's one line came last of 172. The
+    error is geodino's own (it names the file), so Ray Data's log of it is left out and the line stays one."""
+    import shutil
+    import time
+
+    from geodino.archive.pixels import PatchReadError
+    from geodino.cli import run_entry
+
+    table = pd.read_csv(EUROSAT / "labels.csv").groupby("label").head(2)
+    for path in table["path"][1:]:  # the first image stays: the check before Ray starts passes
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EUROSAT / path, tmp_path / path)
+    (tmp_path / table["path"].iloc[-1]).unlink()  # gone since prepare
+    table.to_csv(tmp_path / "t.csv", index=False)
+    metadata = prepare(PrepareConfig(archive=str(tmp_path / "t.csv"), out=str(tmp_path / "m.parquet"),
+                                     data_dir=str(EUROSAT), workers=1)).metadata_path
+    capfd.readouterr()
+    with pytest.raises(PatchReadError, match="cannot read image") as raised:
+        rows_by_name(build_dataset(DataConfig(metadata=metadata, data_dir=str(tmp_path), split=None)))
+
+    def main(argv):
+        raise raised.value  # as the script's main sees it, Ray Data's advice appended to its message
+
+    assert run_entry("stream.py", main, []) == 2
+    time.sleep(2)  # Ray Data's executor thread logs on its own time
+    printed = capfd.readouterr().err
+    assert "Traceback" not in printed and "internal code" not in printed and "Failed to apply" not in printed, printed
+    said = [line for line in printed.splitlines() if line.startswith("stream.py: ")]
+    assert len(said) == 1 and said[0].startswith("stream.py: error: ") and "cannot read image" in said[0]
+
+
 @pytest.mark.timeout(300)
 def test_actor_cpus_leave_ray_data_a_whole_cpu():
     from geodino.ray_cluster import actor_cpus

@@ -191,7 +191,8 @@ def run_entry(prog: str, main: Callable[[list[str] | None], int], argv: list[str
         cause = user_error(error)
         if cause is None or os.environ.get("GEODINO_DEBUG"):
             raise
-        print(f"{prog}: error: {cause}", file=sys.stderr)
+        # geodino's messages are one line; Ray Data appends its retry advice to a task's exception on lines of its own
+        print(f"{prog}: error: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,8 @@ object store before the first batch.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Iterator
 
 import ray
@@ -27,8 +29,25 @@ from geodino.archive.packed import (
     shard_paths,
     split_condition,
 )
+from geodino.cli import user_error
 from geodino.data.config import DataConfig, normalizer, pixel_root, resolve_bands
 from geodino.data.decode import decode_packed, read_pixels
+
+
+class UserErrorsSaidOnce(logging.Filter):
+    """Ray Data logs a failed task's exception with its traceback (170 lines for a file gone since prepare, called
+    an error "in Ray Data or Ray Core internal code") before it reaches the script, which says such a user's
+    mistake in one line: those records are left out; errors of Ray's own keep their traceback. Installed where
+    Ray Data's executor runs: the driver, or the actor that feeds Ray Train's workers (it imports this module to
+    unpickle the reading functions). A record without an exception is judged by the one being handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return error is None or user_error(error) is None
+
+
+for _logger in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
+    logging.getLogger(_logger).addFilter(UserErrorsSaidOnce())
 
 PACKED_BATCH = 256  # decoding a pack is vectorised: bigger tasks, less per-task overhead
 METADATA_BLOCK_ROWS = 256  # patches per pixel-reading block of an archive of files: work for every core

@@ -127,7 +127,9 @@ def ingest_options(preserve_order: bool) -> ExecutionOptions:
     A seeded shuffle alone does not fix the order training sees: parallel read tasks finish in a different order
     on every run, and the local shuffle buffer fills from whichever block arrives first.
     """
-    options = ray.train.DataConfig.default_ingest_options()
+    with warnings.catch_warnings():  # Ray's own defaults set a field Ray deprecates (exclude_resources)
+        warnings.filterwarnings("ignore", message=".*exclude_resources.*")
+        options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = preserve_order
     return options
 
