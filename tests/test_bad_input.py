@@ -12,7 +12,8 @@ import rasterio
 from conftest import EUROSAT
 
 from geodino.archive.bands import UnknownBandError, parse_bands
-from geodino.archive.prepare import OutputError, PrepareConfig, prepare
+from geodino.archive.card import OutputError
+from geodino.archive.prepare import PrepareConfig, prepare
 from geodino.data.config import DataConfig
 from geodino.data.ray_data import build_dataset
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for

@@ -509,7 +509,7 @@ def test_telling_a_bigearthnet_archive_from_a_folder_of_images_lists_one_patch_f
     so about 5 minutes before prepare began on the 590,326 of the real archive. The first patch folder decides."""
     import os
 
-    from geodino.archive.prepare import detect_format
+    from geodino.archive.detect import detect_format
 
     listed = []
     for name in ("scandir", "listdir"):

@@ -1,4 +1,5 @@
-"""Where prepare's outputs live and how they are read: the metadata parquet, its card and its rejects.
+"""Where prepare's outputs live, how they are read, and when prepare may replace them: the metadata parquet, its
+card and its rejects.
 
 prepare writes three files side by side, ``NAME.parquet`` (one row per usable patch), ``NAME.json``
 (the card: format, classes, bands, pixel scale, band statistics, the pack) and ``NAME.rejects.csv``.
@@ -12,7 +13,7 @@ import json
 import os
 
 from geodino import storage
-from geodino.errors import DamagedInputError, MissingInputError
+from geodino.errors import DamagedInputError, GeodinoError, MissingInputError
 
 METADATA_COLUMNS = ["name", "path", "format", "labels", "original_split", "recommended"]
 
@@ -101,3 +102,48 @@ def check_metadata_columns(metadata: str) -> int:
         raise DamagedInputError(f"{parquet} lacks the columns {missing}; it was not written by "
                                 "experiments/prepare.py (or by an older version): run prepare on the archive again")
     return footer.num_rows
+
+
+class OutputError(GeodinoError, ValueError):
+    """An output path prepare may not write: not its own file, or not writable."""
+
+
+def written_by_prepare(out: str, card: str, rejects: str) -> dict[str, bool]:
+    """Whether prepare wrote the card beside --out (a JSON object with its keys: a folder may hold a metadata.json
+    of the user's) and the rejects list (its header); the parquet counts as prepare's when the card does."""
+    def read(path: str) -> bytes:
+        try:
+            return storage.read_bytes(path)
+        except OSError:
+            return b""
+
+    try:
+        described = json.loads(read(card) or b"null")
+    except ValueError:
+        described = None
+    card_is_ours = isinstance(described, dict) and {"format", "bands", "classes"} <= set(described)
+    return {out: card_is_ours, card: card_is_ours, rejects: read(rejects).startswith(b"name,path,reason")}
+
+
+def check_prepare_out(given: str, archive: str) -> None:
+    """Before anything is parsed: prepare's --out (`given`) may be replaced only if prepare wrote it, and must be
+    writable."""
+    out = metadata_file(given)
+    if not storage.is_uri(out) and os.path.abspath(out) == os.path.abspath(archive):
+        raise OutputError(f"--out {given} is the table being prepared: choose another path for the metadata")
+    card, rejects = card_file(given), rejects_file(given)
+    ours = written_by_prepare(out, card, rejects)
+    for path in (out, card, rejects):
+        if storage.exists(path) and not ours[path]:
+            what = (f"--out {out} exists and was not written by prepare (there is no card of prepare's, {card}, "
+                    "beside it)") if path == out else (f"--out {given} would replace {path}, which exists and "
+                                                       "was not written by prepare")
+            raise OutputError(f"{what}: choose another --out, or move that file away yourself")
+    if not storage.is_uri(out):
+        folder = os.path.dirname(os.path.abspath(out))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"--out {out}: cannot create its folder ({error.strerror})") from error
+        if not os.access(folder, os.W_OK):
+            raise OutputError(f"--out {out}: the folder {folder} is not writable; choose another --out")

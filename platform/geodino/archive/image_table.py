@@ -26,7 +26,15 @@ import pandas as pd
 from pyarrow import ArrowInvalid
 
 from geodino import storage
-from geodino.archive.pixels import FORMAT_IMAGE, PatchReadError, read_image
+from geodino.archive.bands import sentinel2_name
+from geodino.archive.pixels import (
+    FORMAT_IMAGE,
+    GDAL_SUFFIXES,
+    PatchReadError,
+    band_descriptions,
+    declares_rgb,
+    read_image,
+)
 from geodino.errors import DamagedInputError, RejectedPatch
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
@@ -315,3 +323,27 @@ def class_name_problems(classes: list[str]) -> list[str]:
         problems.append("labels that join other classes with ',' or '|' (a row's labels are separated by ';'): "
                         + ", ".join(repr(name) for name in joined[:5]))
     return problems
+
+
+def images_are_rgb(data_root: str, paths: list[str]) -> bool:
+    """Whether a table's first three channels are red, green, blue: PIL reads its formats as RGB; a GeoTIFF says
+    so in its colour interpretation (a UC Merced TIFF does, a Sentinel-2 export does not). One file of each kind
+    is asked: a table's images share one form."""
+    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
+    return raster is None or declares_rgb(storage.join(data_root, raster))
+
+
+def image_band_names(data_root: str, paths: list[str], channels: int) -> list[str] | None:
+    """The names a table's GeoTIFFs give their channels (a Sentinel-2 export's B2, B3, B4, B8), Sentinel-2's
+    spelled as BigEarthNet spells them (B02), so that --bands and the weights' data contract can speak of B04
+    rather than band3. None unless each channel has its own name, none with a comma, none another channel's bandN.
+    One file is asked, as for RGB: a table's images share one form."""
+    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
+    if raster is None:
+        return None
+    names = [sentinel2_name(text) or text for text in band_descriptions(storage.join(data_root, raster))]
+    canonical = [f"band{i + 1}" for i in range(channels)]
+    if (len(names) != channels or not all(names) or len(set(names)) != channels or any("," in n for n in names)
+            or any(name in canonical and name != own for name, own in zip(names, canonical))):
+        return None
+    return names

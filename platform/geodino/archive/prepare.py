@@ -32,14 +32,17 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geodino import storage
-from geodino.archive.bands import check_all_channels_of_images, parse_bands, sentinel2_name
+from geodino.archive.bands import check_all_channels_of_images, parse_bands
 from geodino.archive.ben_v1 import list_patch_dirs, nested_archive, parse_ben_v1_chunk
-from geodino.archive.card import card_file, metadata_file, rejects_file
+from geodino.archive.card import card_file, check_prepare_out, metadata_file, rejects_file
 from geodino.archive.config import PrepareConfig
-from geodino.archive.image_folder import image_folder_table, is_image_folder, nested_image_folder
+from geodino.archive.detect import detect_format
+from geodino.archive.image_folder import image_folder_table, nested_image_folder
 from geodino.archive.image_table import (
     TABLE_SUFFIXES,
     class_name_problems,
+    image_band_names,
+    images_are_rgb,
     parse_image_chunk,
     pixel_form,
     read_image_table,
@@ -51,16 +54,7 @@ from geodino.archive.image_table import (
 )
 from geodino.archive.labels import BEN19_CLASSES
 from geodino.archive.pixel_stats import band_stats, choose_pixel_max, choose_pixel_min
-from geodino.archive.pixels import (
-    FORMAT_BEN_V1,
-    FORMAT_BEN_V2,
-    FORMAT_IMAGE,
-    GDAL_SUFFIXES,
-    IMAGE_SUFFIXES,
-    band_descriptions,
-    declares_rgb,
-    read_image,
-)
+from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, read_image
 from geodino.archive.reben import (
     find_geotiff_root,
     find_lmdb,
@@ -69,7 +63,6 @@ from geodino.archive.reben import (
     read_ben_v2_table,
 )
 from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
-from geodino.errors import GeodinoError, MissingInputError
 
 COLUMNS = (
     "name",
@@ -102,10 +95,6 @@ SCHEMA = pa.schema(
 CHUNK = 128  # patches per parallel task: large enough to hide process overhead
 
 
-class OutputError(GeodinoError, ValueError):
-    """An output path prepare may not write: not its own file, or not writable."""
-
-
 @dataclass
 class PrepareResult:
     metadata_path: str
@@ -122,62 +111,6 @@ class PrepareResult:
 
 
 # --------------------------------------------------------------------------- detection
-
-
-def images_are_rgb(data_root: str, paths: list[str]) -> bool:
-    """Whether a table's first three channels are red, green, blue: PIL reads its formats as RGB; a GeoTIFF says
-    so in its colour interpretation (a UC Merced TIFF does, a Sentinel-2 export does not). One file of each kind
-    is asked: a table's images share one form."""
-    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
-    return raster is None or declares_rgb(storage.join(data_root, raster))
-
-
-def image_band_names(data_root: str, paths: list[str], channels: int) -> list[str] | None:
-    """The names a table's GeoTIFFs give their channels (a Sentinel-2 export's B2, B3, B4, B8), Sentinel-2's
-    spelled as BigEarthNet spells them (B02), so that --bands and the weights' data contract can speak of B04
-    rather than band3. None unless each channel has its own name, none with a comma, none another channel's bandN.
-    One file is asked, as for RGB: a table's images share one form."""
-    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
-    if raster is None:
-        return None
-    names = [sentinel2_name(text) or text for text in band_descriptions(storage.join(data_root, raster))]
-    canonical = [f"band{i + 1}" for i in range(channels)]
-    if (len(names) != channels or not all(names) or len(set(names)) != channels or any("," in n for n in names)
-            or any(name in canonical and name != own for name, own in zip(names, canonical))):
-        return None
-    return names
-
-
-ARCHIVE_FILE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.bz2", ".tar.xz", ".zip", ".7z", ".rar")
-SPREADSHEET_SUFFIXES = (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
-
-
-def detect_format(archive: str) -> str:
-    if archive.lower().endswith(TABLE_SUFFIXES) and not os.path.isdir(archive):
-        return FORMAT_IMAGE
-    if not storage.is_uri(archive) and os.path.isfile(archive):
-        raise MissingInputError(f"{archive}: {what_file_instead(os.path.basename(archive))}")
-    if storage.exists(storage.join(archive, "metadata.parquet")):
-        return FORMAT_BEN_V2
-    if is_image_folder(archive):
-        return FORMAT_IMAGE
-    return FORMAT_BEN_V1
-
-
-def what_file_instead(name: str) -> str:
-    """What to give prepare instead of a file that is not a table: each kind of file a user reaches for first."""
-    lowered = name.lower()
-    if lowered.endswith(ARCHIVE_FILE_SUFFIXES):
-        unpack = (f"unzip {name}" if lowered.endswith(".zip") else f"7z x {name}" if lowered.endswith((".7z", ".rar"))
-                  else f"tar xf {name}")
-        return f"a packed archive, which prepare does not open: unpack it ({unpack}) and give the folder it makes"
-    if lowered.endswith(SPREADSHEET_SUFFIXES):
-        return "a spreadsheet: save it as CSV (UTF-8) or tab-separated text (.tsv) and give that file"
-    if lowered.endswith(IMAGE_SUFFIXES):
-        return ("one image: prepare reads a folder of images, or a table of them (.csv, .tsv, .parquet); "
-                "a scene is cut into such a folder by python experiments/tile.py SCENE --size 120 --out FOLDER")
-    return ("a file prepare does not read: give a folder (BigEarthNet v1 or v2, or a folder of images) or a "
-            "table of images (.csv, .tsv or .parquet with path and label columns)")
 
 
 # --------------------------------------------------------------------------- parallel driver
@@ -278,50 +211,10 @@ def write_outputs(frame: pd.DataFrame, rejects: list[dict], card: dict, config: 
     return card_path, rejects_path
 
 
-def written_by_prepare(out: str, card: str, rejects: str) -> dict[str, bool]:
-    """Whether prepare wrote the card beside --out (a JSON object with its keys: a folder may hold a metadata.json
-    of the user's) and the rejects list (its header); the parquet counts as prepare's when the card does."""
-    def read(path: str) -> bytes:
-        try:
-            return storage.read_bytes(path)
-        except OSError:
-            return b""
-
-    try:
-        described = json.loads(read(card) or b"null")
-    except ValueError:
-        described = None
-    card_is_ours = isinstance(described, dict) and {"format", "bands", "classes"} <= set(described)
-    return {out: card_is_ours, card: card_is_ours, rejects: read(rejects).startswith(b"name,path,reason")}
-
-
-def check_out(config: PrepareConfig) -> None:
-    """Before anything is parsed: --out may be replaced only if prepare wrote it, and must be writable."""
-    out = metadata_file(config.out)
-    if not storage.is_uri(out) and os.path.abspath(out) == os.path.abspath(config.archive):
-        raise OutputError(f"--out {config.out} is the table being prepared: choose another path for the metadata")
-    card, rejects = card_file(config.out), rejects_file(config.out)
-    ours = written_by_prepare(out, card, rejects)
-    for path in (out, card, rejects):
-        if storage.exists(path) and not ours[path]:
-            what = (f"--out {out} exists and was not written by prepare (there is no card of prepare's, {card}, "
-                    "beside it)") if path == out else (f"--out {config.out} would replace {path}, which exists and "
-                                                       "was not written by prepare")
-            raise OutputError(f"{what}: choose another --out, or move that file away yourself")
-    if not storage.is_uri(out):
-        folder = os.path.dirname(os.path.abspath(out))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as error:
-            raise OutputError(f"--out {out}: cannot create its folder ({error.strerror})") from error
-        if not os.access(folder, os.W_OK):
-            raise OutputError(f"--out {out}: the folder {folder} is not writable; choose another --out")
-
-
 def prepare(config: PrepareConfig) -> PrepareResult:
     """Parse, check and write; see the module docstring."""
     started = time.perf_counter()
-    check_out(config)
+    check_prepare_out(config.out, config.archive)
     workers = config.workers or os.cpu_count() or 1
     fmt = detect_format(config.archive)
     if fmt == FORMAT_IMAGE:
