@@ -43,7 +43,7 @@ def _listing(folder: str, recursive: bool = False) -> dict[str, bool]:
     except OSError:
         return {}
     return {posixpath.relpath(info.path, inner): info.type == pafs.FileType.Directory for info in infos
-            if recursive is False or info.type == pafs.FileType.File}
+            if not recursive or info.type == pafs.FileType.File}
 
 
 def _entries(folder: str) -> tuple[list[str], list[str]]:
