@@ -17,6 +17,7 @@ from geodino.archive.prepare import PrepareConfig, prepare
 from geodino.data.config import DataConfig
 from geodino.data.ray_data import build_dataset
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
+from geodino.errors import ConfigError
 from geodino.launch.ray_train import check_gpus
 
 
@@ -222,6 +223,15 @@ def test_channels_a_geotiff_names_are_chosen_by_those_names_and_match_weights_of
     with pytest.raises(UnknownBandError, match=r"the channels band1 \(B02\), band2 \(B03\), band3 \(B04\), "
                                                r"band4 \(B08\) \('B11' is not one of them\)"):
         resolve_bands(card, "B04,B11")
+    # files without band names (EuroSAT MS's GeoTIFFs have none): --band_names gives them, or says what is wrong
+    with rasterio.open(tmp_path / rows[0]["path"], "r+") as dst:
+        dst.descriptions = ("", "", "", "")
+    prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=str(tmp_path / "n.parquet"), workers=1,
+                          band_names="B2,B3,B4,B8"))
+    assert load_card(str(tmp_path / "n.parquet"))["band_names"] == ["B02", "B03", "B04", "B08"]
+    with pytest.raises(ConfigError, match=r"--band_names 'B2,B3,B4': 3 names for the images' 4 channels"):
+        prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=str(tmp_path / "n.parquet"), workers=1,
+                              band_names="B2,B3,B4"))
     # weights of red, green, blue: by default the probe takes B04, B03, B02 of these 4 bands, with no --force
     weights = tmp_path / "ben_rgb.pth"
     weights.write_bytes(b"")

@@ -260,7 +260,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
     import os
 
     import torch
-    from conftest import EUROSAT
+    from conftest import BEN_V1_EXAMPLE, EUROSAT
 
     data = ["--metadata_dir", metadata]
     weights = ["--pretrained_weights", "random:vit_tiny/16", *data]
@@ -373,6 +373,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["scene"], "--out", f"{tmp}/m.parquet"], "one image: prepare reads a folder"),
         ("prepare.py", [damaged["labels"], "--out", f"{tmp}/m.parquet"], "a file prepare does not read"),
         ("prepare.py", [table, "--bands", "rgb", "--out", f"{tmp}/m.parquet"], "of your own images prepare keeps"),
+        ("prepare.py", [str(BEN_V1_EXAMPLE), "--band_names", "B2", "--out", f"{tmp}/m.parquet"],
+         "--band_names names the channels of your own images"),
         ("prepare.py", [table, "--out", metadata, "--pack", f"{tmp}/pack", "--pack_only", "--bands", "B04"],
          "of your own images prepare keeps every channel"),
         ("pretrain.py", ["--preset", "smal_cpu", *data], "--preset must be one of bigearthnet120, demo, seed"),

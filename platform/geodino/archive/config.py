@@ -27,6 +27,10 @@ class PrepareConfig:
                                 "(BigEarthNet-S2), when not beside metadata.parquet")
     bands: str = flag("all", "Bands every BigEarthNet patch must have, and the bands --pack writes: all, rgb or a "
                       "list such as B04,B03,B02 (your own images keep every channel: choose channels when training)")
+    band_names: str | None = flag(None, "Your images' channels by name, in the files' order, such as EuroSAT MS's "
+                                  "B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,B10,B11,B12; then --bands B04,B03,B02 "
+                                  "chooses them and weights record them. Default: the GeoTIFFs' band descriptions, "
+                                  "else band1..bandN")
     verify: str = flag("pixels", "pixels reads every band (catches truncated files); header only opens each file "
                        "(faster, for an archive checked before)", choices=("pixels", "header"))
     workers: int = flag(0, "Parallel processes; 0: one per core")

@@ -333,17 +333,32 @@ def images_are_rgb(data_root: str, paths: list[str]) -> bool:
     return raster is None or declares_rgb(storage.join(data_root, raster))
 
 
+def named_bands(texts: list[str]) -> list[str]:
+    """Channel names as given, Sentinel-2's spelled as BigEarthNet spells them (B4 -> B04), so that --bands and the
+    weights' data contract can speak of B04 rather than band3."""
+    return [sentinel2_name(text) or text.strip() for text in texts]
+
+
+def band_name_problem(names: list[str], channels: int) -> str | None:
+    """Why `names` cannot name the images' channels, in order (None when they can)."""
+    canonical = [f"band{i + 1}" for i in range(channels)]
+    if len(names) != channels:
+        return f"{len(names)} names for the images' {channels} channels"
+    if not all(names) or any("," in name for name in names):
+        return "a name is empty or holds a ','"
+    if len(set(names)) != channels:
+        return "a name is given twice"
+    if any(name in canonical and name != own for name, own in zip(names, canonical)):
+        return "a name is another channel's bandN"
+    return None
+
+
 def image_band_names(data_root: str, paths: list[str], channels: int) -> list[str] | None:
-    """The names a table's GeoTIFFs give their channels (a Sentinel-2 export's B2, B3, B4, B8), Sentinel-2's
-    spelled as BigEarthNet spells them (B02), so that --bands and the weights' data contract can speak of B04
-    rather than band3. None unless each channel has its own name, none with a comma, none another channel's bandN.
-    One file is asked, as for RGB: a table's images share one form."""
+    """The names a table's GeoTIFFs give their channels (band descriptions: a Sentinel-2 export's B2, B3, B4, B8);
+    None unless each channel has a name of its own. One file is asked, as for RGB: a table's images share one
+    form."""
     raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
     if raster is None:
         return None
-    names = [sentinel2_name(text) or text for text in band_descriptions(storage.join(data_root, raster))]
-    canonical = [f"band{i + 1}" for i in range(channels)]
-    if (len(names) != channels or not all(names) or len(set(names)) != channels or any("," in n for n in names)
-            or any(name in canonical and name != own for name, own in zip(names, canonical))):
-        return None
-    return names
+    names = named_bands(band_descriptions(storage.join(data_root, raster)))
+    return None if band_name_problem(names, channels) else names

@@ -40,9 +40,11 @@ from geodino.archive.detect import detect_format
 from geodino.archive.image_folder import image_folder_table, nested_image_folder
 from geodino.archive.image_table import (
     TABLE_SUFFIXES,
+    band_name_problem,
     class_name_problems,
     image_band_names,
     images_are_rgb,
+    named_bands,
     parse_image_chunk,
     pixel_form,
     read_image_table,
@@ -63,6 +65,7 @@ from geodino.archive.reben import (
     read_ben_v2_table,
 )
 from geodino.archive.splits import hash_split, read_exclusion_lists, read_split_lists
+from geodino.errors import ConfigError
 
 COLUMNS = (
     "name",
@@ -211,6 +214,18 @@ def write_outputs(frame: pd.DataFrame, rejects: list[dict], card: dict, config: 
     return card_path, rejects_path
 
 
+def given_band_names(config: PrepareConfig, channels: int) -> list[str] | None:
+    """--band_names, checked against the images' channel count (None when not given)."""
+    if not config.band_names:
+        return None
+    names = named_bands(config.band_names.split(","))
+    problem = band_name_problem(names, channels)
+    if problem:
+        raise ConfigError(f"--band_names {config.band_names!r}: {problem}; give one name per channel, in the files' "
+                          "order")
+    return names
+
+
 def prepare(config: PrepareConfig) -> PrepareResult:
     """Parse, check and write; see the module docstring."""
     started = time.perf_counter()
@@ -219,6 +234,9 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     fmt = detect_format(config.archive)
     if fmt == FORMAT_IMAGE:
         check_all_channels_of_images(config.bands)
+    elif config.band_names:
+        raise ConfigError(f"--band_names names the channels of your own images; {config.archive} is BigEarthNet, "
+                          "whose bands have their names: leave --band_names out")
     warnings: list[str] = []
     bands = parse_bands(config.bands)
     classes: list[str] = list(BEN19_CLASSES)
@@ -280,7 +298,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
                      else "multi_label")
         available_bands = [f"band{i + 1}" for i in range(form[0] if form else 3)]
         is_rgb = images_are_rgb(data_root, [row["path"] for row in rows])
-        band_names = image_band_names(data_root, [row["path"] for row in rows], len(available_bands))
+        band_names = given_band_names(config, len(available_bands)) or image_band_names(
+            data_root, [row["path"] for row in rows], len(available_bands))
         bands = tuple(available_bands)
         for row in rows:
             for key in ("_where", "_form", "_digest"):
