@@ -211,6 +211,7 @@ def test_a_table_and_a_folder_of_images_on_s3_are_prepared_as_they_are_here(s3_e
     from conftest import EUROSAT
 
     from geodino.data.indexed import labelled_images
+    from geodino.errors import MissingInputError
 
     local = tmp_path / "eurosat"
     table = pd.read_csv(EUROSAT / "labels.csv").groupby("label").head(2)  # 20 images, 10 classes
@@ -232,3 +233,5 @@ def test_a_table_and_a_folder_of_images_on_s3_are_prepared_as_they_are_here(s3_e
         assert card["classes"] == sorted(table["label"].unique())
         images, _ = labelled_images(DataConfig(metadata=result.metadata_path, split=None))
         assert np.array_equal(images, expected), name  # read from S3: the same pixels, in the same order
+    with pytest.raises(MissingInputError, match=r"s3://.*/labels-typo.csv: no such object or prefix \(S3 endpoint"):
+        prepare(PrepareConfig(archive=f"{uri}/labels-typo.csv", out=str(tmp_path / "typo.parquet"), workers=1))

@@ -17,6 +17,9 @@ SPREADSHEET_SUFFIXES = (".xlsx", ".xls", ".xlsm", ".ods", ".numbers")
 
 
 def detect_format(archive: str) -> str:
+    if storage.is_uri(archive) and not storage.exists(archive):  # local ones are checked with the other flags
+        raise MissingInputError(f"{archive}: no such object or prefix ({storage.where(archive)}); check the bucket "
+                                "and the key")
     if archive.lower().endswith(TABLE_SUFFIXES) and not os.path.isdir(archive):
         return FORMAT_IMAGE
     if not storage.is_uri(archive) and os.path.isfile(archive):
