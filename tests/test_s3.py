@@ -210,8 +210,9 @@ def test_a_table_and_a_folder_of_images_on_s3_are_prepared_as_they_are_here(s3_e
     import pandas as pd
     from conftest import EUROSAT
 
+    from geodino.archive.card import OutputError
     from geodino.data.indexed import labelled_images
-    from geodino.errors import MissingInputError
+    from geodino.errors import GeodinoError, MissingInputError
 
     local = tmp_path / "eurosat"
     table = pd.read_csv(EUROSAT / "labels.csv").groupby("label").head(2)  # 20 images, 10 classes
@@ -235,3 +236,8 @@ def test_a_table_and_a_folder_of_images_on_s3_are_prepared_as_they_are_here(s3_e
         assert np.array_equal(images, expected), name  # read from S3: the same pixels, in the same order
     with pytest.raises(MissingInputError, match=r"s3://.*/labels-typo.csv: no such object or prefix \(S3 endpoint"):
         prepare(PrepareConfig(archive=f"{uri}/labels-typo.csv", out=str(tmp_path / "typo.parquet"), workers=1))
+    # a bucket that is not there: named before anything is parsed; any write there is one line of geodino's
+    with pytest.raises(OutputError, match=r"--out s3://no-such-bucket/m.parquet: the bucket s3://no-such-bucket is"):
+        prepare(PrepareConfig(archive=f"{uri}/labels.csv", out="s3://no-such-bucket/m.parquet", workers=1))
+    with pytest.raises(GeodinoError, match=r"s3://no-such-bucket/runs/settings.json: cannot write \(S3 endpoint"):
+        storage.write_bytes_atomic("s3://no-such-bucket/runs/settings.json", b"{}")  # before: an OSError traceback

@@ -19,6 +19,13 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from geodino.errors import GeodinoError
+
+
+class StorageError(GeodinoError, OSError):
+    """A read or write that failed after the SDK's retries (a bucket that is not there, no permission, an endpoint
+    that does not answer): the message names the object and the endpoint."""
+
 
 def is_uri(path: str) -> bool:
     return "://" in str(path)
@@ -106,6 +113,12 @@ def join(root: str, *parts: str) -> str:
     if is_uri(root):
         return posixpath.join(str(root), *parts)
     return os.path.join(str(root), *parts)
+
+
+def bucket(path: str) -> str:
+    """s3://bucket of an s3:// path."""
+    parsed = urlparse(str(path))
+    return f"{parsed.scheme}://{parsed.netloc}"
 
 
 def parent(path: str) -> str:
@@ -229,7 +242,7 @@ def read_bytes(path: str) -> bytes:
     except FileNotFoundError:
         raise
     except OSError as error:
-        raise OSError(f"{path}: cannot read ({where(path)}): {error}") from error
+        raise StorageError(f"{path}: cannot read ({where(path)}): {error}") from error
 
 
 def where(path: str) -> str:
@@ -256,5 +269,5 @@ def write_bytes_atomic(path: str, payload: bytes) -> None:
             stream.write(payload)
         fs.move(temporary, inner)
     except OSError as error:
-        raise OSError(f"{path}: cannot write ({where(path)}); the previous version, if any, is unchanged: "
+        raise StorageError(f"{path}: cannot write ({where(path)}); the previous version, if any, is unchanged: "
                       f"{error}") from error

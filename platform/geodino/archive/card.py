@@ -131,6 +131,9 @@ def check_prepare_out(given: str, archive: str) -> None:
     out = metadata_file(given)
     if not storage.is_uri(out) and os.path.abspath(out) == os.path.abspath(archive):
         raise OutputError(f"--out {given} is the table being prepared: choose another path for the metadata")
+    if storage.is_uri(out) and not storage.exists(storage.bucket(out)):
+        raise OutputError(f"--out {given}: the bucket {storage.bucket(out)} is not there ({storage.where(out)}); "
+                          "create it, or give another --out")
     card, rejects = card_file(given), rejects_file(given)
     ours = written_by_prepare(out, card, rejects)
     for path in (out, card, rejects):
