@@ -327,6 +327,12 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("stream.py", ["--data_dir", tmp, *data], "cannot read image"),
         ("stream.py", ["--batch_size", "0", *data], "--batch_size_per_gpu must be at least 1, not 0"),
         ("visualize.py", ["--count", "0", *weights], "--count 0: draw at least 1 patch"),
+        # folders written on this machine: an s3:// one became a local folder named `s3:`, reported as written to S3
+        ("linear_probe.py", ["--output_dir", "s3://bucket/probe", *weights], "this folder is written on this machine"),
+        ("predict.py", ["--embeddings", "--output_dir", "s3://bucket/preds", *weights], "written on this machine"),
+        ("visualize.py", ["--output_dir", "s3://bucket/pics", *weights], "--output_dir 's3://bucket/pics': this folder"),
+        ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--output_dir", "s3://b/sweep", *data],
+         "written on this machine"),
         ("prepare.py", [f"{tmp}/nowhere.csv", "--out", f"{tmp}/m.parquet"], "no such file or folder"),
         ("prepare.py", [table, "--workers", "-1", "--out", f"{tmp}/m.parquet"], "--workers must be 0"),
         ("prepare.py", [table, "--splits_dir", f"{tmp}/nowhere", "--out", f"{tmp}/m.parquet"], "--splits_dir"),

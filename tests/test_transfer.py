@@ -302,6 +302,16 @@ def test_attention_maps_and_curves_render(tmp_path):
 
 
 
+def test_a_sweep_on_s3_writes_its_tables_here_not_into_a_folder_named_s3():
+    """Ray Tune keeps an s3:// --storage_path's results there; the comparison tables and plot are written on this
+    machine, and went to a local folder literally named `s3:/bucket/...`. They go to runs/sweeps/RUN_NAME now."""
+    from geodino.transfer.sweep import SweepConfig
+
+    config = SweepConfig(backbones=["r=random:vit_tiny/16"], storage_path="s3://bucket/sweeps", run_name="s1")
+    assert config.resolved_output_dir() == os.path.join("runs", "sweeps", "s1")
+    assert SweepConfig(backbones=[], storage_path="/tmp/sweeps", run_name="s1").resolved_output_dir() == "/tmp/sweeps/s1"
+
+
 def test_pictures_show_red_green_blue_wherever_they_sit_among_the_bands():
     """A 12-band BigEarthNet input was drawn as B01, B02, B03 and a Sentinel-2 GeoTIFF's B02, B03, B04, B08 as
     blue, green, red: B04, B03, B02 are shown as red, green, blue wherever they sit."""

@@ -66,12 +66,16 @@ def folder_problem(path: str | None) -> str | None:
 
 
 def first_location_problem(places: dict[str, str | None], folders: Sequence[str] = (),
-                           existing: Sequence[str] = ()) -> str | None:
+                           existing: Sequence[str] = (), local: Sequence[str] = ()) -> str | None:
     """`flag problem` for the first of {flag: place} that is refused, or None: one check for every script's
     places. Each must be a well-formed location; the `folders` flags are written into (no file in the way),
-    the `existing` ones are read from (a local one must be there)."""
+    the `existing` ones are read from (a local one must be there), the `local` ones are folders on this machine
+    (an s3:// one would otherwise become a local folder named `s3:`)."""
     for flag, path in places.items():
         problem = location_problem(path)
+        if not problem and flag in local and path and is_uri(path):
+            problem = (f"{path!r}: this folder is written on this machine; give a local folder, and copy it to S3 "
+                       f"afterwards if you want it there (aws s3 cp --recursive FOLDER {path})")
         if not problem and flag in folders:
             problem = folder_problem(path)
         if not problem and flag in existing and path and not is_uri(path) and not os.path.exists(path):

@@ -81,7 +81,8 @@ class PredictConfig:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
         problem = storage.first_location_problem({f"--{name}": getattr(self, name) for name in (
-            "metadata_dir", "data_dir", "output_dir")}, folders=("--output_dir",), existing=("--data_dir",))
+            "metadata_dir", "data_dir", "output_dir")}, folders=("--output_dir",), existing=("--data_dir",),
+            local=("--output_dir",))
         if problem:
             raise ConfigError(problem)
 

@@ -71,7 +71,8 @@ class SweepConfig:
     storage_path: str = flag(
         "runs/sweeps", "Folder or s3:// prefix of sweeps (Ray Tune's results and TensorBoard events)")
     run_name: str = flag("probe_sweep", "The sweep's folder under --storage_path", aliases=("--name",))
-    output_dir: str | None = flag(None, "Where the table and plot go; default: the sweep's folder")
+    output_dir: str | None = flag(None, "Where the table and plot go (a local folder); default: the sweep's folder, "
+                                  "or runs/sweeps/RUN_NAME here for an s3:// --storage_path")
     cache_dir: str | None = flag(None, "Folder for cached features; default: $GEODINO_HOME/features (~/.cache/geodino)")
     seed: int = flag(0, "Random seed of the probes")
     mlflow_tracking_uri: str | None = flag(
@@ -95,7 +96,7 @@ class SweepConfig:
                             batch_size_per_gpu=self.batch_size_per_gpu).validate()
         check_tracking_uri(self.mlflow_tracking_uri)
         problem = storage.first_location_problem({"--storage_path": self.storage_path, "--output_dir": self.output_dir},
-                                                 folders=("--storage_path", "--output_dir")) \
+                                                 folders=("--storage_path", "--output_dir"), local=("--output_dir",)) \
             or storage.name_problem("--run_name", self.run_name)
         if problem:
             raise ConfigError(problem)
@@ -108,7 +109,13 @@ class SweepConfig:
                                  force=self.force)
 
     def resolved_output_dir(self) -> str:
-        return self.output_dir or os.path.join(storage.absolute(self.storage_path), self.run_name)
+        """--output_dir, else the sweep's folder; for an s3:// storage (Ray Tune's results go there) a folder here,
+        runs/sweeps/RUN_NAME, as the tables and plot are written on this machine."""
+        if self.output_dir:
+            return self.output_dir
+        if storage.is_uri(self.storage_path):
+            return os.path.join("runs", "sweeps", self.run_name)
+        return os.path.join(storage.absolute(self.storage_path), self.run_name)
 
 
 def probe_trial(config: dict, features: dict, task: str) -> None:

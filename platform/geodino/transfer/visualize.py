@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geodino import storage
 from geodino.archive.bands import RGB_BANDS
 from geodino.archive.splits import SPLITS
 from geodino.cli import flag
@@ -49,6 +50,10 @@ class VisualizeConfig:
             raise ConfigError(f"--count {self.count}: draw at least 1 patch")
         if self.image_size is not None and self.image_size < 1:
             raise ConfigError(f"--image_size must be greater than 0, not {self.image_size}")
+        problem = storage.first_location_problem({"--output_dir": self.output_dir}, folders=("--output_dir",),
+                                                 local=("--output_dir",))
+        if problem:
+            raise ConfigError(problem)
         if self.run and not os.path.isfile(os.path.join(self.run, "log.txt")):
             raise ConfigError(f"--run {self.run}: no log.txt there; give a pretraining run's folder (it holds log.txt)")
 
