@@ -329,6 +329,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("visualize.py", ["--count", "0", *weights], "--count 0: draw at least 1 patch"),
         # folders written on this machine: an s3:// one became a local folder named `s3:`, reported as written to S3
         ("linear_probe.py", ["--output_dir", "s3://bucket/probe", *weights], "this folder is written on this machine"),
+        ("pretrain.py", ["--output_dir", "s3://bucket/final", *data], "this folder is written on this machine"),
         ("predict.py", ["--embeddings", "--output_dir", "s3://bucket/preds", *weights], "written on this machine"),
         ("visualize.py", ["--output_dir", "s3://bucket/pics", *weights], "--output_dir 's3://bucket/pics': this folder"),
         ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--output_dir", "s3://b/sweep", *data],

@@ -246,7 +246,8 @@ class PretrainConfig:
             raise ConfigError(f"--limit must be a number of patches greater than 0, not {self.limit}")
         problem = storage.first_location_problem({f"--{name}": getattr(self, name) for name in (
             "metadata_dir", "data_dir", "checkpoint_dir", "output_dir", "storage_path")},
-            folders=("--checkpoint_dir", "--output_dir", "--storage_path"), existing=("--data_dir",)) \
+            folders=("--checkpoint_dir", "--output_dir", "--storage_path"), existing=("--data_dir",),
+            local=("--checkpoint_dir", "--output_dir")) \
             or storage.name_problem("--run_name", self.run_name)
         if problem:
             raise ConfigError(problem)
