@@ -137,6 +137,16 @@ def test_sources_that_name_no_weights_say_what_to_give(tmp_path):
                          (str(tmp_path), f"{tmp_path}: a folder without weights (no final/teacher_backbone.pth")):
         with pytest.raises(GeodinoError, match=re.escape(says)):
             load_backbone(source)
+    # a run still going (or stopped): Ray Train's checkpoint folders, no final/ yet
+    run = tmp_path / "run"
+    for stamp in ("2026-11-29_10-00-00.1", "2026-11-29_10-05-00.2"):
+        (run / f"checkpoint_{stamp}").mkdir(parents=True)
+        (run / f"checkpoint_{stamp}" / "teacher_backbone.pth").write_bytes(b"")
+    with pytest.raises(GeodinoError, match=re.escape(
+            f"{run}: the run has no final/teacher_backbone.pth yet (it is still running, or stopped before its last "
+            f"epoch); to probe its newest checkpoint, give --pretrained_weights "
+            f"{run}/checkpoint_2026-11-29_10-05-00.2/teacher_backbone.pth")):  # before: 'a folder without weights'
+        load_backbone(str(run))
 
 
 def test_random_baseline_and_names():

@@ -14,6 +14,7 @@ Files load with ``torch.load(weights_only=True)``: a pickle that would run code 
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from dataclasses import dataclass
@@ -74,6 +75,11 @@ def load_state_dict_file(path: str, which: str = "teacher") -> dict:
         candidates = [os.path.join(path, "final", BACKBONE_FILE), os.path.join(path, BACKBONE_FILE)]
         found = next((candidate for candidate in candidates if os.path.exists(candidate)), None)
         if found is None:
+            newest = sorted(glob.glob(os.path.join(glob.escape(path), "checkpoint_*", BACKBONE_FILE)))[-1:]
+            if newest:  # Ray Train's checkpoint_<time> folders sort by time
+                raise MissingInputError(f"{path}: the run has no final/{BACKBONE_FILE} yet (it is still running, or "
+                                        f"stopped before its last epoch); to probe its newest checkpoint, give "
+                                        f"--pretrained_weights {newest[0]}")
             raise MissingInputError(f"{path}: a folder without weights (no final/{BACKBONE_FILE} or {BACKBONE_FILE} "
                                     "in it); give a pretraining run's folder or a .pth file")
         path = found
