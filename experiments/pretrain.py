@@ -77,9 +77,10 @@ def probe_command(config: PretrainConfig, backbone_file: str, job: SubmittedJob 
     """The linear probe of what this run trained, as the user types it next: on their machine after a local run,
     as a job on the same cluster after a submitted one (the user types it in the checkout they submitted from).
     The probe sees whole images at the size the teacher saw its global crops (as the k-NN monitor does), and
-    writes beside the run."""
+    writes beside the run. A local run's paths are absolute, so that the command runs from any folder."""
     probe_args = ["--pretrained_weights", backbone_file, "--arch", config.arch, "--patch_size", str(config.patch_size),
-                  "--image_size", str(config.global_crops_size), "--metadata_dir", config.metadata_dir,
+                  "--image_size", str(config.global_crops_size),
+                  "--metadata_dir", config.metadata_dir if job else storage.absolute(config.metadata_dir),
                   "--output_dir", os.path.join(os.path.dirname(config.resolved_output_dir()), "probe")]
     submit = ["ray", "job", "submit", "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--"]
     return shlex.join([*(submit if job else []), "python", script_path("linear_probe.py"), *probe_args])

@@ -180,6 +180,10 @@ def test_a_submitted_job_prints_a_job_next_and_warns_of_outputs_in_its_working_d
     assert given == {"--pretrained_weights": backbone, "--arch": "vit_small", "--patch_size": "16",
                      "--image_size": "224", "--metadata_dir": "/data/m.parquet",
                      "--output_dir": str(tmp_path / "runs" / "probe")}  # beside the run
+    # a relative --metadata_dir: absolute in the command typed here (it runs from any folder), as given in a job's
+    relative_data = dataclasses.replace(kept, metadata_dir="data/m.parquet")
+    assert os.path.abspath("data/m.parquet") in shlex.split(script.probe_command(relative_data, backbone, None))
+    assert "data/m.parquet" in shlex.split(script.probe_command(relative_data, backbone, job))
 
 
 def options_without_help(help_text: str) -> list[str]:
