@@ -11,7 +11,8 @@ from geodino.archive.tiles import TileConfig, tile_scenes
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("scenes", nargs="+", metavar="SCENE",
-                        help="Rasters to cut: GeoTIFF or JPEG 2000 (any bands and dtype), or JPEG/PNG")
+                        help="Rasters to cut: GeoTIFF or JPEG 2000 (any bands and dtype), or JPEG/PNG; a folder "
+                        "stands for the rasters in it")
     cli.add_dataclass_arguments(parser, TileConfig)
     config = cli.dataclass_from_args(TileConfig, parser.parse_args(argv))
     counts = tile_scenes(config)

@@ -349,6 +349,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("tile.py", [scene, "--size", "32", "--out", table], "is a file, not a folder"),
         ("tile.py", [scene, "--size", "32", "--out", "s3://bucket/tiles"], "tile.py writes to a local folder"),
         ("tile.py", [scene, "--size", "0"], "--size must be greater than 0, not 0"),
+        ("tile.py", [f"{tmp}/theirs/final", "--size", "32"], "a folder without rasters in it"),
+        ("tile.py", [f"{tmp}/scenes/*.tif", "--size", "32"], "a pattern the shell did not expand: leave out the quotes"),
         ("tile.py", [scene, "--size", "32", "--max_nodata", "1"], "--max_nodata must lie in [0, 1), not 1.0"),
         ("tile.py", [scene, "--size", "32", "--out", f"{tmp}/theirs"], "holds 1 files tile.py did not write"),
         # values float() takes but no run can use

@@ -435,7 +435,8 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
             np.testing.assert_array_equal(tile.read(), bands[index])  # value for value
             assert (tile.nodata, str(tile.crs), tile.transform.c, tile.transform.f) == (
                 0, "EPSG:32632", 500000 + 10 * left, 5600000 - 10 * top)
-    again = subprocess.run(script + [str(path), "--out", str(tmp_path / "tiles")], capture_output=True, text=True)
+    again = subprocess.run(script + [str(tmp_path), "--out", str(tmp_path / "tiles")], capture_output=True,
+                           text=True)  # the scene's folder stands for its scenes (before: 'cannot read the scene')
     assert again.returncode == 0, again.stderr
     assert "wrote 0 tiles of 120 px to" in again.stdout and "(4 were already there" in again.stdout
     other = subprocess.run(script + [str(path), "--out", str(tmp_path / "tiles"), "--max_nodata", "0.01"],

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geodino import storage
-from geodino.archive.pixels import PatchReadError, marks_no_data, open_raster
+from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
 from geodino.cli import flag
 from geodino.errors import ConfigError, GeodinoError
 
@@ -36,6 +36,10 @@ class TileConfig:
     max_nodata: float = flag(0.0, "Largest share of a tile's pixels the scene may mark as no data (its nodata value "
                              "or mask); tiles with more are skipped. 0: only whole tiles of measurements")
 
+    def scene_files(self) -> list[str]:
+        """The SCENE arguments, a folder standing for the rasters in it."""
+        return [file for scene in self.scenes for file in (folder_scenes(scene) if os.path.isdir(scene) else [scene])]
+
     def validate(self) -> None:
         for name in ("size", "stride"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
@@ -44,12 +48,16 @@ class TileConfig:
             raise ConfigError(f"--max_nodata must lie in [0, 1), not {self.max_nodata}")
         missing = [scene for scene in self.scenes if not storage.exists(scene)]
         if missing:
-            raise ConfigError(f"SCENE {missing[0]!r}: no such file")
+            pattern = " (a pattern the shell did not expand: leave out the quotes)" if "*" in missing[0] else ""
+            raise ConfigError(f"SCENE {missing[0]!r}: no such file{pattern}")
+        empty = [scene for scene in self.scenes if os.path.isdir(scene) and not folder_scenes(scene)]
+        if empty:
+            raise ConfigError(f"SCENE {empty[0]!r}: a folder without rasters in it ({', '.join(IMAGE_SUFFIXES)})")
         if storage.is_uri(self.out):
             raise ConfigError(f"--out {self.out}: tile.py writes to a local folder; to train from S3, prepare the "
                               "tiles there with --pack s3://bucket/pack")
         stems = {}
-        for scene in self.scenes:
+        for scene in self.scene_files():
             stem = os.path.splitext(os.path.basename(scene))[0]
             if stem in stems and os.path.abspath(stems[stem]) != os.path.abspath(scene):
                 raise ConfigError(f"SCENE {scene} and {stems[stem]} share the name {stem!r}, which names their tiles; "
@@ -58,6 +66,13 @@ class TileConfig:
         problem = storage.first_location_problem({"--out": self.out}, folders=("--out",))
         if problem:
             raise ConfigError(problem)
+
+
+def folder_scenes(folder: str) -> list[str]:
+    """The rasters in a folder of scenes (not below it), by name; hidden files left out."""
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+                  and os.path.isfile(os.path.join(folder, name)))
 
 
 @dataclass
@@ -158,7 +173,7 @@ def cut_tile(src, window, path: str, max_nodata: float) -> str:
 def tile_scenes(config: TileConfig) -> TileCounts:
     """Every scene's tiles into --out; see the module docstring."""
     config.validate()
-    scenes = list(dict.fromkeys(config.scenes))  # a scene named twice is cut once
+    scenes = list(dict.fromkeys(config.scene_files()))  # a scene named twice is cut once
     for scene in scenes:
         check_scene(scene, config.size)
     claim_folder(config)
