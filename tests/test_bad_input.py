@@ -226,6 +226,9 @@ def test_channels_a_geotiff_names_are_chosen_by_those_names_and_match_weights_of
     # files without band names (EuroSAT MS's GeoTIFFs have none): --band_names gives them, or says what is wrong
     with rasterio.open(tmp_path / rows[0]["path"], "r+") as dst:
         dst.descriptions = ("", "", "", "")
+    unnamed = prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=str(tmp_path / "n.parquet"), workers=1))
+    assert any("the images' 4 channels have no names (band1..band4): give them with --band_names" in warning
+               for warning in unnamed.warnings)
     prepare(PrepareConfig(archive=str(tmp_path / "table.csv"), out=str(tmp_path / "n.parquet"), workers=1,
                           band_names="B2,B3,B4,B8"))
     assert load_card(str(tmp_path / "n.parquet"))["band_names"] == ["B02", "B03", "B04", "B08"]

@@ -35,7 +35,7 @@ from geodino.archive.pixels import (
     declares_rgb,
     read_image,
 )
-from geodino.errors import DamagedInputError, RejectedPatch
+from geodino.errors import ConfigError, DamagedInputError, RejectedPatch
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
                "validation": "validation", "dev": "validation", "test": "test", "testing": "test"}
@@ -351,6 +351,18 @@ def band_name_problem(names: list[str], channels: int) -> str | None:
     if any(name in canonical and name != own for name, own in zip(names, canonical)):
         return "a name is another channel's bandN"
     return None
+
+
+def channel_names_of(given: str | None, data_root: str, paths: list[str], channels: int) -> list[str] | None:
+    """--band_names when given (checked against the channel count), else the names the GeoTIFFs give their
+    channels, else None."""
+    if not given:
+        return image_band_names(data_root, paths, channels)
+    names = named_bands(given.split(","))
+    problem = band_name_problem(names, channels)
+    if problem:
+        raise ConfigError(f"--band_names {given!r}: {problem}; give one name per channel, in the files' order")
+    return names
 
 
 def image_band_names(data_root: str, paths: list[str], channels: int) -> list[str] | None:

@@ -40,11 +40,9 @@ from geodino.archive.detect import detect_format
 from geodino.archive.image_folder import image_folder_table, nested_image_folder
 from geodino.archive.image_table import (
     TABLE_SUFFIXES,
-    band_name_problem,
+    channel_names_of,
     class_name_problems,
-    image_band_names,
     images_are_rgb,
-    named_bands,
     parse_image_chunk,
     pixel_form,
     read_image_table,
@@ -214,18 +212,6 @@ def write_outputs(frame: pd.DataFrame, rejects: list[dict], card: dict, config: 
     return card_path, rejects_path
 
 
-def given_band_names(config: PrepareConfig, channels: int) -> list[str] | None:
-    """--band_names, checked against the images' channel count (None when not given)."""
-    if not config.band_names:
-        return None
-    names = named_bands(config.band_names.split(","))
-    problem = band_name_problem(names, channels)
-    if problem:
-        raise ConfigError(f"--band_names {config.band_names!r}: {problem}; give one name per channel, in the files' "
-                          "order")
-    return names
-
-
 def prepare(config: PrepareConfig) -> PrepareResult:
     """Parse, check and write; see the module docstring."""
     started = time.perf_counter()
@@ -298,8 +284,12 @@ def prepare(config: PrepareConfig) -> PrepareResult:
                      else "multi_label")
         available_bands = [f"band{i + 1}" for i in range(form[0] if form else 3)]
         is_rgb = images_are_rgb(data_root, [row["path"] for row in rows])
-        band_names = given_band_names(config, len(available_bands)) or image_band_names(
-            data_root, [row["path"] for row in rows], len(available_bands))
+        channels = len(available_bands)
+        band_names = channel_names_of(config.band_names, data_root, [row["path"] for row in rows], channels)
+        if band_names is None and channels > 3:
+            warnings.append(f"the images' {channels} channels have no names (band1..band{channels}): give them with "
+                            "--band_names (EuroSAT MS: B01,B02,...,B8A,B09,B10,B11,B12), so that --bands B04,B03,B02 "
+                            "and weights of named bands find them")
         bands = tuple(available_bands)
         for row in rows:
             for key in ("_where", "_form", "_digest"):
