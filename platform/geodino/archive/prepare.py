@@ -111,9 +111,6 @@ class PrepareResult:
         return (self.rows + self.rejected) / max(self.seconds, 1e-9)
 
 
-# --------------------------------------------------------------------------- detection
-
-
 # --------------------------------------------------------------------------- parallel driver
 
 
