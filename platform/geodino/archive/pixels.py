@@ -43,8 +43,9 @@ def to_grid(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     if array.shape[-2:] == grid:
         return array.astype(np.float32, copy=False)
     tensor = torch.from_numpy(array.astype(np.float32, copy=False))
+    shrinks = grid[0] < array.shape[-2] or grid[1] < array.shape[-1]  # then neighbours are averaged, not skipped
     resized = F.interpolate(tensor.reshape(-1, 1, *array.shape[-2:]), size=grid, mode="bilinear", align_corners=False,
-                            antialias=True)
+                            antialias=shrinks)
     return resized.reshape(*array.shape[:-2], *grid).numpy()
 
 
