@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geodino import storage
-from geodino.archive.bands import UnknownBandError, parse_bands, sentinel2_name
+from geodino.archive.bands import RGB_BANDS, UnknownBandError, parse_bands, sentinel2_name
 from geodino.archive.card import METADATA_COLUMNS, check_metadata_columns, metadata_file
 from geodino.archive.pixels import FORMAT_IMAGE
 from geodino.archive.splits import SPLITS
@@ -86,10 +86,14 @@ def channel_names(card: dict, bands: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict(zip(card["bands"], names)).get(band, band) for band in bands)
 
 
-def rgb_image_bands(card: dict, bands: tuple[str, ...]) -> bool:
-    """Whether the chosen channels of an image table are its red, green, blue, in that order (band1..band3 of a
-    table whose card says rgb; a card from before the flag: a 3-channel table)."""
-    return bool(card.get("rgb", len(card["bands"]) == 3)) and tuple(bands) == ("band1", "band2", "band3")
+def chosen_are_rgb(card: dict, bands: tuple[str, ...]) -> bool:
+    """Whether the chosen bands are red, green, blue, in that order: Sentinel-2's B04, B03, B02 (BigEarthNet's, or
+    so named by a user's GeoTIFFs), or band1..band3 of an image table whose card says rgb (a card from before the
+    flag: a 3-channel table)."""
+    if channel_names(card, bands) == RGB_BANDS:
+        return True
+    return (card["format"] == FORMAT_IMAGE and bool(card.get("rgb", len(card["bands"]) == 3))
+            and tuple(bands) == ("band1", "band2", "band3"))
 
 
 def pixel_root(config: DataConfig, card: dict) -> str:

@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from geodino.archive.bands import RGB_BANDS
 from geodino.archive.card import load_card
-from geodino.archive.pixels import FORMAT_IMAGE
-from geodino.data.config import DataConfig, channel_names, dataset_size, normalizer, resolve_bands, rgb_image_bands
+from geodino.data.config import DataConfig, channel_names, chosen_are_rgb, dataset_size, normalizer, resolve_bands
 from geodino.data.indexed import labelled_images
 from geodino.dino.config import InputSpec, PretrainConfig
 from geodino.dino.monitors import KnnMonitor, KnnSets
 
 MIN_QUERIES = 20  # a validation split smaller than this is not used for the k-NN queries
-
-
-def is_rgb(card: dict, bands: tuple[str, ...]) -> bool:
-    """Red, green, blue in that order: Sentinel-2's B04, B03, B02 (of BigEarthNet, or named so by a user's
-    GeoTIFFs), or an image table prepare read as RGB."""
-    return channel_names(card, bands) == RGB_BANDS or (card["format"] == FORMAT_IMAGE and rgb_image_bands(card, bands))
 
 
 def input_spec(cfg: PretrainConfig) -> InputSpec:
@@ -32,7 +24,7 @@ def input_spec(cfg: PretrainConfig) -> InputSpec:
     offset, scale = normalizer(card, bands, cfg.normalize)
     zero = tuple(float(v) for v in (-offset / scale))
     stats = cfg.normalize == "stats"
-    return InputSpec(bands=channel_names(card, bands), rgb=is_rgb(card, bands), zero_level=zero, normalize=cfg.normalize,
+    return InputSpec(bands=channel_names(card, bands), rgb=chosen_are_rgb(card, bands), zero_level=zero, normalize=cfg.normalize,
                      pixel_max=float(card["pixel_max"]), pixel_min=float(card.get("pixel_min", 0.0)),
                      format=card["format"],
                      band_mean=tuple(map(float, offset)) if stats else None,

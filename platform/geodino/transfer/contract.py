@@ -20,8 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from geodino.archive.bands import RGB_BANDS
-from geodino.archive.pixels import FORMAT_IMAGE
-from geodino.data.config import channel_names, pixel_range, rgb_image_bands
+from geodino.data.config import channel_names, chosen_are_rgb, pixel_range
 from geodino.dino.checkpoint import BACKBONE_FILE, CONTRACT_FILE, data_contract, source_path_and_part
 from geodino.errors import GeodinoError
 
@@ -83,12 +82,9 @@ def contract_of(source: str) -> dict | None:
 def same_bands(contract: dict, card: dict, bands: tuple[str, ...]) -> bool:
     """R, G, B is R, G, B whichever archive it comes from; other bands must match by name and order (the names a
     user's GeoTIFFs give their channels, or the card's bandN of weights trained on such a table)."""
-    named = channel_names(card, bands)
-    if contract.get("rgb") and len(bands) == 3:
-        rgb_data = named == RGB_BANDS or (card["format"] == FORMAT_IMAGE and rgb_image_bands(card, bands))
-        if rgb_data:
-            return True
-    return list(contract["bands"]) in (list(named), list(bands))
+    if contract.get("rgb") and chosen_are_rgb(card, bands):
+        return True
+    return list(contract["bands"]) in (list(channel_names(card, bands)), list(bands))
 
 
 def resolve_inputs(source: str, card: dict, bands: str | None, normalize: str | None, image_size: int | None,
