@@ -149,11 +149,11 @@ def training_dataset(data_config: DataConfig, raw: bool, cached: bool, seed: int
 
 
 def raw_dtype(data_config: DataConfig) -> str | None:
-    """The pack's pixel type when the split is read from a pack of integers (handed on raw), else None: a pack of
-    floats is normalised in the pipeline, as files are (the Normalizer takes floats as normalised already)."""
+    """The pack's pixel type when the split is read from a pack (asked for raw: decode_packed hands integers on as
+    they are and normalises floats itself), else None."""
     card = load_card(data_config.metadata)
     manifest = packed_manifest(data_config.metadata, pixel_root(data_config, card))
-    return manifest["dtype"] if manifest and np.dtype(manifest["dtype"]).kind in "ui" else None
+    return manifest["dtype"] if manifest else None
 
 
 def with_cluster_gpus(cfg: PretrainConfig) -> PretrainConfig:
