@@ -325,12 +325,18 @@ def class_name_problems(classes: list[str]) -> list[str]:
     return problems
 
 
+def first_raster(data_root: str, paths: list[str]) -> str | None:
+    """The table's first image GDAL reads, which speaks for all of them (a table's images share one form) when
+    asked what its channels are: their colour interpretation, their names. None for a table of JPEGs or PNGs."""
+    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
+    return None if raster is None else storage.join(data_root, raster)
+
+
 def images_are_rgb(data_root: str, paths: list[str]) -> bool:
     """Whether a table's first three channels are red, green, blue: PIL reads its formats as RGB; a GeoTIFF says
-    so in its colour interpretation (a UC Merced TIFF does, a Sentinel-2 export does not). One file of each kind
-    is asked: a table's images share one form."""
-    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
-    return raster is None or declares_rgb(storage.join(data_root, raster))
+    so in its colour interpretation (a UC Merced TIFF does, a Sentinel-2 export does not)."""
+    raster = first_raster(data_root, paths)
+    return raster is None or declares_rgb(raster)
 
 
 def named_bands(texts: list[str]) -> list[str]:
@@ -367,10 +373,9 @@ def channel_names_of(given: str | None, data_root: str, paths: list[str], channe
 
 def image_band_names(data_root: str, paths: list[str], channels: int) -> list[str] | None:
     """The names a table's GeoTIFFs give their channels (band descriptions: a Sentinel-2 export's B2, B3, B4, B8);
-    None unless each channel has a name of its own. One file is asked, as for RGB: a table's images share one
-    form."""
-    raster = next((path for path in paths if path.lower().endswith(GDAL_SUFFIXES)), None)
+    None unless each channel has a name of its own."""
+    raster = first_raster(data_root, paths)
     if raster is None:
         return None
-    names = named_bands(band_descriptions(storage.join(data_root, raster)))
+    names = named_bands(band_descriptions(raster))
     return None if band_name_problem(names, channels) else names
