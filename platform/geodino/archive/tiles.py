@@ -132,24 +132,25 @@ def tile_scene(scene: str, config: TileConfig, counts: TileCounts) -> None:
     before = counts.written + counts.already_there
     try:
         with open_raster(scene) as src:
+            masked = marks_no_data(src.mask_flag_enums)  # asked once per scene, not per tile
             for top in range(0, src.height - size + 1, stride):
                 for left in range(0, src.width - size + 1, stride):
                     path = os.path.join(config.out, tile_name(scene, top, left))
-                    outcome = cut_tile(src, Window(left, top, size, size), path, config.max_nodata)
+                    outcome = cut_tile(src, Window(left, top, size, size), path, config.max_nodata, masked)
                     setattr(counts, outcome, getattr(counts, outcome) + 1)
     except RasterioError as error:
         raise PatchReadError(f"{scene}: cannot read the scene ({error})") from error
     counts.scenes[scene] = counts.written + counts.already_there - before
 
 
-def cut_tile(src, window, path: str, max_nodata: float) -> str:
+def cut_tile(src, window, path: str, max_nodata: float, masked: bool) -> str:
     """One tile of `src` written to `path` through a temporary name moved into place (a killed run leaves whole
-    tiles), or why not; returns the TileCounts field that counts it."""
+    tiles), or why not; returns the TileCounts field that counts it. masked: the scene marks no-data pixels."""
     import rasterio
 
     if os.path.exists(path):
         return "already_there"
-    pixels = src.read(window=window, masked=marks_no_data(src.mask_flag_enums))
+    pixels = src.read(window=window, masked=masked)
     invalid = np.ma.getmaskarray(pixels).any(axis=0)  # all False where the scene marks no data
     if invalid.mean() > max_nodata:
         return "skipped_nodata"
