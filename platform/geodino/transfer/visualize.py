@@ -87,14 +87,18 @@ def display_channels(band_names: tuple[str, ...]) -> list[int]:
     BigEarthNet input starts with B01, a Sentinel-2 GeoTIFF's with B02), else the first three."""
     if set(RGB_BANDS) <= set(band_names):
         return [band_names.index(band) for band in RGB_BANDS]
-    return [0, 1, 2] if len(band_names) >= 3 else [0, 0, 0]
+    return first_three(len(band_names))
+
+
+def first_three(count: int) -> list[int]:
+    """The first three of `count` bands as red, green, blue; one band as grey."""
+    return [0, 1, 2] if count >= 3 else [0, 0, 0]
 
 
 def rgb_view(image: np.ndarray, channels: list[int] | None = None) -> np.ndarray:
     """A displayable (H, W, 3) picture of a normalised patch: `channels` (default: the first three bands),
     contrast-stretched."""
-    channels = channels or ([0, 1, 2] if image.shape[0] >= 3 else [0, 0, 0])
-    rgb = image[channels]
+    rgb = image[channels or first_three(image.shape[0])]
     low, high = np.percentile(rgb, 1), np.percentile(rgb, 99)
     return np.clip((rgb - low) / max(high - low, 1e-6), 0, 1).transpose(1, 2, 0)
 
