@@ -321,8 +321,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     frame["recommended"] = usable if fmt == FORMAT_IMAGE else usable & ~unlabelled
     frame = frame.sort_values("name", kind="stable").reset_index(drop=True)
 
-    size = list(form[2:]) if fmt == FORMAT_IMAGE and form else None
-    stats, values, dtype = band_stats(frame, data_root, bands, config.stats_patches, size and tuple(size))
+    size = tuple(form[2:]) if fmt == FORMAT_IMAGE and form else None
+    stats, values, dtype = band_stats(frame, data_root, bands, config.stats_patches, size)
     if fmt != FORMAT_IMAGE:
         dtype = "uint16"  # Sentinel-2 L2A as BigEarthNet distributes it (read back resampled, as float32)
     pixel_max, pixel_scale = choose_pixel_max(fmt, dtype, values, config.pixel_max, warnings)
