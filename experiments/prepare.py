@@ -11,8 +11,8 @@ from geodino.archive.prepare import prepare, summarise
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("archive", help="BigEarthNet v1 folder, reBEN folder (metadata.parquet + LMDB), a "
-                        "CSV/TSV/parquet of images, or a folder of class folders (FOLDER/Forest/*.jpg, optionally split "
-                        "first: FOLDER/train/Forest/*.jpg)")
+                        "CSV/TSV/parquet of images, or a folder of class folders (FOLDER/Forest/*.jpg, optionally "
+                        "split first: FOLDER/train/Forest/*.jpg)")
     cli.add_dataclass_arguments(parser, PrepareConfig)
     config = cli.dataclass_from_args(PrepareConfig, parser.parse_args(argv))
     config.validate()

@@ -31,8 +31,8 @@ def packed_manifest(metadata: str, data_root: str) -> dict | None:
     if manifest is None:
         return None
     if not manifest.get("complete"):
-        raise DamagedInputError(f"{data_root}: packing has not finished (pack.json says complete: false); rerun the same "
-                         "prepare --pack command to continue it")
+        raise DamagedInputError(f"{data_root}: packing has not finished (pack.json says complete: false); rerun the "
+                                "same prepare --pack command to continue it")
     rows = check_metadata_columns(metadata)
     if rows != manifest["rows"]:
         raise DamagedInputError(f"{data_root} packs {manifest['rows']} patches but {metadata} lists {rows}: the pack "
@@ -44,8 +44,8 @@ def packed_channels(manifest: dict, bands: tuple[str, ...], data_root: str) -> l
     """Indices of the requested bands among the packed ones."""
     missing = [band for band in bands if band not in manifest["bands"]]
     if missing:
-        raise DamagedInputError(f"{data_root} packs the bands {manifest['bands']}, not {missing}: pack again with those "
-                         "--bands, or pass --data_dir pointing at the original archive")
+        raise DamagedInputError(f"{data_root} packs the bands {manifest['bands']}, not {missing}: pack again with "
+                                "those --bands, or pass --data_dir pointing at the original archive")
     return [manifest["bands"].index(band) for band in bands]
 
 
@@ -61,8 +61,8 @@ def check_shards_exist(fs, shards: list[str]) -> None:
 
     missing = [info.path for info in fs.get_file_info(shards) if info.type == pafs.FileType.NotFound]
     if missing:
-        raise DamagedInputError(f"{missing[0]}: this shard of the pack is missing ({len(missing)} of {len(shards)} are); copy "
-                         "it back, or pack again (prepare --pack_only)")
+        raise DamagedInputError(f"{missing[0]}: this shard of the pack is missing ({len(missing)} of {len(shards)} "
+                                "are); copy it back, or pack again (prepare --pack_only)")
 
 
 def split_condition(split: str | None, recommended_only: bool, labelled_only: bool = False):

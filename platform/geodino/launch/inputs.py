@@ -24,7 +24,8 @@ def input_spec(cfg: PretrainConfig) -> InputSpec:
     offset, scale = normalizer(card, bands, cfg.normalize)
     zero = tuple(float(v) for v in (-offset / scale))
     stats = cfg.normalize == "stats"
-    return InputSpec(bands=channel_names(card, bands), rgb=chosen_are_rgb(card, bands), zero_level=zero, normalize=cfg.normalize,
+    return InputSpec(bands=channel_names(card, bands), rgb=chosen_are_rgb(card, bands), zero_level=zero,
+                     normalize=cfg.normalize,
                      pixel_max=float(card["pixel_max"]), pixel_min=float(card.get("pixel_min", 0.0)),
                      format=card["format"],
                      band_mean=tuple(map(float, offset)) if stats else None,

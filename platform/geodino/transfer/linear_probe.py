@@ -82,8 +82,8 @@ class LinearProbeConfig:
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError(f"--image_size must be greater than 0, not {self.image_size}")
         problem = first_location_problem({f"--{name}": getattr(self, name) for name in (
-            "metadata_dir", "data_dir", "output_dir", "cache_dir")}, folders=("--output_dir", "--cache_dir"), local=("--output_dir", "--cache_dir"),
-            existing=("--data_dir",))
+            "metadata_dir", "data_dir", "output_dir", "cache_dir")}, folders=("--output_dir", "--cache_dir"),
+            local=("--output_dir", "--cache_dir"), existing=("--data_dir",))
         if problem:
             raise ConfigError(problem)
 
