@@ -34,8 +34,7 @@ def _listing(folder: str, recursive: bool = False) -> dict[str, bool]:
     try:
         if not storage.is_uri(folder):
             if recursive:
-                return {os.path.relpath(os.path.join(current, name), folder).replace(os.sep, "/"): False
-                        for current, _, files in os.walk(folder) for name in files}
+                return {path: False for path in _walked_files(folder)}
             with os.scandir(folder) as listing:
                 return {entry.name: entry.is_dir() for entry in listing}
         fs, inner = storage.filesystem(folder)
@@ -44,6 +43,16 @@ def _listing(folder: str, recursive: bool = False) -> dict[str, bool]:
         return {}
     return {posixpath.relpath(info.path, inner): info.type == pafs.FileType.Directory for info in infos
             if not recursive or info.type == pafs.FileType.File}
+
+
+def _walked_files(folder: str) -> list[str]:
+    """Files below a local folder, relative to it; hidden folders (.git, __MACOSX) are not entered."""
+    found = []
+    for current, folders, files in os.walk(folder):
+        folders[:] = _visible(folders)
+        relative = os.path.relpath(current, folder)
+        found += [file if relative == "." else f"{relative}/{file}" for file in files]
+    return found
 
 
 def _entries(folder: str) -> tuple[list[str], list[str]]:
