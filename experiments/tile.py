@@ -12,7 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("scenes", nargs="+", metavar="SCENE",
                         help="Rasters to cut: GeoTIFF or JPEG 2000 (any bands and dtype), or JPEG/PNG; a folder "
-                        "stands for the rasters in it")
+                        "stands for the rasters in it; a scene's band files (B02.jp2, B03.jp2, ...; a Sentinel-2 "
+                        ".SAFE or IMG_DATA folder) are stacked into one scene")
     cli.add_dataclass_arguments(parser, TileConfig)
     config = cli.dataclass_from_args(TileConfig, parser.parse_args(argv))
     counts = tile_scenes(config)

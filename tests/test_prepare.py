@@ -425,6 +425,7 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
     with rasterio.open(path, "w", driver="GTiff", width=410, height=240, count=4, dtype="uint16", nodata=0,
                        crs="EPSG:32632", transform=from_origin(500000, 5600000, 10, 10)) as dst:
         dst.write(scene)
+        dst.descriptions = ("B4", "B3", "B2", "B8")  # as Earth Engine names them: kept in the tiles
     script = [sys.executable, str(REPO / "experiments" / "tile.py")]
     done = subprocess.run(script + [str(path), "--out", "tiles"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -433,6 +434,7 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
         top, left = 120 * (index // 3), 120 * (index % 3)
         with rasterio.open(tmp_path / "tiles" / f"T32UNA_y{top:05d}_x{left:05d}.tif") as tile:
             np.testing.assert_array_equal(tile.read(), bands[index])  # value for value
+            assert tile.descriptions == ("B4", "B3", "B2", "B8")  # before: (None, None, None, None)
             assert (tile.nodata, str(tile.crs), tile.transform.c, tile.transform.f) == (
                 0, "EPSG:32632", 500000 + 10 * left, 5600000 - 10 * top)
     again = subprocess.run(script + [str(tmp_path), "--out", str(tmp_path / "tiles")], capture_output=True,
@@ -450,6 +452,8 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
     assert prepared.returncode == 0, prepared.stderr
     frame = pd.read_parquet(tmp_path / "tiles_metadata" / "metadata.parquet")
     assert len(frame) == 4 and frame["recommended"].all() and set(frame["original_split"]) == {"train"}
+    card = json.loads((tmp_path / "tiles_metadata" / "metadata.json").read_text())
+    assert card["band_names"] == ["B04", "B03", "B02", "B08"]
 
     # the scene itself, beyond 4,096 px a side, in a table: refused by row, pointing at tile.py
     with rasterio.open(tmp_path / "wide.tif", "w", driver="GTiff", width=4100, height=8, count=1, dtype="uint8") as dst:
@@ -461,6 +465,86 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
         f"row 3: {tmp_path}/wide.tif: the image is 4100x8 px, a scene rather than a patch (geodino reads images up to "
         f"4096 px a side); cut it into tiles: python experiments/tile.py {tmp_path}/wide.tif --size 120 --out DIR, "
         "then prepare DIR"]
+
+
+def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_path):
+    """A Sentinel-2 product keeps each band in a file of its own (R10m/T32UNA_..._B02_10m.jp2, R20m/..._B05_20m.jp2).
+    tile.py cut each file as a scene: single-band tiles that prepare took as grey images, every band of a place a
+    sample of its own, nothing said (and the .SAFE folder itself was 'a folder without rasters'). The band files of
+    a scene are stacked now, coarser bands resampled onto the finest's grid as BigEarthNet resamples them. The
+    product here is one real BigEarthNet patch written as an L2A product's lossless JPEG 2000 files."""
+    import rasterio
+
+    from geodino.archive.bands import NATIVE_SIZE, S2_BANDS
+    from geodino.archive.pixels import read_ben_v1
+
+    patch = sorted(path.name for path in BEN_V1_EXAMPLE.iterdir() if path.is_dir())[0]
+    with rasterio.open(BEN_V1_EXAMPLE / patch / f"{patch}_B02.tif") as src:
+        crs, (west, north) = src.crs, (src.bounds.left, src.bounds.top)
+    granule = tmp_path / "S2A_MSIL2A_20170613T101031_N9999_R022_T32UNA_20170613T101031.SAFE" / "GRANULE" / "L2A"
+    lossless = {"driver": "JP2OpenJPEG", "QUALITY": 100, "REVERSIBLE": "YES", "crs": crs}
+
+    def write(name: str, pixels: np.ndarray, metres: int) -> None:
+        folder = granule / "IMG_DATA" / f"R{metres}m"
+        folder.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(folder / f"T32UNA_20170613T101031_{name}_{metres}m.jp2", "w", **lossless,
+                           width=pixels.shape[-1], height=pixels.shape[-2], count=pixels.shape[0],
+                           dtype=pixels.dtype, transform=rasterio.transform.from_origin(west, north, metres, metres)
+                           ) as dst:
+            dst.write(pixels)
+
+    for band in S2_BANDS:
+        with rasterio.open(BEN_V1_EXAMPLE / patch / f"{patch}_{band}.tif") as src:
+            write(band, src.read(), 1200 // NATIVE_SIZE[band])
+    with rasterio.open(BEN_V1_EXAMPLE / patch / f"{patch}_B02.tif") as src:
+        write("B02", src.read(out_shape=(1, 60, 60)), 20)  # the same band again at 20 m: the 10 m one is kept
+    write("TCI", np.full((3, 120, 120), 90, np.uint8), 10)  # the product's other rasters: not bands
+    write("SCL", np.full((1, 60, 60), 4, np.uint8), 20)
+
+    script = [sys.executable, str(REPO / "experiments" / "tile.py")]
+    done = subprocess.run(script + [str(granule.parents[1]), "--out", "tiles", "--size", "60"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    scene = "T32UNA_20170613T101031"
+    assert done.stdout.splitlines()[0] == (
+        f"{scene} (12 band files stacked: {', '.join(S2_BANDS)}; left out 3 other rasters of it ({scene}_TCI_10m.jp2, "
+        f"{scene}_B02_20m.jp2, {scene}_SCL_20m.jp2)): 4 tiles")
+    assert "wrote 4 tiles of 60 px" in done.stdout
+    patch_pixels = read_ben_v1(str(BEN_V1_EXAMPLE), patch, patch, S2_BANDS, 120).astype(np.float64)
+    for top in (0, 60):
+        for left in (0, 60):
+            with rasterio.open(tmp_path / "tiles" / f"{scene}_y{top:05d}_x{left:05d}.tif") as tile:
+                assert tile.descriptions == S2_BANDS and tile.res == (10, 10) and tile.crs == crs
+                difference = np.abs(tile.read() - patch_pixels[:, top:top + 60, left:left + 60])
+            ten_metres = [S2_BANDS.index(band) for band in ("B02", "B03", "B04", "B08")]
+            assert difference[ten_metres].max() == 0  # value for value
+            assert difference.max() <= 0.51  # 20 m and 60 m bands: BigEarthNet's bilinear, to the rounding
+
+    # --bands chooses and orders them; prepare names the channels of the tiles by the bands
+    r10m = granule / "IMG_DATA" / "R10m"
+    chosen = subprocess.run(script + [str(r10m), "--out", "rgbn", "--bands", "B4,B3,B2,B8"], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert chosen.returncode == 0, chosen.stderr
+    next_command = chosen.stdout.splitlines()[-1].removeprefix("next: ")
+    prepared = subprocess.run([sys.executable, *next_command.split()[1:]], capture_output=True, text=True, cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stderr
+    card = json.loads((tmp_path / "rgbn_metadata" / "metadata.json").read_text())
+    assert card["band_names"] == ["B04", "B03", "B02", "B08"] and len(card["bands"]) == 4
+    missing = subprocess.run(script + [str(r10m), "--out", "b5", "--bands", "B04,B05"], capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert (missing.returncode, missing.stderr) == (
+        2, f"tile.py: error: {scene}: no band file for B05 (its bands: B02, B03, B04, B08)\n")
+    assert not (tmp_path / "b5").exists()
+
+    # band files that do not lie on one another are refused, by file, before a tile is written
+    with rasterio.open(r10m / f"{scene}_B08_10m.jp2", "r+") as band:
+        band.transform = rasterio.transform.from_origin(west + 1200, north, 10, 10)
+    moved = subprocess.run(script + [str(r10m), "--out", "moved"], capture_output=True, text=True, cwd=tmp_path)
+    assert (moved.returncode, moved.stderr.count("\n")) == (2, 1), moved.stderr
+    assert moved.stderr.startswith(f"tile.py: error: {r10m}/{scene}_B08_10m.jp2: it covers another area than "
+                                   f"{scene}_B02_10m.jp2, the finest band of scene {scene}; its bands cannot be "
+                                   "stacked")
+    assert not (tmp_path / "moved").exists()
 
 
 def test_table_headers_are_matched_by_name_and_never_guessed(tmp_path):

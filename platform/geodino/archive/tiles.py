@@ -4,7 +4,8 @@ geodino trains on patches (BigEarthNet's are 120 px): a whole scene read as one 
 sample. Tiles are GeoTIFFs that keep the scene's bands, dtype, nodata value, colour interpretation and
 georeference (each tile's transform is its window's), so nothing is resampled or rescaled on the way.
 Tiles whose pixels the scene marks as no data beyond --max_nodata (a swath edge), or that are all zero, are
-skipped; the strip at the right and bottom edge that no whole tile covers is left out.
+skipped; the strip at the right and bottom edge that no whole tile covers is left out. A scene kept as a file
+per band (a Sentinel-2 product) is cut as one raster of its bands (archive/band_files.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geodino import storage
+from geodino.archive.band_files import (
+    BandStack,
+    StackedRaster,
+    band_name,
+    choose_bands,
+    folder_rasters,
+    group_scenes,
+    pixel_size_of,
+)
 from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
 from geodino.cli import flag
 from geodino.errors import ConfigError, GeodinoError
@@ -28,6 +38,8 @@ class TileConfig:
     """tile.py's flags: where the tiles go and how they are cut."""
 
     scenes: list[str]  # the positional SCENE arguments: rasters GDAL reads (GeoTIFF, JPEG 2000, JPEG, PNG)
+    bands: str | None = flag(None, "Bands to stack from a scene kept as a file per band, in this order, e.g. "
+                             "B04,B03,B02,B08 (Sentinel-2's 10 m bands); default: every band file of the scene")
     out: str = flag("tiles", "Folder for the tiles: new, empty, or one tile.py filled with the same settings (a rerun "
                     "writes only the tiles not there yet)")
     size: int = flag(120, "Tile side in pixels: 120 is BigEarthNet's (1.2 km at 10 m); a multiple of the ViT's "
@@ -38,41 +50,61 @@ class TileConfig:
 
     def scene_files(self) -> list[str]:
         """The SCENE arguments, a folder standing for the rasters in it."""
-        return [file for scene in self.scenes for file in (folder_scenes(scene) if os.path.isdir(scene) else [scene])]
+        return [file for scene in self.scenes for file in (folder_rasters(scene) if os.path.isdir(scene) else [scene])]
 
     def validate(self) -> None:
         for name in ("size", "stride"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
+        wanted = [band_name(band.strip()) for band in self.bands.split(",")] if self.bands is not None else []
+        if self.bands is not None and (not all(wanted) or len(set(wanted)) < len(wanted)):
+            raise ConfigError(f"--bands {self.bands!r}: give each band once, separated by commas (B04,B03,B02,B08)")
         if not 0 <= self.max_nodata < 1:
             raise ConfigError(f"--max_nodata must lie in [0, 1), not {self.max_nodata}")
         missing = [scene for scene in self.scenes if not storage.exists(scene)]
         if missing:
             pattern = " (a pattern the shell did not expand: leave out the quotes)" if "*" in missing[0] else ""
             raise ConfigError(f"SCENE {missing[0]!r}: no such file{pattern}")
-        empty = [scene for scene in self.scenes if os.path.isdir(scene) and not folder_scenes(scene)]
+        empty = [scene for scene in self.scenes if os.path.isdir(scene) and not folder_rasters(scene)]
         if empty:
             raise ConfigError(f"SCENE {empty[0]!r}: a folder without rasters in it ({', '.join(IMAGE_SUFFIXES)})")
         if storage.is_uri(self.out):
             raise ConfigError(f"--out {self.out}: tile.py writes to a local folder; to train from S3, prepare the "
                               "tiles there with --pack s3://bucket/pack")
-        stems = {}
-        for scene in self.scene_files():
-            stem = os.path.splitext(os.path.basename(scene))[0]
-            if stem in stems and os.path.abspath(stems[stem]) != os.path.abspath(scene):
-                raise ConfigError(f"SCENE {scene} and {stems[stem]} share the name {stem!r}, which names their tiles; "
-                                  "rename one (or tile them into two --out folders)")
-            stems[stem] = scene
         problem = storage.first_location_problem({"--out": self.out}, folders=("--out",))
         if problem:
             raise ConfigError(problem)
 
 
-def folder_scenes(folder: str) -> list[str]:
-    """The rasters in a folder of scenes (not below it), by name; hidden files left out."""
-    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
-                  and os.path.isfile(os.path.join(folder, name)))
+def scene_name(scene: str | BandStack) -> str:
+    """What names a scene's tiles: its file's name, or the name its band files share."""
+    return scene.name if isinstance(scene, BandStack) else os.path.splitext(os.path.basename(scene))[0]
+
+
+def scenes_to_cut(config: TileConfig) -> list[str | BandStack]:
+    """The scenes of the SCENE arguments, band files stacked, each once, checked to have names of their own."""
+    files: dict[str, str] = {}
+    for file in config.scene_files():
+        files.setdefault(os.path.abspath(file), file)  # a scene named twice is cut once
+    scenes = group_scenes(list(files.values()), pixel_size_of)
+    stacks = [scene for scene in scenes if isinstance(scene, BandStack)]
+    if config.bands and not stacks:
+        raise ConfigError(f"--bands {config.bands}: chooses the band files of a scene kept as a file per band "
+                          "(B02.jp2, B03.jp2, ...), and no SCENE is; leave it out to keep every band of the rasters")
+    if config.bands:
+        wanted = [band.strip() for band in config.bands.split(",")]
+        scenes = [choose_bands(scene, wanted) if isinstance(scene, BandStack) else scene for scene in scenes]
+    names: dict[str, str | BandStack] = {}
+    for scene in scenes:
+        earlier = names.setdefault(scene_name(scene), scene)
+        if earlier is not scene:
+            raise ConfigError(f"SCENE {scene} and {earlier} share the name {scene_name(scene)!r}, which names their "
+                              "tiles; rename one (or tile them into two --out folders)")
+    return scenes
+
+
+def open_scene(scene: str | BandStack):
+    return StackedRaster(scene) if isinstance(scene, BandStack) else open_raster(scene)
 
 
 @dataclass
@@ -90,11 +122,13 @@ class ForeignFolderError(GeodinoError):
 
 def claim_folder(config: TileConfig) -> None:
     """--out becomes tile.py's: a new or empty folder, or its own with the same settings; nothing else is touched."""
-    settings = {"size": config.size, "stride": config.stride or config.size, "max_nodata": config.max_nodata}
+    settings = {"size": config.size, "stride": config.stride or config.size, "max_nodata": config.max_nodata,
+                "bands": config.bands}
     manifest = os.path.join(config.out, MANIFEST)
     if os.path.exists(manifest):
         with open(manifest) as handle:
             earlier = json.load(handle)["settings"]
+        earlier.setdefault("bands", None)  # tiles cut before --bands was a flag
         if earlier != settings:
             changed = ", ".join(f"--{key} {earlier[key]} there, {settings[key]} now" for key in settings
                                 if earlier[key] != settings[key])
@@ -106,16 +140,16 @@ def claim_folder(config: TileConfig) -> None:
     storage.write_bytes_atomic(manifest, json.dumps({"settings": settings}).encode())  # makes --out too
 
 
-def tile_name(scene: str, top: int, left: int) -> str:
-    return f"{os.path.splitext(os.path.basename(scene))[0]}_y{top:05d}_x{left:05d}.tif"
+def tile_name(scene: str | BandStack, top: int, left: int) -> str:
+    return f"{scene_name(scene)}_y{top:05d}_x{left:05d}.tif"
 
 
-def check_scene(scene: str, size: int) -> None:
+def check_scene(scene: str | BandStack, size: int) -> None:
     """A scene GDAL opens and one tile fits in, checked for every scene before a tile is written."""
     from rasterio.errors import RasterioError
 
     try:
-        with open_raster(scene) as src:
+        with open_scene(scene) as src:
             width, height = src.width, src.height
     except RasterioError as error:
         raise PatchReadError(f"{scene}: cannot read the scene ({error})") from error
@@ -123,7 +157,7 @@ def check_scene(scene: str, size: int) -> None:
         raise PatchReadError(f"{scene}: the scene is {width}x{height} px, smaller than one --size {size} tile")
 
 
-def tile_scene(scene: str, config: TileConfig, counts: TileCounts) -> None:
+def tile_scene(scene: str | BandStack, config: TileConfig, counts: TileCounts) -> None:
     """Write the tiles of one scene, row by row (the order a striped GeoTIFF is stored in)."""
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
@@ -131,7 +165,7 @@ def tile_scene(scene: str, config: TileConfig, counts: TileCounts) -> None:
     size, stride = config.size, config.stride or config.size
     before = counts.written + counts.already_there
     try:
-        with open_raster(scene) as src:
+        with open_scene(scene) as src:
             masked = marks_no_data(src.mask_flag_enums)  # asked once per scene, not per tile
             for top in range(0, src.height - size + 1, stride):
                 for left in range(0, src.width - size + 1, stride):
@@ -140,7 +174,8 @@ def tile_scene(scene: str, config: TileConfig, counts: TileCounts) -> None:
                     setattr(counts, outcome, getattr(counts, outcome) + 1)
     except RasterioError as error:
         raise PatchReadError(f"{scene}: cannot read the scene ({error})") from error
-    counts.scenes[scene] = counts.written + counts.already_there - before
+    described = scene.summary() if isinstance(scene, BandStack) else scene
+    counts.scenes[described] = counts.written + counts.already_there - before
 
 
 def cut_tile(src, window, path: str, max_nodata: float, masked: bool) -> str:
@@ -165,6 +200,8 @@ def cut_tile(src, window, path: str, max_nodata: float, masked: bool) -> str:
     with rasterio.open(temporary, "w", **where, **profile) as dst:
         dst.write(data)
         dst.colorinterp = src.colorinterp
+        if any(src.descriptions):  # the bands' names (B4, B3, B2 from Earth Engine), which prepare reads
+            dst.descriptions = src.descriptions
         if invalid.any() and src.nodata is None:  # a mask of the scene's own: kept as the tile's
             dst.write_mask(~invalid)
     os.replace(temporary, path)
@@ -174,7 +211,7 @@ def cut_tile(src, window, path: str, max_nodata: float, masked: bool) -> str:
 def tile_scenes(config: TileConfig) -> TileCounts:
     """Every scene's tiles into --out; see the module docstring."""
     config.validate()
-    scenes = list(dict.fromkeys(config.scene_files()))  # a scene named twice is cut once
+    scenes = scenes_to_cut(config)
     for scene in scenes:
         check_scene(scene, config.size)
     claim_folder(config)

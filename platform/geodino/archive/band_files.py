@@ -1,0 +1,203 @@
+"""A scene kept as one file per band (a Sentinel-2 product's B02.jp2, B03.jp2, ...; a BigEarthNet patch folder),
+read as one multi-band raster.
+
+Cut band by band, such a scene gave single-band tiles that prepare took as grey images, every band of a place a
+sample of its own, with nothing said. The band files of one scene are stacked instead: grouped by the name
+before their band code (T32UPU_20200101T103421_B02_10m.jp2 -> scene T32UPU_20200101T103421, band B02), the
+finest band's grid is the scene's, and coarser bands (Sentinel-2's 20 m and 60 m) are resampled onto it
+bilinearly by GDAL (as BigEarthNet's 20 m and 60 m bands are brought to 120 px). The product's other rasters of
+the scene (TCI, SCL, AOT, WVP) are not bands and are left out, by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geodino.archive.bands import sentinel2_name
+from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
+
+# name_B02.jp2, name_B8A_20m.jp2, name-b4.tif, B02.tif: the text before the band code names the scene
+_BAND_FILE = re.compile(r"(?:(?P<scene>.*?)[_.-])?(?P<band>[Bb]\d{1,2}[Aa]?)(?:_\d+m)?", re.ASCII)
+_RESOLUTION_FOLDER = re.compile(r"R\d+m")  # a Sentinel-2 L2A product keeps each resolution in a folder of its own
+
+
+def band_name(text: str) -> str:
+    """A band code as Sentinel-2 spells it where it is one (b4 -> B04), else in capitals (Landsat's B10)."""
+    return sentinel2_name(text) or text.upper()
+
+
+def band_order(name: str) -> tuple[int, str]:
+    """Sentinel-2's order: B08, then B8A, then B09."""
+    number, narrow = re.fullmatch(r"B0?(\d+)(A?)", name).groups()
+    return int(number), narrow
+
+
+@dataclass(eq=False)
+class BandStack:
+    """The band files of one scene: band name -> path, in band order; `left_out`: the scene's other rasters."""
+
+    name: str
+    files: dict[str, str]
+    left_out: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def summary(self) -> str:
+        """What was stacked and what was not, for tile.py's report."""
+        others = f"; left out {len(self.left_out)} other rasters of it ({', '.join(self.left_out[:4])}" + (
+            ", ...)" if len(self.left_out) > 4 else ")") if self.left_out else ""
+        return f"{self.name} ({len(self.files)} band files stacked: {', '.join(self.files)}{others})"
+
+
+def scene_folder(path: str) -> str:
+    """The folder a file belongs to as a scene's: a product's R10m/R20m/R60m folders count as the one above them,
+    so a band kept at 10 m and another at 20 m are one scene."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.dirname(folder) if _RESOLUTION_FOLDER.fullmatch(os.path.basename(folder)) else folder
+
+
+def band_file(path: str) -> tuple[str, str, str] | None:
+    """(folder, scene name, band) of a file named by a band code, or None."""
+    match = _BAND_FILE.fullmatch(os.path.splitext(os.path.basename(path))[0])
+    if match is None:
+        return None
+    folder = scene_folder(path)
+    return folder, match["scene"] or os.path.basename(folder), band_name(match["band"])
+
+
+def product_folders(folder: str) -> list[str]:
+    """The folders of a Sentinel-2 product whose rasters are its bands: the folder itself, its R10m/R20m/R60m
+    folders (L2A's IMG_DATA), and for a .SAFE folder each granule's IMG_DATA."""
+    granules = os.path.join(folder, "GRANULE")
+    if os.path.isdir(granules):
+        return [found for granule in sorted(os.listdir(granules))
+                for found in product_folders(os.path.join(granules, granule, "IMG_DATA"))]
+    if not os.path.isdir(folder):
+        return []
+    resolutions = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                         if _RESOLUTION_FOLDER.fullmatch(name) and os.path.isdir(os.path.join(folder, name)))
+    return [folder, *resolutions]
+
+
+def folder_rasters(folder: str) -> list[str]:
+    """The rasters a SCENE folder stands for (not below it, but for a product's band folders), by name; hidden
+    files left out."""
+    return sorted(os.path.join(place, name) for place in product_folders(folder) for name in os.listdir(place)
+                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+                  and os.path.isfile(os.path.join(place, name)))
+
+
+def group_scenes(files: list[str], pixel_size) -> list[str | BandStack]:
+    """The scenes among `files`, in their order: the single-band files of one scene name (two bands or more) are a
+    BandStack, the same band twice (a product's B02 at 10, 20 and 60 m) kept at its finest; any other file is a
+    scene of its own. pixel_size(path) -> (bands in the file, metres per pixel)."""
+    pixel_size = functools.lru_cache(maxsize=None)(pixel_size)  # each file opened once
+    bands_of: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for path in files:
+        found = band_file(path)
+        if found is not None:
+            bands_of.setdefault(found[:2], {}).setdefault(found[2], []).append(path)
+    stacks: dict[tuple[str, str], BandStack] = {}
+    for key, bands in bands_of.items():
+        finest = {band: min(paths, key=lambda path: pixel_size(path)[1]) for band, paths in bands.items()}
+        if len(finest) > 1 and all(pixel_size(path)[0] == 1 for path in finest.values()):
+            stacks[key] = BandStack(key[1], {band: finest[band] for band in sorted(finest, key=band_order)})
+    scenes: list[str | BandStack] = []
+    for path in files:
+        stack = owning_stack(path, stacks)
+        if stack is None:
+            scenes.append(path)
+        elif path in stack.files.values():
+            scenes += [] if stack in scenes else [stack]
+        else:
+            stack.left_out.append(os.path.basename(path))
+    return scenes
+
+
+def owning_stack(path: str, stacks: dict[tuple[str, str], BandStack]) -> BandStack | None:
+    """The stack a file is part of: one of its bands (kept or a coarser copy), or another raster of its product
+    (T32UPU_20200101T103421_TCI_10m.jp2 beside the bands of T32UPU_20200101T103421)."""
+    found = band_file(path)
+    if found is not None and found[:2] in stacks:
+        return stacks[found[:2]]
+    folder, name = scene_folder(path), os.path.basename(path)
+    return next((stack for (where, scene), stack in stacks.items()
+                 if where == folder and (name.startswith(scene) or scene == os.path.basename(folder))), None)
+
+
+def choose_bands(stack: BandStack, wanted: list[str]) -> BandStack:
+    """The stack with only --bands, in their order."""
+    names = [band_name(band) for band in wanted]
+    missing = [band for band in names if band not in stack.files]
+    if missing:
+        raise PatchReadError(f"{stack.name}: no band file for {', '.join(missing)} (its bands: "
+                             f"{', '.join(stack.files)})")
+    return BandStack(stack.name, {band: stack.files[band] for band in names}, stack.left_out)
+
+
+class StackedRaster:
+    """The bands of a BandStack read as one raster on the finest band's grid: what tile.py asks of a rasterio
+    dataset (width, height, count, dtypes, crs, nodata, read(window=, masked=), window_transform, ...)."""
+
+    def __init__(self, stack: BandStack):
+        self.stack = stack
+        self._files = ExitStack()
+
+    def __enter__(self) -> StackedRaster:
+        from rasterio.enums import ColorInterp, Resampling
+        from rasterio.vrt import WarpedVRT
+
+        sources = {band: self._files.enter_context(open_raster(path)) for band, path in self.stack.files.items()}
+        grid = min(sources.values(), key=lambda src: src.res[0])
+        for band, src in sources.items():
+            problem = alignment_problem(src, grid)
+            if problem:
+                self._files.close()
+                raise PatchReadError(f"{self.stack.files[band]}: {problem} than {os.path.basename(grid.name)}, "
+                                     f"the finest band of scene {self.stack.name}; its bands cannot be stacked")
+        self.sources = {band: src if src.res == grid.res else self._files.enter_context(
+            WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                      resampling=Resampling.bilinear)) for band, src in sources.items()}
+        self.width, self.height, self.crs, self.res = grid.width, grid.height, grid.crs, grid.res
+        self.count = len(sources)
+        self.dtypes = tuple(src.dtypes[0] for src in sources.values())
+        self.nodata = grid.nodata
+        self.colorinterp = (ColorInterp.gray,) + (ColorInterp.undefined,) * (self.count - 1)
+        self.descriptions = tuple(self.stack.files)
+        self.mask_flag_enums = next((src.mask_flag_enums for src in sources.values()
+                                     if marks_no_data(src.mask_flag_enums)), grid.mask_flag_enums)
+        self.window_transform = grid.window_transform
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._files.close()
+
+    def read(self, window, masked: bool = False) -> np.ndarray:
+        return (np.ma.stack if masked else np.stack)(
+            [src.read(1, window=window, masked=masked) for src in self.sources.values()])
+
+
+def alignment_problem(src, grid) -> str | None:
+    """Why a band file cannot be laid on the finest band's grid ('' when it can): another dtype, CRS or area."""
+    if src.dtypes[0] != grid.dtypes[0]:
+        return f"its pixels are {src.dtypes[0]}, other"
+    if src.crs != grid.crs:
+        return f"its CRS is {src.crs or 'none'}, another"
+    if not src.crs and (src.width, src.height) != (grid.width, grid.height):
+        return f"it has no georeference and is {src.width}x{src.height} px, another size"
+    if any(abs(a - b) > src.res[0] for a, b in zip(src.bounds, grid.bounds)):
+        return "it covers another area"
+    return None
+
+
+def pixel_size_of(path: str) -> tuple[int, float]:
+    """(bands in the file, metres per pixel)."""
+    with open_raster(path) as src:
+        return src.count, src.res[0]
