@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -472,7 +473,9 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
     tile.py cut each file as a scene: single-band tiles that prepare took as grey images, every band of a place a
     sample of its own, nothing said (and the .SAFE folder itself was 'a folder without rasters'). The band files of
     a scene are stacked now, coarser bands resampled onto the finest's grid as BigEarthNet resamples them. The
-    product here is one real BigEarthNet patch written as an L2A product's lossless JPEG 2000 files."""
+    product here is one real BigEarthNet patch written as an L2A product's lossless JPEG 2000 files, and a second
+    granule of another patch's 10 m bands with a swath edge: zeros, which the product's metadata (not the files)
+    declares no data."""
     import rasterio
 
     from geodino.archive.bands import NATIVE_SIZE, S2_BANDS
@@ -484,10 +487,10 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
     granule = tmp_path / "S2A_MSIL2A_20170613T101031_N9999_R022_T32UNA_20170613T101031.SAFE" / "GRANULE" / "L2A"
     lossless = {"driver": "JP2OpenJPEG", "QUALITY": 100, "REVERSIBLE": "YES", "crs": crs}
 
-    def write(name: str, pixels: np.ndarray, metres: int) -> None:
-        folder = granule / "IMG_DATA" / f"R{metres}m"
+    def write(name: str, pixels: np.ndarray, metres: int, tile: str = "T32UNA", where: Path = granule) -> None:
+        folder = where / "IMG_DATA" / f"R{metres}m"
         folder.mkdir(parents=True, exist_ok=True)
-        with rasterio.open(folder / f"T32UNA_20170613T101031_{name}_{metres}m.jp2", "w", **lossless,
+        with rasterio.open(folder / f"{tile}_20170613T101031_{name}_{metres}m.jp2", "w", **lossless,
                            width=pixels.shape[-1], height=pixels.shape[-2], count=pixels.shape[0],
                            dtype=pixels.dtype, transform=rasterio.transform.from_origin(west, north, metres, metres)
                            ) as dst:
@@ -500,6 +503,13 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
         write("B02", src.read(out_shape=(1, 60, 60)), 20)  # the same band again at 20 m: the 10 m one is kept
     write("TCI", np.full((3, 120, 120), 90, np.uint8), 10)  # the product's other rasters: not bands
     write("SCL", np.full((1, 60, 60), 4, np.uint8), 20)
+    other = sorted(path.name for path in BEN_V1_EXAMPLE.iterdir() if path.is_dir())[1]
+    rows, cols = np.mgrid[:120, :120]
+    for band in ("B02", "B03", "B04", "B08"):
+        with rasterio.open(BEN_V1_EXAMPLE / other / f"{other}_{band}.tif") as src:
+            pixels = src.read()
+        pixels[:, rows + cols < 100] = 0  # outside the swath: 3 of the 4 tiles partly
+        write(band, pixels, 10, "T32UNB", granule.parent / "L2A_B")
 
     script = [sys.executable, str(REPO / "experiments" / "tile.py")]
     done = subprocess.run(script + [str(granule.parents[1]), "--out", "tiles", "--size", "60"], capture_output=True,
@@ -508,8 +518,12 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
     scene = "T32UNA_20170613T101031"
     assert done.stdout.splitlines()[0] == (
         f"{scene} (12 band files stacked: {', '.join(S2_BANDS)}; left out 3 other rasters of it ({scene}_TCI_10m.jp2, "
-        f"{scene}_B02_20m.jp2, {scene}_SCL_20m.jp2)): 4 tiles")
-    assert "wrote 4 tiles of 60 px" in done.stdout
+        f"{scene}_B02_20m.jp2, {scene}_SCL_20m.jp2)) (no data: 0, a Sentinel-2 product's): 4 tiles")
+    assert done.stdout.splitlines()[1] == ("T32UNB_20170613T101031 (4 band files stacked: B02, B03, B04, B08) (no data: "
+                                           "0, a Sentinel-2 product's): 1 tiles")
+    assert "wrote 5 tiles of 60 px" in done.stdout and "skipped 3 with no data beyond --max_nodata 0" in done.stdout
+    with rasterio.open(tmp_path / "tiles" / "T32UNB_20170613T101031_y00060_x00060.tif") as tile:
+        assert tile.nodata == 0 and tile.read().min() > 0
     patch_pixels = read_ben_v1(str(BEN_V1_EXAMPLE), patch, patch, S2_BANDS, 120).astype(np.float64)
     for top in (0, 60):
         for left in (0, 60):

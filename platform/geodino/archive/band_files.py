@@ -49,6 +49,10 @@ class BandStack:
     def __str__(self) -> str:
         return self.name
 
+    def is_sentinel2_product(self) -> bool:
+        """JPEG 2000 files of Sentinel-2 bands, as ESA delivers them."""
+        return all(path.lower().endswith(".jp2") and sentinel2_name(band) == band for band, path in self.files.items())
+
     def summary(self) -> str:
         """What was stacked and what was not, for tile.py's report."""
         others = f"; left out {len(self.left_out)} other rasters of it ({', '.join(self.left_out[:4])}" + (
@@ -146,8 +150,8 @@ class StackedRaster:
     """The bands of a BandStack read as one raster on the finest band's grid: what tile.py asks of a rasterio
     dataset (width, height, count, dtypes, crs, nodata, read(window=, masked=), window_transform, ...)."""
 
-    def __init__(self, stack: BandStack):
-        self.stack = stack
+    def __init__(self, stack: BandStack, nodata: float | None = None):
+        self.stack, self.given_nodata = stack, nodata  # nodata: for files that declare none
         self._files = ExitStack()
 
     def __enter__(self) -> StackedRaster:
@@ -164,17 +168,22 @@ class StackedRaster:
                                      f"the finest band of scene {self.stack.name}; its bands cannot be stacked")
         self.sources = {band: src if src.res == grid.res else self._files.enter_context(
             WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                      resampling=Resampling.bilinear)) for band, src in sources.items()}
+                      resampling=Resampling.bilinear, **self.nodata_of(src))) for band, src in sources.items()}
         self.width, self.height, self.crs, self.res = grid.width, grid.height, grid.crs, grid.res
         self.count = len(sources)
         self.dtypes = tuple(src.dtypes[0] for src in sources.values())
-        self.nodata = grid.nodata
+        self.nodata = grid.nodata if grid.nodata is not None else self.given_nodata
         self.colorinterp = (ColorInterp.gray,) + (ColorInterp.undefined,) * (self.count - 1)
         self.descriptions = tuple(self.stack.files)
         self.mask_flag_enums = next((src.mask_flag_enums for src in sources.values()
                                      if marks_no_data(src.mask_flag_enums)), grid.mask_flag_enums)
         self.window_transform = grid.window_transform
         return self
+
+    def nodata_of(self, src) -> dict:
+        """A coarse band's no-data value for GDAL's resampling, so a swath edge's zeros are not blended in."""
+        value = src.nodata if src.nodata is not None else self.given_nodata
+        return {} if value is None else {"src_nodata": value, "nodata": value}
 
     def __exit__(self, *exc) -> None:
         self._files.close()

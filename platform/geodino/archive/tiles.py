@@ -45,6 +45,9 @@ class TileConfig:
     size: int = flag(120, "Tile side in pixels: 120 is BigEarthNet's (1.2 km at 10 m); a multiple of the ViT's "
                      "patch size (8 or 16) spares a resize")
     stride: int | None = flag(None, "Pixels from one tile to the next; default: --size (tiles do not overlap)")
+    nodata: float | None = flag(None, "The value that marks no data in scenes that declare none (a pixel is no data "
+                                "where any band has it). Default: the scene's own; a Sentinel-2 product's band files "
+                                "(.jp2) declare none, and 0, the product's NODATA value, is taken")
     max_nodata: float = flag(0.0, "Largest share of a tile's pixels the scene may mark as no data (its nodata value "
                              "or mask); tiles with more are skipped. 0: only whole tiles of measurements")
 
@@ -103,8 +106,16 @@ def scenes_to_cut(config: TileConfig) -> list[str | BandStack]:
     return scenes
 
 
-def open_scene(scene: str | BandStack):
-    return StackedRaster(scene) if isinstance(scene, BandStack) else open_raster(scene)
+def open_scene(scene: str | BandStack, nodata: float | None = None):
+    return StackedRaster(scene, nodata) if isinstance(scene, BandStack) else open_raster(scene)
+
+
+def scene_nodata(scene: str | BandStack, config: TileConfig) -> float | None:
+    """--nodata, else 0 for a Sentinel-2 product's band files (their NODATA value is in the product's metadata, not
+    in the files: without it a swath edge's zeros were cut as measurements), else None: the scene's own."""
+    if config.nodata is not None:
+        return config.nodata
+    return 0.0 if isinstance(scene, BandStack) and scene.is_sentinel2_product() else None
 
 
 @dataclass
@@ -123,12 +134,12 @@ class ForeignFolderError(GeodinoError):
 def claim_folder(config: TileConfig) -> None:
     """--out becomes tile.py's: a new or empty folder, or its own with the same settings; nothing else is touched."""
     settings = {"size": config.size, "stride": config.stride or config.size, "max_nodata": config.max_nodata,
-                "bands": config.bands}
+                "bands": config.bands, "nodata": config.nodata}
     manifest = os.path.join(config.out, MANIFEST)
     if os.path.exists(manifest):
         with open(manifest) as handle:
             earlier = json.load(handle)["settings"]
-        earlier.setdefault("bands", None)  # tiles cut before --bands was a flag
+        earlier = {"bands": None, "nodata": None} | earlier  # tiles cut before --bands and --nodata were flags
         if earlier != settings:
             changed = ", ".join(f"--{key} {earlier[key]} there, {settings[key]} now" for key in settings
                                 if earlier[key] != settings[key])
@@ -164,36 +175,43 @@ def tile_scene(scene: str | BandStack, config: TileConfig, counts: TileCounts) -
 
     size, stride = config.size, config.stride or config.size
     before = counts.written + counts.already_there
+    nodata = scene_nodata(scene, config)
     try:
-        with open_scene(scene) as src:
+        with open_scene(scene, nodata) as src:
             masked = marks_no_data(src.mask_flag_enums)  # asked once per scene, not per tile
             for top in range(0, src.height - size + 1, stride):
                 for left in range(0, src.width - size + 1, stride):
                     path = os.path.join(config.out, tile_name(scene, top, left))
-                    outcome = cut_tile(src, Window(left, top, size, size), path, config.max_nodata, masked)
+                    outcome = cut_tile(src, Window(left, top, size, size), path, config.max_nodata, masked, nodata)
                     setattr(counts, outcome, getattr(counts, outcome) + 1)
     except RasterioError as error:
         raise PatchReadError(f"{scene}: cannot read the scene ({error})") from error
     described = scene.summary() if isinstance(scene, BandStack) else scene
+    if nodata is not None and config.nodata is None:
+        described += f" (no data: {nodata:g}, a Sentinel-2 product's)"
     counts.scenes[described] = counts.written + counts.already_there - before
 
 
-def cut_tile(src, window, path: str, max_nodata: float, masked: bool) -> str:
+def cut_tile(src, window, path: str, max_nodata: float, masked: bool, nodata: float | None = None) -> str:
     """One tile of `src` written to `path` through a temporary name moved into place (a killed run leaves whole
-    tiles), or why not; returns the TileCounts field that counts it. masked: the scene marks no-data pixels."""
+    tiles), or why not; returns the TileCounts field that counts it. masked: the scene marks no-data pixels;
+    nodata: a value that marks them too (--nodata), declared as the tile's."""
     import rasterio
 
     if os.path.exists(path):
         return "already_there"
     pixels = src.read(window=window, masked=masked)
+    data = np.ma.getdata(pixels)
     invalid = np.ma.getmaskarray(pixels).any(axis=0)  # all False where the scene marks no data
+    if nodata is not None:
+        invalid |= (data == nodata).any(axis=0)
     if invalid.mean() > max_nodata:
         return "skipped_nodata"
-    data = np.ma.getdata(pixels)
     if not data.any():
         return "skipped_zero"
     profile = {"driver": "GTiff", "width": window.width, "height": window.height, "count": src.count,
-               "dtype": src.dtypes[0], "crs": src.crs, "nodata": src.nodata, "compress": "deflate"}
+               "dtype": src.dtypes[0], "crs": src.crs, "nodata": src.nodata if nodata is None else nodata,
+               "compress": "deflate"}
     # a scene without georeference (a JPEG) gives tiles without one, not a made-up transform
     where = {"transform": src.window_transform(window)} if src.crs else {}
     temporary = path + ".tmp"
@@ -202,7 +220,7 @@ def cut_tile(src, window, path: str, max_nodata: float, masked: bool) -> str:
         dst.colorinterp = src.colorinterp
         if any(src.descriptions):  # the bands' names (B4, B3, B2 from Earth Engine), which prepare reads
             dst.descriptions = src.descriptions
-        if invalid.any() and src.nodata is None:  # a mask of the scene's own: kept as the tile's
+        if invalid.any() and profile["nodata"] is None:  # a mask of the scene's own: kept as the tile's
             dst.write_mask(~invalid)
     os.replace(temporary, path)
     return "written"
