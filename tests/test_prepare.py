@@ -520,7 +520,8 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
         f"{scene} (12 band files stacked: {', '.join(S2_BANDS)}; left out 3 other rasters of it ({scene}_TCI_10m.jp2, "
         f"{scene}_B02_20m.jp2, {scene}_SCL_20m.jp2)) (no data: 0, a Sentinel-2 product's): 4 tiles")
     assert done.stdout.splitlines()[1] == (
-        "T32UNB_20170613T101031 (4 band files stacked: B02, B03, B04, B08) (no data: 0, a Sentinel-2 product's): 1 tiles")
+        "T32UNB_20170613T101031 (4 band files stacked: B02, B03, B04, B08) (no data: 0, a Sentinel-2 product's): "
+        "1 tiles")
     assert "wrote 5 tiles of 60 px" in done.stdout and "skipped 3 with no data beyond --max_nodata 0" in done.stdout
     with rasterio.open(tmp_path / "tiles" / "T32UNB_20170613T101031_y00060_x00060.tif") as tile:
         assert tile.nodata == 0 and tile.read().min() > 0
