@@ -353,6 +353,12 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("tile.py", [f"{tmp}/scenes/*.tif", "--size", "32"], "a pattern the shell did not expand: leave out the quotes"),
         ("tile.py", [scene, "--size", "32", "--max_nodata", "1"], "--max_nodata must lie in [0, 1), not 1.0"),
         ("tile.py", [scene, "--size", "32", "--out", f"{tmp}/theirs"], "holds 1 files tile.py did not write"),
+        ("tile.py", [damaged["archive"]], "a packed archive (a downloaded product), which tile.py does not open: "
+                                          "unpack it (tar xf archive.tar.gz) and give the folder it makes"),
+        ("tile.py", [str(BEN_V1_EXAMPLE)], "its rasters lie in the 6 folders below it"),
+        ("tile.py", [scene, "--size", "32", "--bands", "B04"], "--bands B04: chooses the band files of a scene kept "
+                                                              "as a file per band"),
+        ("tile.py", [scene, "--bands", "B04,,B03"], "--bands 'B04,,B03': give each band once"),
         # values float() takes but no run can use
         ("pretrain.py", ["--lr", "nan", *data], "argument --lr: expected a finite number, not 'nan'"),
         ("pretrain.py", ["--global_crops_scale", "0.4", "inf", *data], "expected a finite number, not 'inf'"),

@@ -78,11 +78,13 @@ def band_file(path: str) -> tuple[str, str, str] | None:
 
 def product_folders(folder: str) -> list[str]:
     """The folders of a Sentinel-2 product whose rasters are its bands: the folder itself, its R10m/R20m/R60m
-    folders (L2A's IMG_DATA), and for a .SAFE folder each granule's IMG_DATA."""
+    folders (L2A's IMG_DATA), for a granule's folder its IMG_DATA, and for a .SAFE folder each granule's."""
     granules = os.path.join(folder, "GRANULE")
     if os.path.isdir(granules):
         return [found for granule in sorted(os.listdir(granules))
-                for found in product_folders(os.path.join(granules, granule, "IMG_DATA"))]
+                for found in product_folders(os.path.join(granules, granule))]
+    if os.path.isdir(os.path.join(folder, "IMG_DATA")):
+        return product_folders(os.path.join(folder, "IMG_DATA"))
     if not os.path.isdir(folder):
         return []
     resolutions = sorted(os.path.join(folder, name) for name in os.listdir(folder)

@@ -31,13 +31,20 @@ def detect_format(archive: str) -> str:
     return FORMAT_BEN_V1
 
 
+def unpack_command(name: str) -> str:
+    """The command that unpacks a downloaded archive (a name ending in one of ARCHIVE_FILE_SUFFIXES)."""
+    lowered = name.lower()
+    if lowered.endswith(".zip"):
+        return f"unzip {name}"
+    return f"7z x {name}" if lowered.endswith((".7z", ".rar")) else f"tar xf {name}"
+
+
 def what_file_instead(name: str) -> str:
     """What to give prepare instead of a file that is not a table: each kind of file a user reaches for first."""
     lowered = name.lower()
     if lowered.endswith(ARCHIVE_FILE_SUFFIXES):
-        unpack = (f"unzip {name}" if lowered.endswith(".zip") else f"7z x {name}" if lowered.endswith((".7z", ".rar"))
-                  else f"tar xf {name}")
-        return f"a packed archive, which prepare does not open: unpack it ({unpack}) and give the folder it makes"
+        return (f"a packed archive, which prepare does not open: unpack it ({unpack_command(name)}) and give the "
+                "folder it makes")
     if lowered.endswith(SPREADSHEET_SUFFIXES):
         return "a spreadsheet: save it as CSV (UTF-8) or tab-separated text (.tsv) and give that file"
     if lowered.endswith(IMAGE_SUFFIXES):

@@ -26,6 +26,7 @@ from geodino.archive.band_files import (
     group_scenes,
     pixel_size_of,
 )
+from geodino.archive.detect import ARCHIVE_FILE_SUFFIXES, unpack_command
 from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
 from geodino.cli import flag
 from geodino.errors import ConfigError, GeodinoError
@@ -68,15 +69,31 @@ class TileConfig:
         if missing:
             pattern = " (a pattern the shell did not expand: leave out the quotes)" if "*" in missing[0] else ""
             raise ConfigError(f"SCENE {missing[0]!r}: no such file{pattern}")
+        packed = [scene for scene in self.scenes if scene.lower().endswith(ARCHIVE_FILE_SUFFIXES)]
+        if packed:
+            raise ConfigError(f"SCENE {packed[0]}: a packed archive (a downloaded product), which tile.py does not "
+                              f"open: unpack it ({unpack_command(os.path.basename(packed[0]))}) and give the folder it "
+                              "makes (a Sentinel-2 product's .SAFE folder)")
         empty = [scene for scene in self.scenes if os.path.isdir(scene) and not folder_rasters(scene)]
         if empty:
-            raise ConfigError(f"SCENE {empty[0]!r}: a folder without rasters in it ({', '.join(IMAGE_SUFFIXES)})")
+            raise ConfigError(f"SCENE {empty[0]!r}: {what_is_in(empty[0])}")
         if storage.is_uri(self.out):
             raise ConfigError(f"--out {self.out}: tile.py writes to a local folder; to train from S3, prepare the "
                               "tiles there with --pack s3://bucket/pack")
         problem = storage.first_location_problem({"--out": self.out}, folders=("--out",))
         if problem:
             raise ConfigError(problem)
+
+
+def what_is_in(folder: str) -> str:
+    """Why a SCENE folder stands for no rasters, and what to give instead."""
+    below = [name for name in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, name))
+             and folder_rasters(os.path.join(folder, name))]
+    if below:
+        return (f"its rasters lie in the {len(below)} folders below it ({below[0]}, ...): give those "
+                f"({os.path.join(folder, '*')}) to cut them, or prepare the folder if they hold patches already "
+                f"(python experiments/prepare.py {folder})")
+    return f"a folder without rasters in it ({', '.join(IMAGE_SUFFIXES)})"
 
 
 def scene_name(scene: str | BandStack) -> str:
