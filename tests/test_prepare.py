@@ -551,6 +551,23 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
         2, f"tile.py: error: {scene}: no band file for B05 (its bands: B02, B03, B04, B08)\n")
     assert not (tmp_path / "b5").exists()
 
+    # Landsat names its bands otherwise (Landsat 5's B4 is near infrared): stacked, its other rasters left out, the
+    # bands left unnamed rather than taken for Sentinel-2's
+    landsat = tmp_path / "LC08_L2SP_191031_20200101_20200113_02_T1"
+    landsat.mkdir()
+    for index, name in enumerate(["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "ST_B10", "QA_PIXEL"]):
+        with rasterio.open(landsat / f"{landsat.name}_{name}.TIF", "w", driver="GTiff", width=120, height=120, count=1,
+                           dtype="uint16", crs=crs, transform=rasterio.transform.from_origin(west, north, 30, 30)) as dst:
+            dst.write(patch_pixels[index % 12:index % 12 + 1].astype(np.uint16) + 1)
+    cut = subprocess.run(script + [str(landsat), "--out", "landsat"], capture_output=True, text=True, cwd=tmp_path)
+    assert cut.returncode == 0, cut.stderr
+    assert cut.stdout.splitlines()[0] == (
+        f"{landsat.name}_SR (7 band files stacked: B01, B02, B03, B04, B05, B06, B07; left out 2 other rasters of it "
+        f"({landsat.name}_QA_PIXEL.TIF, {landsat.name}_ST_B10.TIF); not named as Sentinel-2's, so the tiles' bands are "
+        "left unnamed): 1 tiles")
+    with rasterio.open(tmp_path / "landsat" / f"{landsat.name}_SR_y00000_x00000.tif") as tile:
+        assert tile.count == 7 and tile.descriptions == (None,) * 7
+
     # band files that do not lie on one another are refused, by file, before a tile is written
     with rasterio.open(r10m / f"{scene}_B08_10m.jp2", "r+") as band:
         band.transform = rasterio.transform.from_origin(west + 1200, north, 10, 10)

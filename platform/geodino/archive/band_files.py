@@ -25,6 +25,9 @@ from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data
 # name_B02.jp2, name_B8A_20m.jp2, name-b4.tif, B02.tif: the text before the band code names the scene
 _BAND_FILE = re.compile(r"(?:(?P<scene>.*?)[_.-])?(?P<band>[Bb]\d{1,2}[Aa]?)(?:_\d+m)?", re.ASCII)
 _RESOLUTION_FOLDER = re.compile(r"R\d+m")  # a Sentinel-2 L2A product keeps each resolution in a folder of its own
+# Sentinel-2's names: a product (S2B_MSIL2A_...), a BigEarthNet patch (S2A_MSIL2A_..._87_48), a granule's files
+# (T32UPU_20200101T103421_B02_10m.jp2), an Earth Search item (S2A_32UPU_20200101_0_L2A/B02.tif)
+_SENTINEL2_NAME = re.compile(r"S2[A-D]_|T\d{2}[A-Z]{3}_\d{8}T\d{6}")
 
 
 def band_name(text: str) -> str:
@@ -49,15 +52,20 @@ class BandStack:
     def __str__(self) -> str:
         return self.name
 
+    def is_sentinel2(self) -> bool:
+        """Named as Sentinel-2 names its files, so B04 is its red band (Landsat 5's B4 is near infrared)."""
+        return bool(_SENTINEL2_NAME.match(self.name)) and all(sentinel2_name(band) == band for band in self.files)
+
     def is_sentinel2_product(self) -> bool:
         """JPEG 2000 files of Sentinel-2 bands, as ESA delivers them."""
-        return all(path.lower().endswith(".jp2") and sentinel2_name(band) == band for band, path in self.files.items())
+        return self.is_sentinel2() and all(path.lower().endswith(".jp2") for path in self.files.values())
 
     def summary(self) -> str:
         """What was stacked and what was not, for tile.py's report."""
         others = f"; left out {len(self.left_out)} other rasters of it ({', '.join(self.left_out[:4])}" + (
             ", ...)" if len(self.left_out) > 4 else ")") if self.left_out else ""
-        return f"{self.name} ({len(self.files)} band files stacked: {', '.join(self.files)}{others})"
+        unnamed = "" if self.is_sentinel2() else "; not named as Sentinel-2's, so the tiles' bands are left unnamed"
+        return f"{self.name} ({len(self.files)} band files stacked: {', '.join(self.files)}{others}{unnamed})"
 
 
 def scene_folder(path: str) -> str:
@@ -129,13 +137,14 @@ def group_scenes(files: list[str], pixel_size) -> list[str | BandStack]:
 
 def owning_stack(path: str, stacks: dict[tuple[str, str], BandStack]) -> BandStack | None:
     """The stack a file is part of: one of its bands (kept or a coarser copy), or another raster of its product
-    (T32UPU_20200101T103421_TCI_10m.jp2 beside the bands of T32UPU_20200101T103421)."""
+    (T32UPU_20200101T103421_TCI_10m.jp2 beside the bands of T32UPU_20200101T103421; Landsat's ..._T1_QA_PIXEL.TIF
+    and ..._T1_ST_B10.TIF beside ..._T1_SR_B1.TIF): a file in its folder named as the scene is up to its last part."""
     found = band_file(path)
     if found is not None and found[:2] in stacks:
         return stacks[found[:2]]
     folder, name = scene_folder(path), os.path.basename(path)
-    return next((stack for (where, scene), stack in stacks.items()
-                 if where == folder and (name.startswith(scene) or scene == os.path.basename(folder))), None)
+    return next((stack for (where, scene), stack in stacks.items() if where == folder and (
+        scene == os.path.basename(folder) or name.startswith(re.split(r"(?<=[_.-])[^_.-]*$", scene)[0]))), None)
 
 
 def choose_bands(stack: BandStack, wanted: list[str]) -> BandStack:
@@ -176,7 +185,8 @@ class StackedRaster:
         self.dtypes = tuple(src.dtypes[0] for src in sources.values())
         self.nodata = grid.nodata if grid.nodata is not None else self.given_nodata
         self.colorinterp = (ColorInterp.gray,) + (ColorInterp.undefined,) * (self.count - 1)
-        self.descriptions = tuple(self.stack.files)
+        # band names only where they are Sentinel-2's, whose names prepare and the weights' bands go by
+        self.descriptions = tuple(self.stack.files) if self.stack.is_sentinel2() else (None,) * self.count
         self.mask_flag_enums = next((src.mask_flag_enums for src in sources.values()
                                      if marks_no_data(src.mask_flag_enums)), grid.mask_flag_enums)
         self.window_transform = grid.window_transform
