@@ -557,7 +557,7 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
     landsat.mkdir()
     for index, name in enumerate(["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "ST_B10", "QA_PIXEL"]):
         with rasterio.open(landsat / f"{landsat.name}_{name}.TIF", "w", driver="GTiff", width=120, height=120, count=1,
-                           dtype="uint16", crs=crs, transform=rasterio.transform.from_origin(west, north, 30, 30)) as dst:
+                           dtype="uint16", crs=crs, transform=rasterio.Affine(30, 0, west, 0, -30, north)) as dst:
             dst.write(patch_pixels[index % 12:index % 12 + 1].astype(np.uint16) + 1)
     cut = subprocess.run(script + [str(landsat), "--out", "landsat"], capture_output=True, text=True, cwd=tmp_path)
     assert cut.returncode == 0, cut.stderr
