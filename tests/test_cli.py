@@ -282,6 +282,11 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         shutil.copy(scene, f"{tmp}/{folder}/x.jpg")
     with open(f"{tmp}/bad.tif", "w") as handle:
         handle.write("not a raster")
+    patch = sorted(BEN_V1_EXAMPLE.iterdir())[0]
+    product = f"{tmp}/S2A_MSIL2A_20170613T101031_N9999_R022_T32UNA_20170613T101031.SAFE/GRANULE/L2A/IMG_DATA/R10m"
+    os.makedirs(product)
+    for band in ("B02", "B03", "B04", "B08"):  # a product's 10 m bands: one scene, not four grey images
+        shutil.copy(patch / f"{patch.name}_{band}.tif", f"{product}/T32UNA_20170613T101031_{band}_10m.tif")
     other_run = os.path.join(tmp, "runs", "other")
     os.makedirs(os.path.join(other_run, "checkpoint_2026-11-27_10-00-00.000000"))
     with open(os.path.join(other_run, "settings.json"), "w") as handle:
@@ -391,6 +396,10 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["archive"], "--out", f"{tmp}/m.parquet"], "unpack it (tar xf archive.tar.gz)"),
         ("prepare.py", [damaged["scene"], "--out", f"{tmp}/m.parquet"], "one image: prepare reads a folder"),
         ("prepare.py", [damaged["labels"], "--out", f"{tmp}/m.parquet"], "a file prepare does not read"),
+        ("prepare.py", [product.split("/GRANULE")[0], "--out", f"{tmp}/m.parquet"],
+         "a Sentinel-2 product, a scene rather than patches: cut it into tiles (python experiments/tile.py"),
+        ("prepare.py", [product, "--out", f"{tmp}/m.parquet"], "the band files of scene T32UNA_20170613T101031 (B02, "
+                                                              "B03, B04, B08), not images of their own: cut it into"),
         ("prepare.py", [table, "--bands", "rgb", "--out", f"{tmp}/m.parquet"], "of your own images prepare keeps"),
         ("prepare.py", [str(BEN_V1_EXAMPLE), "--band_names", "B2", "--out", f"{tmp}/m.parquet"],
          "--band_names names the channels of your own images"),

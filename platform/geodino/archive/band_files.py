@@ -100,6 +100,24 @@ def product_folders(folder: str) -> list[str]:
     return [folder, *resolutions]
 
 
+def is_product_folder(folder: str) -> bool:
+    """A Sentinel-2 product's folder (.SAFE, a granule, an L2A IMG_DATA), whose bands lie in folders below it."""
+    return os.path.isdir(folder) and any(
+        (name in ("GRANULE", "IMG_DATA") or _RESOLUTION_FOLDER.fullmatch(name)) and os.path.isdir(
+            os.path.join(folder, name)) for name in os.listdir(folder))
+
+
+def scenes_by_name(folder: str, names: list[str]) -> dict[str, list[str]]:
+    """{scene: bands} of the band files among `names` (files of `folder`), from the names alone: two bands or more
+    of one scene name."""
+    bands_of: dict[str, list[str]] = {}
+    for name in names:
+        found = band_file(os.path.join(folder, name))
+        if found is not None:
+            bands_of.setdefault(found[1], []).append(found[2])
+    return {scene: sorted(set(bands), key=band_order) for scene, bands in bands_of.items() if len(set(bands)) > 1}
+
+
 def folder_rasters(folder: str) -> list[str]:
     """The rasters a SCENE folder stands for (not below it, but for a product's band folders), by name; hidden
     files left out."""

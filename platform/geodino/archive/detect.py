@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 
 from geodino import storage
-from geodino.archive.image_folder import is_image_folder
+from geodino.archive.band_files import is_product_folder, scenes_by_name
+from geodino.archive.image_folder import folder_entries, is_image_folder
 from geodino.archive.image_table import TABLE_SUFFIXES
 from geodino.archive.pixels import FORMAT_BEN_V1, FORMAT_BEN_V2, FORMAT_IMAGE, IMAGE_SUFFIXES
 from geodino.errors import MissingInputError
@@ -26,9 +27,26 @@ def detect_format(archive: str) -> str:
         raise MissingInputError(f"{archive}: {what_file_instead(os.path.basename(archive))}")
     if storage.exists(storage.join(archive, "metadata.parquet")):
         return FORMAT_BEN_V2
+    if not storage.is_uri(archive) and is_product_folder(archive):
+        raise MissingInputError(f"{archive}: a Sentinel-2 product, a scene rather than patches: {tile_first(archive)}")
     if is_image_folder(archive):
+        check_no_band_files(archive)
         return FORMAT_IMAGE
     return FORMAT_BEN_V1
+
+
+def tile_first(folder: str) -> str:
+    return f"cut it into tiles (python experiments/tile.py {folder} --out TILES), then prepare TILES"
+
+
+def check_no_band_files(folder: str) -> None:
+    """A folder of one scene's band files (a product's R10m folder) is not a folder of images: prepared as one,
+    each band became a grey image of its own, and nothing said so."""
+    scenes = scenes_by_name(folder, folder_entries(folder)[1])
+    if scenes:
+        scene, bands = next(iter(scenes.items()))
+        raise MissingInputError(f"{folder}: the band files of scene {scene} ({', '.join(bands)}), not images of their "
+                                f"own: {tile_first(folder)}")
 
 
 def unpack_command(name: str) -> str:

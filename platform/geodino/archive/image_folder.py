@@ -55,7 +55,7 @@ def _walked_files(folder: str) -> list[str]:
     return found
 
 
-def _entries(folder: str) -> tuple[list[str], list[str]]:
+def folder_entries(folder: str) -> tuple[list[str], list[str]]:
     """Sub-folders and files of a folder, hidden ones left out."""
     kinds = _listing(folder)
     names = _visible(list(kinds))
@@ -76,8 +76,8 @@ def is_ben_patch_folder(folder: str, files: list[str]) -> bool:
 def holds_class_folders(folder: str) -> bool:
     """Whether some sub-folder of `folder` holds image files itself. The first BigEarthNet patch folder ends the
     search: it is that archive (whose 590,326 folders would otherwise each be listed)."""
-    for sub in _entries(folder)[0]:
-        files = _entries(storage.join(folder, sub))[1]
+    for sub in folder_entries(folder)[0]:
+        files = folder_entries(storage.join(folder, sub))[1]
         if is_ben_patch_folder(storage.join(folder, sub), files):
             return False
         if any(is_image(file) for file in files):
@@ -88,7 +88,7 @@ def holds_class_folders(folder: str) -> bool:
 def split_folders(folder: str) -> dict[str, str] | None:
     """{sub-folder: split} when every sub-folder is named for a split (train/val/test, any case) and holds class
     folders; None otherwise."""
-    subs = _entries(folder)[0]
+    subs = folder_entries(folder)[0]
     if not subs or any(sub.lower() not in SPLIT_NAMES for sub in subs):
         return None
     if not any(holds_class_folders(storage.join(folder, sub)) for sub in subs):
@@ -101,7 +101,7 @@ def is_image_folder(archive: str) -> bool:
     of class folders."""
     if not storage.is_folder(archive):
         return False
-    files = _entries(archive)[1]
+    files = folder_entries(archive)[1]
     if is_ben_patch_folder(archive, files):
         return False
     return any(is_image(file) for file in files) or holds_class_folders(archive) or split_folders(archive) is not None
@@ -120,7 +120,7 @@ def image_folder_table(archive: str) -> tuple[pd.DataFrame, list[str]]:
     tops = [(f"{sub}/", split) for sub, split in splits.items()] if splits else [("", "")]
     rows, not_images = [], []
     for prefix, split in tops:
-        classes, files = _entries(storage.join(archive, prefix))
+        classes, files = folder_entries(storage.join(archive, prefix))
         rows += [{"path": prefix + file, "label": "", "split": split} for file in files if is_image(file)]
         for folder in classes:
             label = "" if folder.lower() in UNLABELLED_FOLDERS else folder
@@ -140,7 +140,7 @@ def image_folder_table(archive: str) -> tuple[pd.DataFrame, list[str]]:
 def nested_image_folder(archive: str) -> str | None:
     """The folder one level down that holds the class folders, when `archive` holds it instead (EuroSAT's
     images/ beside its labels.csv); None otherwise."""
-    for sub in _entries(archive)[0][:5]:
+    for sub in folder_entries(archive)[0][:5]:
         inner = os.path.join(archive, sub)
         if is_image_folder(inner):
             return inner
