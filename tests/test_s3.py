@@ -241,3 +241,40 @@ def test_a_table_and_a_folder_of_images_on_s3_are_prepared_as_they_are_here(s3_e
         prepare(PrepareConfig(archive=f"{uri}/labels.csv", out="s3://no-such-bucket/m.parquet", workers=1))
     with pytest.raises(GeodinoError, match=r"s3://no-such-bucket/runs/settings.json: cannot write \(S3 endpoint"):
         storage.write_bytes_atomic("s3://no-such-bucket/runs/settings.json", b"{}")  # before: an OSError traceback
+
+
+def test_scenes_on_s3_are_cut_into_the_same_tiles_as_here(s3_endpoint, tmp_path):
+    """tile.py on an S3 folder of scenes (a 4-band GeoTIFF and one scene's 12 band files, real BigEarthNet
+    pixels), read where they lie through GDAL: the same tiles, value for value, as from the same files here.
+    Before, an S3 folder was taken for one file: `cannot read the scene`."""
+    import shutil
+    import subprocess
+    import sys
+
+    import rasterio
+    from conftest import BEN_V1_NPZ, REPO
+
+    local = tmp_path / "scenes"
+    local.mkdir()
+    patch = sorted(path for path in BEN_V1_EXAMPLE.iterdir() if path.is_dir())[0]
+    for band_file in patch.glob("*_B*.tif"):
+        shutil.copy(band_file, local / band_file.name)
+    quarters = [np.stack([np.load(path)[band] for band in ("B04", "B03", "B02", "B08")])
+                for path in sorted((BEN_V1_NPZ / "patches").glob("*.npz"))[:4]]
+    with rasterio.open(local / "T32UNA.tif", "w", driver="GTiff", width=240, height=240, count=4, dtype="uint16",
+                       crs="EPSG:32632", transform=rasterio.Affine(10, 0, 500000, 0, -10, 5600000)) as dst:
+        dst.write(np.block([[quarters[0], quarters[1]], [quarters[2], quarters[3]]]))
+    uri = f"s3://{S3_BUCKET}/scenes"
+    assert upload_folder(local, uri) == 13
+    script = [sys.executable, str(REPO / "experiments" / "tile.py")]
+    for source, out in ((uri, "from_s3"), (str(local), "from_here")):
+        done = subprocess.run(script + [source, "--out", out, "--size", "60"], capture_output=True, text=True,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "wrote 20 tiles of 60 px" in done.stdout  # 4 of the 120 px patch's 12 bands, 16 of the scene
+    names = sorted(path.name for path in (tmp_path / "from_here").glob("*.tif"))
+    assert names == sorted(path.name for path in (tmp_path / "from_s3").glob("*.tif")) and len(names) == 20
+    for name in names:
+        with rasterio.open(tmp_path / "from_here" / name) as here, rasterio.open(tmp_path / "from_s3" / name) as s3:
+            assert np.array_equal(here.read(), s3.read()) and here.transform == s3.transform
+            assert here.descriptions == s3.descriptions

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from geodino import storage
 from geodino.archive.bands import sentinel2_name
+from geodino.archive.image_folder import folder_entries
 from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
 
 # name_B02.jp2, name_B8A_20m.jp2, name-b4.tif, B02.tif: the text before the band code names the scene
@@ -70,41 +73,37 @@ class BandStack:
 
 def scene_folder(path: str) -> str:
     """The folder a file belongs to as a scene's: a product's R10m/R20m/R60m folders count as the one above them,
-    so a band kept at 10 m and another at 20 m are one scene."""
-    folder = os.path.dirname(os.path.abspath(path))
-    return os.path.dirname(folder) if _RESOLUTION_FOLDER.fullmatch(os.path.basename(folder)) else folder
+    so a band kept at 10 m and another at 20 m are one scene. A local folder or an S3 prefix."""
+    folder = storage.parent(path)
+    return storage.parent(folder) if _RESOLUTION_FOLDER.fullmatch(posixpath.basename(folder)) else folder
 
 
 def band_file(path: str) -> tuple[str, str, str] | None:
     """(folder, scene name, band) of a file named by a band code, or None."""
-    match = _BAND_FILE.fullmatch(os.path.splitext(os.path.basename(path))[0])
+    match = _BAND_FILE.fullmatch(posixpath.splitext(posixpath.basename(path))[0])
     if match is None:
         return None
     folder = scene_folder(path)
-    return folder, match["scene"] or os.path.basename(folder), band_name(match["band"])
+    return folder, match["scene"] or posixpath.basename(folder), band_name(match["band"])
 
 
 def product_folders(folder: str) -> list[str]:
     """The folders of a Sentinel-2 product whose rasters are its bands: the folder itself, its R10m/R20m/R60m
     folders (L2A's IMG_DATA), for a granule's folder its IMG_DATA, and for a .SAFE folder each granule's."""
-    granules = os.path.join(folder, "GRANULE")
-    if os.path.isdir(granules):
-        return [found for granule in sorted(os.listdir(granules))
-                for found in product_folders(os.path.join(granules, granule))]
-    if os.path.isdir(os.path.join(folder, "IMG_DATA")):
-        return product_folders(os.path.join(folder, "IMG_DATA"))
-    if not os.path.isdir(folder):
-        return []
-    resolutions = sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                         if _RESOLUTION_FOLDER.fullmatch(name) and os.path.isdir(os.path.join(folder, name)))
-    return [folder, *resolutions]
+    folders = folder_entries(folder)[0]
+    if "GRANULE" in folders:
+        granules = storage.join(folder, "GRANULE")
+        return [found for granule in folder_entries(granules)[0]
+                for found in product_folders(storage.join(granules, granule))]
+    if "IMG_DATA" in folders:
+        return product_folders(storage.join(folder, "IMG_DATA"))
+    return [folder, *(storage.join(folder, name) for name in folders if _RESOLUTION_FOLDER.fullmatch(name))]
 
 
 def is_product_folder(folder: str) -> bool:
     """A Sentinel-2 product's folder (.SAFE, a granule, an L2A IMG_DATA), whose bands lie in folders below it."""
-    return os.path.isdir(folder) and any(
-        (name in ("GRANULE", "IMG_DATA") or _RESOLUTION_FOLDER.fullmatch(name)) and os.path.isdir(
-            os.path.join(folder, name)) for name in os.listdir(folder))
+    return any(name in ("GRANULE", "IMG_DATA") or _RESOLUTION_FOLDER.fullmatch(name)
+               for name in folder_entries(folder)[0])
 
 
 def scenes_by_name(folder: str, names: list[str]) -> dict[str, list[str]]:
@@ -112,7 +111,7 @@ def scenes_by_name(folder: str, names: list[str]) -> dict[str, list[str]]:
     of one scene name."""
     bands_of: dict[str, list[str]] = {}
     for name in names:
-        found = band_file(os.path.join(folder, name))
+        found = band_file(storage.join(folder, name))
         if found is not None:
             bands_of.setdefault(found[1], []).append(found[2])
     return {scene: sorted(set(bands), key=band_order) for scene, bands in bands_of.items() if len(set(bands)) > 1}
@@ -121,9 +120,8 @@ def scenes_by_name(folder: str, names: list[str]) -> dict[str, list[str]]:
 def folder_rasters(folder: str) -> list[str]:
     """The rasters a SCENE folder stands for (not below it, but for a product's band folders), by name; hidden
     files left out."""
-    return sorted(os.path.join(place, name) for place in product_folders(folder) for name in os.listdir(place)
-                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
-                  and os.path.isfile(os.path.join(place, name)))
+    return sorted(storage.join(place, name) for place in product_folders(folder)
+                  for name in folder_entries(place)[1] if name.lower().endswith(IMAGE_SUFFIXES))
 
 
 def group_scenes(files: list[str], pixel_size) -> list[str | BandStack]:
@@ -149,7 +147,7 @@ def group_scenes(files: list[str], pixel_size) -> list[str | BandStack]:
         elif path in stack.files.values():
             scenes += [] if stack in scenes else [stack]
         else:
-            stack.left_out.append(os.path.basename(path))
+            stack.left_out.append(posixpath.basename(path))
     return scenes
 
 
@@ -160,9 +158,9 @@ def owning_stack(path: str, stacks: dict[tuple[str, str], BandStack]) -> BandSta
     found = band_file(path)
     if found is not None and found[:2] in stacks:
         return stacks[found[:2]]
-    folder, name = scene_folder(path), os.path.basename(path)
+    folder, name = scene_folder(path), posixpath.basename(path)
     return next((stack for (where, scene), stack in stacks.items() if where == folder and (
-        scene == os.path.basename(folder) or name.startswith(re.split(r"(?<=[_.-])[^_.-]*$", scene)[0]))), None)
+        scene == posixpath.basename(folder) or name.startswith(re.split(r"(?<=[_.-])[^_.-]*$", scene)[0]))), None)
 
 
 def choose_bands(stack: BandStack, wanted: list[str]) -> BandStack:

@@ -27,6 +27,7 @@ from geodino.archive.band_files import (
     pixel_size_of,
 )
 from geodino.archive.detect import ARCHIVE_FILE_SUFFIXES, unpack_command
+from geodino.archive.image_folder import folder_entries
 from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
 from geodino.cli import flag
 from geodino.errors import ConfigError, GeodinoError
@@ -54,7 +55,8 @@ class TileConfig:
 
     def scene_files(self) -> list[str]:
         """The SCENE arguments, a folder standing for the rasters in it."""
-        return [file for scene in self.scenes for file in (folder_rasters(scene) if os.path.isdir(scene) else [scene])]
+        return [file for scene in self.scenes
+                for file in (folder_rasters(scene) if storage.is_folder(scene) else [scene])]
 
     def validate(self) -> None:
         for name in ("size", "stride"):
@@ -74,7 +76,7 @@ class TileConfig:
             raise ConfigError(f"SCENE {packed[0]}: a packed archive (a downloaded product), which tile.py does not "
                               f"open: unpack it ({unpack_command(os.path.basename(packed[0]))}) and give the folder it "
                               "makes (a Sentinel-2 product's .SAFE folder)")
-        empty = [scene for scene in self.scenes if os.path.isdir(scene) and not folder_rasters(scene)]
+        empty = [scene for scene in self.scenes if storage.is_folder(scene) and not folder_rasters(scene)]
         if empty:
             raise ConfigError(f"SCENE {empty[0]!r}: {what_is_in(empty[0])}")
         if storage.is_uri(self.out):
@@ -87,11 +89,10 @@ class TileConfig:
 
 def what_is_in(folder: str) -> str:
     """Why a SCENE folder stands for no rasters, and what to give instead."""
-    below = [name for name in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, name))
-             and folder_rasters(os.path.join(folder, name))]
+    below = [name for name in folder_entries(folder)[0] if folder_rasters(storage.join(folder, name))]
     if below:
         return (f"its rasters lie in the {len(below)} folders below it ({below[0]}, ...): give those "
-                f"({os.path.join(folder, '*')}) to cut them, or prepare the folder if they hold patches already "
+                f"({storage.join(folder, '*')}) to cut them, or prepare the folder if they hold patches already "
                 f"(python experiments/prepare.py {folder})")
     return f"a folder without rasters in it ({', '.join(IMAGE_SUFFIXES)})"
 
@@ -105,7 +106,7 @@ def scenes_to_cut(config: TileConfig) -> list[str | BandStack]:
     """The scenes of the SCENE arguments, band files stacked, each once, checked to have names of their own."""
     files: dict[str, str] = {}
     for file in config.scene_files():
-        files.setdefault(os.path.abspath(file), file)  # a scene named twice is cut once
+        files.setdefault(storage.absolute(file), file)  # a scene named twice is cut once
     scenes = group_scenes(list(files.values()), pixel_size_of)
     stacks = [scene for scene in scenes if isinstance(scene, BandStack)]
     if config.bands and not stacks:
