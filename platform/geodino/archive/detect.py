@@ -27,7 +27,7 @@ def detect_format(archive: str) -> str:
         raise MissingInputError(f"{archive}: {what_file_instead(os.path.basename(archive))}")
     if storage.exists(storage.join(archive, "metadata.parquet")):
         return FORMAT_BEN_V2
-    if not storage.is_uri(archive) and is_product_folder(archive):
+    if is_product_folder(archive):
         raise MissingInputError(f"{archive}: a Sentinel-2 product, a scene rather than patches: {tile_first(archive)}")
     if is_image_folder(archive):
         check_no_band_files(archive)
