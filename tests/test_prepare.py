@@ -475,7 +475,8 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
     a scene are stacked now, coarser bands resampled onto the finest's grid as BigEarthNet resamples them. The
     product here is one real BigEarthNet patch written as an L2A product's lossless JPEG 2000 files, and a second
     granule of another patch's 10 m bands with a swath edge: zeros, which the product's metadata (not the files)
-    declares no data."""
+    declares no data. Its pixels are stored as processing baseline 04.00 (2022 on) stores them, 1000 above the
+    earlier scale, which the product's MTD_MSIL2A.xml declares: tiles are brought back to BigEarthNet's scale."""
     import rasterio
 
     from geodino.archive.bands import NATIVE_SIZE, S2_BANDS
@@ -498,16 +499,21 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
 
     for band in S2_BANDS:
         with rasterio.open(BEN_V1_EXAMPLE / patch / f"{patch}_{band}.tif") as src:
-            write(band, src.read(), 1200 // NATIVE_SIZE[band])
+            write(band, src.read() + 1000, 1200 // NATIVE_SIZE[band])
     with rasterio.open(BEN_V1_EXAMPLE / patch / f"{patch}_B02.tif") as src:
         write("B02", src.read(out_shape=(1, 60, 60)), 20)  # the same band again at 20 m: the 10 m one is kept
+    offsets = "".join(f'<BOA_ADD_OFFSET band_id="{index}">-1000</BOA_ADD_OFFSET>' for index in range(13))
+    (granule.parents[1] / "MTD_MSIL2A.xml").write_text(
+        '<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">'
+        f"<n1:General_Info><Product_Image_Characteristics><BOA_ADD_OFFSET_VALUES_LIST>{offsets}"
+        "</BOA_ADD_OFFSET_VALUES_LIST></Product_Image_Characteristics></n1:General_Info></n1:Level-2A_User_Product>")
     write("TCI", np.full((3, 120, 120), 90, np.uint8), 10)  # the product's other rasters: not bands
     write("SCL", np.full((1, 60, 60), 4, np.uint8), 20)
     other = sorted(path.name for path in BEN_V1_EXAMPLE.iterdir() if path.is_dir())[1]
     rows, cols = np.mgrid[:120, :120]
     for band in ("B02", "B03", "B04", "B08"):
         with rasterio.open(BEN_V1_EXAMPLE / other / f"{other}_{band}.tif") as src:
-            pixels = src.read()
+            pixels = src.read() + 1000
         pixels[:, rows + cols < 100] = 0  # outside the swath: 3 of the 4 tiles partly
         write(band, pixels, 10, "T32UNB", granule.parent / "L2A_B")
 
@@ -518,10 +524,11 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
     scene = "T32UNA_20170613T101031"
     assert done.stdout.splitlines()[0] == (
         f"{scene} (12 band files stacked: {', '.join(S2_BANDS)}; left out 3 other rasters of it ({scene}_TCI_10m.jp2, "
-        f"{scene}_B02_20m.jp2, {scene}_SCL_20m.jp2)) (no data: 0, a Sentinel-2 product's): 4 tiles")
+        f"{scene}_B02_20m.jp2, {scene}_SCL_20m.jp2); the product's add offset -1000 added to 12 bands, the scale of "
+        "products before 2022) (no data: 0, a Sentinel-2 product's): 4 tiles")
     assert done.stdout.splitlines()[1] == (
-        "T32UNB_20170613T101031 (4 band files stacked: B02, B03, B04, B08) (no data: 0, a Sentinel-2 product's): "
-        "1 tiles")
+        "T32UNB_20170613T101031 (4 band files stacked: B02, B03, B04, B08; the product's add offset -1000 added to 4 "
+        "bands, the scale of products before 2022) (no data: 0, a Sentinel-2 product's): 1 tiles")
     assert "wrote 5 tiles of 60 px" in done.stdout and "skipped 3 with no data beyond --max_nodata 0" in done.stdout
     with rasterio.open(tmp_path / "tiles" / "T32UNB_20170613T101031_y00060_x00060.tif") as tile:
         assert tile.nodata == 0 and tile.read().min() > 0
@@ -534,6 +541,11 @@ def test_a_scene_kept_as_a_file_per_band_is_cut_as_one_raster_of_its_bands(tmp_p
             ten_metres = [S2_BANDS.index(band) for band in ("B02", "B03", "B04", "B08")]
             assert difference[ten_metres].max() == 0  # value for value
             assert difference.max() <= 0.51  # 20 m and 60 m bands: BigEarthNet's bilinear, to the rounding
+
+    raw = subprocess.run(script + [str(granule.parents[1]), "--out", "raw", "--size", "60", "--add_offset", "false"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    with rasterio.open(tmp_path / "raw" / f"{scene}_y00000_x00000.tif") as tile:
+        assert raw.returncode == 0 and np.array_equal(tile.read(2), patch_pixels[1, :60, :60] + 1000)  # B02 as stored
 
     # --bands chooses and orders them; prepare names the channels of the tiles by the bands
     r10m = granule / "IMG_DATA" / "R10m"

@@ -51,6 +51,7 @@ class BandStack:
     name: str
     files: dict[str, str]
     left_out: list[str] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)  # band -> the product's add offset, where not 0
 
     def __str__(self) -> str:
         return self.name
@@ -68,7 +69,12 @@ class BandStack:
         others = f"; left out {len(self.left_out)} other rasters of it ({', '.join(self.left_out[:4])}" + (
             ", ...)" if len(self.left_out) > 4 else ")") if self.left_out else ""
         unnamed = "" if self.is_sentinel2() else "; not named as Sentinel-2's, so the tiles' bands are left unnamed"
-        return f"{self.name} ({len(self.files)} band files stacked: {', '.join(self.files)}{others}{unnamed})"
+        offset = ""
+        if self.offsets:
+            values = sorted(set(self.offsets.values()))
+            offset = (f"; the product's add offset {', '.join(map(str, values))} added to {len(self.offsets)} bands, "
+                      "the scale of products before 2022")
+        return f"{self.name} ({len(self.files)} band files stacked: {', '.join(self.files)}{others}{unnamed}{offset})"
 
 
 def scene_folder(path: str) -> str:
@@ -170,7 +176,8 @@ def choose_bands(stack: BandStack, wanted: list[str]) -> BandStack:
     if missing:
         raise PatchReadError(f"{stack.name}: no band file for {', '.join(missing)} (its bands: "
                              f"{', '.join(stack.files)})")
-    return BandStack(stack.name, {band: stack.files[band] for band in names}, stack.left_out)
+    return BandStack(stack.name, {band: stack.files[band] for band in names}, stack.left_out,
+                     {band: offset for band, offset in stack.offsets.items() if band in names})
 
 
 class StackedRaster:
@@ -218,7 +225,19 @@ class StackedRaster:
 
     def read(self, window, masked: bool = False) -> np.ndarray:
         return (np.ma.stack if masked else np.stack)(
-            [src.read(1, window=window, masked=masked) for src in self.sources.values()])
+            [self.with_offset(band, src.read(1, window=window, masked=masked)) for band, src in self.sources.items()])
+
+    def with_offset(self, band: str, pixels: np.ndarray) -> np.ndarray:
+        """A band brought to the scale of products before 2022 (processing baseline 04.00 stores reflectance x 10000
+        - offset): offset added, no-data pixels kept, measurements kept at 1 or more (0 is no data)."""
+        offset = self.stack.offsets.get(band, 0)
+        if not offset:
+            return pixels
+        shifted = np.clip(np.ma.getdata(pixels).astype(np.int64) + offset, 1, np.iinfo(pixels.dtype).max)
+        if self.nodata is not None:
+            shifted[np.ma.getdata(pixels) == self.nodata] = self.nodata
+        shifted = shifted.astype(pixels.dtype)
+        return np.ma.array(shifted, mask=np.ma.getmaskarray(pixels)) if np.ma.isMaskedArray(pixels) else shifted
 
 
 def alignment_problem(src, grid) -> str | None:
@@ -232,6 +251,41 @@ def alignment_problem(src, grid) -> str | None:
     if any(abs(a - b) > src.res[0] for a, b in zip(src.bounds, grid.bounds)):
         return "it covers another area"
     return None
+
+
+# ESA's band_id in a product's metadata: 0 is B1, ..., 8 is B8A, ..., 12 is B12
+_ESA_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+_PRODUCT_METADATA = ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")
+
+
+def product_offsets(stack: BandStack) -> dict[str, int]:
+    """The add offsets (BOA_ADD_OFFSET of L2A, RADIO_ADD_OFFSET of L1C: -1000 since processing baseline 04.00,
+    January 2022) of the stack's bands, from the product's metadata file found above its band files; {} without
+    one, or where they are 0. Without them, products before and after 2022 differ by 1000 in every band."""
+    import xml.etree.ElementTree as ElementTree
+
+    folder = scene_folder(next(iter(stack.files.values())))
+    for _ in range(4):  # IMG_DATA -> granule -> GRANULE -> .SAFE
+        found = next((storage.join(folder, name) for name in _PRODUCT_METADATA
+                      if storage.exists(storage.join(folder, name))), None)
+        if found:
+            break
+        folder = storage.parent(folder)
+    else:
+        return {}
+    try:
+        root = ElementTree.fromstring(storage.read_bytes(found))
+    except ElementTree.ParseError as error:
+        raise PatchReadError(f"{found}: the product's metadata is not readable XML ({error})") from error
+    names = {item.get("bandId"): sentinel2_name(item.get("physicalBand", "")) for item in root.iter()
+             if item.tag.endswith("Spectral_Information") and item.get("bandId") is not None}
+    offsets = {}
+    for item in root.iter():
+        if item.tag.endswith(("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")) and item.get("band_id", "").isdigit():
+            band = names.get(item.get("band_id")) or _ESA_BAND_IDS[int(item.get("band_id"))]
+            if band in stack.files and int(float(item.text)):
+                offsets[band] = int(float(item.text))
+    return offsets
 
 
 def pixel_size_of(path: str) -> tuple[int, float]:

@@ -25,6 +25,7 @@ from geodino.archive.band_files import (
     folder_rasters,
     group_scenes,
     pixel_size_of,
+    product_offsets,
 )
 from geodino.archive.detect import ARCHIVE_FILE_SUFFIXES, unpack_command
 from geodino.archive.image_folder import folder_entries
@@ -50,6 +51,10 @@ class TileConfig:
     nodata: float | None = flag(None, "The value that marks no data in scenes that declare none (a pixel is no data "
                                 "where any band has it). Default: the scene's own; a Sentinel-2 product's band files "
                                 "(.jp2) declare none, and 0, the product's NODATA value, is taken")
+    add_offset: bool = flag(True, "Add a Sentinel-2 product's BOA_ADD_OFFSET (RADIO_ADD_OFFSET for L1C), -1000 "
+                            "since processing baseline 04.00 (January 2022), read from its MTD_MSIL2A.xml, so its "
+                            "pixels are on the scale of earlier products and BigEarthNet's; false keeps the files' "
+                            "values")
     max_nodata: float = flag(0.0, "Largest share of a tile's pixels the scene may mark as no data (its nodata value "
                              "or mask); tiles with more are skipped. 0: only whole tiles of measurements")
 
@@ -115,6 +120,9 @@ def scenes_to_cut(config: TileConfig) -> list[str | BandStack]:
     if config.bands:
         wanted = [band.strip() for band in config.bands.split(",")]
         scenes = [choose_bands(scene, wanted) if isinstance(scene, BandStack) else scene for scene in scenes]
+    for scene in scenes:
+        if config.add_offset and isinstance(scene, BandStack) and scene.is_sentinel2():
+            scene.offsets = product_offsets(scene)
     names: dict[str, str | BandStack] = {}
     for scene in scenes:
         earlier = names.setdefault(scene_name(scene), scene)
@@ -152,12 +160,12 @@ class ForeignFolderError(GeodinoError):
 def claim_folder(config: TileConfig) -> None:
     """--out becomes tile.py's: a new or empty folder, or its own with the same settings; nothing else is touched."""
     settings = {"size": config.size, "stride": config.stride or config.size, "max_nodata": config.max_nodata,
-                "bands": config.bands, "nodata": config.nodata}
+                "bands": config.bands, "nodata": config.nodata, "add_offset": config.add_offset}
     manifest = os.path.join(config.out, MANIFEST)
     if os.path.exists(manifest):
         with open(manifest) as handle:
             earlier = json.load(handle)["settings"]
-        earlier = {"bands": None, "nodata": None} | earlier  # tiles cut before --bands and --nodata were flags
+        earlier = {"bands": None, "nodata": None, "add_offset": True} | earlier  # cut before these were flags
         if earlier != settings:
             changed = ", ".join(f"--{key} {earlier[key]} there, {settings[key]} now" for key in settings
                                 if earlier[key] != settings[key])
