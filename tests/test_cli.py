@@ -285,6 +285,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
     patch = sorted(BEN_V1_EXAMPLE.iterdir())[0]
     product = f"{tmp}/S2A_MSIL2A_20170613T101031_N9999_R022_T32UNA_20170613T101031.SAFE/GRANULE/L2A/IMG_DATA/R10m"
     os.makedirs(product)
+    with open(f"{product.split('/GRANULE')[0]}/MTD_MSIL2A.xml", "w") as handle:
+        handle.write("<n1:Level-2A_User_Product")  # cut short by a failed download
     for band in ("B02", "B03", "B04", "B08"):  # a product's 10 m bands: one scene, not four grey images
         shutil.copy(patch / f"{patch.name}_{band}.tif", f"{product}/T32UNA_20170613T101031_{band}_10m.tif")
     other_run = os.path.join(tmp, "runs", "other")
@@ -398,6 +400,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("prepare.py", [damaged["labels"], "--out", f"{tmp}/m.parquet"], "a file prepare does not read"),
         ("prepare.py", [product.split("/GRANULE")[0], "--out", f"{tmp}/m.parquet"],
          "a Sentinel-2 product, a scene rather than patches: cut it into tiles (python experiments/tile.py"),
+        ("tile.py", [product], "MTD_MSIL2A.xml: the product's metadata is not readable XML (unclosed token: line 1, "
+                               "column 0), so its add offsets are unknown: download the product again, or pass"),
         ("prepare.py", [product, "--out", f"{tmp}/m.parquet"], "the band files of scene T32UNA_20170613T101031 (B02, "
                                                               "B03, B04, B08), not images of their own: cut it into"),
         ("prepare.py", [table, "--bands", "rgb", "--out", f"{tmp}/m.parquet"], "of your own images prepare keeps"),

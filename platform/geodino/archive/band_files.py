@@ -276,7 +276,9 @@ def product_offsets(stack: BandStack) -> dict[str, int]:
     try:
         root = ElementTree.fromstring(storage.read_bytes(found))
     except ElementTree.ParseError as error:
-        raise PatchReadError(f"{found}: the product's metadata is not readable XML ({error})") from error
+        raise PatchReadError(f"{found}: the product's metadata is not readable XML ({error}), so its add offsets are "
+                             "unknown: download the product again, or pass --add_offset false to keep the stored "
+                             "values") from error
     names = {item.get("bandId"): sentinel2_name(item.get("physicalBand", "")) for item in root.iter()
              if item.tag.endswith("Spectral_Information") and item.get("bandId") is not None}
     offsets = {}
