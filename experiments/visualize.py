@@ -67,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 def check_images(parser: argparse.ArgumentParser, data, names: list[str]) -> None:
     """--images named from the metadata before Ray starts: a name not in the split would otherwise leave
     nothing to draw, found only after reading the whole split."""
-    from geodino.data.config import metadata_rows
+    from geodino.data.config import empty_split_problem, metadata_rows
 
+    problem = empty_split_problem(data)
+    if problem:
+        parser.error(problem)
     present = set(metadata_rows(data, columns=["name", "original_split", "recommended"])["name"])
-    if not present:
-        parser.error(f"--split {data.split}: {data.metadata} holds no patches of that split")
     unknown = [name for name in names if name not in present]
     if unknown:
         parser.error(f"--images: {len(unknown)} of {len(names)} names are not patches of the {data.split} split "

@@ -7,7 +7,7 @@ the metadata and its card alone, without reading pixels and without Ray.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -154,6 +154,19 @@ def metadata_rows(config: DataConfig, columns: list[str] | None = None):
     if config.labelled_only:
         frame = frame[frame["labels"].map(len) > 0]
     return frame.head(config.limit).reset_index(drop=True) if config.limit else frame.reset_index(drop=True)
+
+
+def empty_split_problem(config: DataConfig) -> str | None:
+    """Why `config` yields no rows, naming the splits the metadata holds (a folder of tiles is all train, while
+    visualize and predict read the test split by default); None when it yields some."""
+    if dataset_size(config):
+        return None
+    every = metadata_rows(replace(config, split=None, limit=None), columns=["original_split"])
+    held = every["original_split"].value_counts()
+    if held.empty:
+        return f"{config.metadata} holds no patches{' that prepare recommends' if config.recommended_only else ''}"
+    listed = ", ".join(f"{split} ({count})" for split, count in held.items())
+    return f"--split {config.split}: {config.metadata} holds no patches of that split; it holds {listed}: choose one"
 
 
 def dataset_size(config: DataConfig) -> int:

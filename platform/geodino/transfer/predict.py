@@ -27,7 +27,7 @@ from geodino import storage
 from geodino.archive.card import load_card, metadata_file
 from geodino.archive.splits import SPLITS
 from geodino.cli import flag
-from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, resolve_bands
+from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, empty_split_problem, resolve_bands
 from geodino.data.indexed import check_readable
 from geodino.data.ray_data import build_dataset
 from geodino.errors import ConfigError, GeodinoError, MissingInputError
@@ -223,11 +223,11 @@ def resolved(config: PredictConfig) -> PredictConfig:
 def split_size(config: PredictConfig) -> int:
     """The patches of --split (bands and normalisation do not change the count); an empty split, refused here,
     ended in 'need at least one array to stack' while sizing the images."""
-    total = dataset_size(DataConfig(metadata=config.metadata_dir, split=config.split, recommended_only=False))
-    if total == 0:
-        raise ConfigError(f"--split {config.split}: {config.metadata_dir} holds no patches of that split; choose "
-                          "another --split")
-    return total
+    data = DataConfig(metadata=config.metadata_dir, split=config.split, recommended_only=False)
+    problem = empty_split_problem(data)
+    if problem:
+        raise ConfigError(problem)
+    return dataset_size(data)
 
 
 def run_predict(config: PredictConfig) -> dict:
