@@ -383,7 +383,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
          "the data contract beside the weights is not valid JSON"),
         ("predict.py", ["--probe", damaged["weights"], *weights], "not a probe written by linear_probe.py"),
         ("predict.py", ["--probe", table, *weights], "not a PyTorch checkpoint"),
-        ("visualize.py", weights, "holds no patches of that split; it holds train (80): choose one"),  # tiles: all train
+        ("visualize.py", weights, "holds no patches of that split; it holds train (80): choose one"),  # all train
         ("visualize.py", ["--images", "Forest_9999", "--split", "train", *weights],
          "--images: 1 of 1 names are not patches of the train split"),
         ("sweep_probe.py", ["--backbone", "=random:vit_tiny/16", *data], "give NAME=SOURCE"),
