@@ -233,7 +233,8 @@ class StackedRaster:
         offset = self.stack.offsets.get(band, 0)
         if not offset:
             return pixels
-        shifted = np.clip(np.ma.getdata(pixels).astype(np.int64) + offset, 1, np.iinfo(pixels.dtype).max)
+        top = np.iinfo(pixels.dtype).max if pixels.dtype.kind in "ui" else np.inf
+        shifted = np.clip(np.ma.getdata(pixels).astype(np.float64) + offset, 1, top)
         if self.nodata is not None:
             shifted[np.ma.getdata(pixels) == self.nodata] = self.nodata
         shifted = shifted.astype(pixels.dtype)
