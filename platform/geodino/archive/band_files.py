@@ -242,7 +242,7 @@ class StackedRaster:
 
 
 def alignment_problem(src, grid) -> str | None:
-    """Why a band file cannot be laid on the finest band's grid ('' when it can): another dtype, CRS or area."""
+    """Why a band file cannot be laid on the finest band's grid (None when it can): another dtype, CRS or area."""
     if src.dtypes[0] != grid.dtypes[0]:
         return f"its pixels are {src.dtypes[0]}, other"
     if src.crs != grid.crs:
@@ -284,9 +284,10 @@ def product_offsets(stack: BandStack) -> dict[str, int]:
              if item.tag.endswith("Spectral_Information") and item.get("bandId") is not None}
     offsets = {}
     for item in root.iter():
-        if item.tag.endswith(("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")) and item.get("band_id", "").isdigit():
-            band = names.get(item.get("band_id")) or _ESA_BAND_IDS[int(item.get("band_id"))]
-            if band in stack.files and int(float(item.text)):
+        band_id = item.get("band_id", "")
+        if item.tag.endswith(("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")) and band_id.isdigit():
+            band = names.get(band_id) or (_ESA_BAND_IDS[int(band_id)] if int(band_id) < len(_ESA_BAND_IDS) else None)
+            if band in stack.files and int(float(item.text or 0)):
                 offsets[band] = int(float(item.text))
     return offsets
 
