@@ -287,8 +287,13 @@ def product_offsets(stack: BandStack) -> dict[str, int]:
         band_id = item.get("band_id", "")
         if item.tag.endswith(("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")) and band_id.isdigit():
             band = names.get(band_id) or (_ESA_BAND_IDS[int(band_id)] if int(band_id) < len(_ESA_BAND_IDS) else None)
-            if band in stack.files and int(float(item.text or 0)):
-                offsets[band] = int(float(item.text))
+            try:
+                offset = round(float(item.text or 0))
+            except ValueError:
+                raise PatchReadError(f"{found}: {item.tag} of band {band_id} is {item.text!r}, not a number; download "
+                                     "the product again, or pass --add_offset false") from None
+            if band in stack.files and offset:
+                offsets[band] = offset
     return offsets
 
 
