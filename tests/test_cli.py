@@ -366,6 +366,12 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("tile.py", [scene, "--size", "32", "--bands", "B04"], "--bands B04: chooses the band files of a scene kept "
                                                               "as a file per band"),
         ("tile.py", [scene, "--bands", "B04,,B03"], "--bands 'B04,,B03': give each band once"),
+        ("tile.py", [scene, "--size", "32", "--labels", f"{tmp}/nowhere.tif"], f"--labels '{tmp}/nowhere.tif': no"),
+        ("tile.py", [scene, "--size", "32", "--labels", scene], "a land-cover map is one band of integer class values "
+                                                                "with a georeference; this one has 3 bands of uint8"),
+        ("tile.py", [scene, "--size", "32", "--labels", str(next(BEN_V1_EXAMPLE.glob("*/*_B02.tif")))],
+         "the scene has no georeference, so --labels cannot be laid on its tiles"),
+        ("tile.py", [scene, "--label_min", "0"], "--label_min must lie in (0, 1], not 0.0"),
         # values float() takes but no run can use
         ("pretrain.py", ["--lr", "nan", *data], "argument --lr: expected a finite number, not 'nan'"),
         ("pretrain.py", ["--global_crops_scale", "0.4", "inf", *data], "expected a finite number, not 'inf'"),

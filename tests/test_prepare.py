@@ -456,6 +456,39 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
     card = json.loads((tmp_path / "tiles_metadata" / "metadata.json").read_text())
     assert card["band_names"] == ["B04", "B03", "B02", "B08"]
 
+    # labels from a land-cover map in CORINE's CRS (EPSG:3035, 20 m): class 10 west of 1,800 m into the scene,
+    # 40 east of it, and a 30 m strip of 80 along the top (3 % of a tile: under --label_min 0.05)
+    from rasterio.warp import transform as reproject_points
+    from rasterio.warp import transform_bounds
+
+    west, south, east, north = transform_bounds("EPSG:32632", "EPSG:3035", 500000, 5600000 - 2400, 504100, 5600000)
+    width, height = int((east - west) // 20) + 4, int((north - south) // 20) + 4
+    columns, rows = np.meshgrid(west - 40 + 20 * (np.arange(width) + 0.5), north + 40 - 20 * (np.arange(height) + 0.5))
+    utm_x, utm_y = (np.array(values).reshape(rows.shape) for values in reproject_points(
+        "EPSG:3035", "EPSG:32632", columns.ravel(), rows.ravel()))
+    classes = np.where(utm_x < 501800, 10, 40).astype(np.uint8)
+    classes[utm_y > 5600000 - 30] = 80
+    with rasterio.open(tmp_path / "corine.tif", "w", driver="GTiff", width=width, height=height, count=1,
+                       dtype="uint8", nodata=0, crs="EPSG:3035",
+                       transform=rasterio.Affine(20, 0, west - 40, 0, -20, north + 40)) as dst:
+        dst.write(classes[None])
+    labelled = subprocess.run(script + [str(path), "--out", "labelled", "--labels", "corine.tif"], capture_output=True,
+                              text=True, cwd=tmp_path)
+    assert labelled.returncode == 0, labelled.stderr
+    table = pd.read_csv(tmp_path / "labelled" / "labels.csv", keep_default_na=False)
+    assert dict(zip(table["path"], table["labels"])) == {
+        "T32UNA_y00000_x00000.tif": "10", "T32UNA_y00000_x00120.tif": "10;40",
+        "T32UNA_y00120_x00000.tif": "10", "T32UNA_y00120_x00120.tif": "10;40"}
+    assert table["split"].nunique() == 1  # the four tiles lie in one 8 x 8 block: one split, no neighbour across
+    assert labelled.stdout.splitlines()[-2].startswith(
+        "labelled 4 of 4 tiles from corine.tif (classes covering at least 0.05 of a tile: 10, 40); split by blocks")
+    next_command = labelled.stdout.splitlines()[-1].removeprefix("next: ")
+    assert next_command.split()[2:] == ["labelled/labels.csv", "--out", "labelled_metadata/metadata.parquet"]
+    prepared = subprocess.run([sys.executable, *next_command.split()[1:]], capture_output=True, text=True, cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stderr
+    card = json.loads((tmp_path / "labelled_metadata" / "metadata.json").read_text())
+    assert (card["classes"], card["task"]) == (["10", "40"], "multi_label")
+
     # the scene itself, beyond 4,096 px a side, in a table: refused by row, pointing at tile.py
     with rasterio.open(tmp_path / "wide.tif", "w", driver="GTiff", width=4100, height=8, count=1, dtype="uint8") as dst:
         dst.write(np.ones((1, 8, 4100), np.uint8))

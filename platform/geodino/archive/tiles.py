@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from geodino import storage
 from geodino.archive.band_files import (
@@ -30,6 +31,7 @@ from geodino.archive.band_files import (
 from geodino.archive.detect import ARCHIVE_FILE_SUFFIXES, unpack_command
 from geodino.archive.image_folder import folder_entries
 from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
+from geodino.archive.tile_labels import check_label_map, write_label_table
 from geodino.cli import flag
 from geodino.errors import ConfigError, GeodinoError
 
@@ -55,6 +57,11 @@ class TileConfig:
                             "since processing baseline 04.00 (January 2022), read from its MTD_MSIL2A.xml, so its "
                             "pixels are on the scale of earlier products and BigEarthNet's; false keeps the files' "
                             "values")
+    labels: str | None = flag(None, "A land-cover map (ESA WorldCover, CORINE, a national map: one band of class "
+                              "values, any CRS and resolution) that labels each tile with the classes covering at "
+                              "least --label_min of it, as BigEarthNet's patches are labelled: OUT/labels.csv, which "
+                              "prepare reads as a multi-label table split by blocks of 8 x 8 tiles")
+    label_min: float = flag(0.05, "Smallest share of a tile a class of --labels must cover to label it")
     max_nodata: float = flag(0.0, "Largest share of a tile's pixels the scene may mark as no data (its nodata value "
                              "or mask); tiles with more are skipped. 0: only whole tiles of measurements")
 
@@ -70,6 +77,10 @@ class TileConfig:
         wanted = [band_name(band.strip()) for band in self.bands.split(",")] if self.bands is not None else []
         if self.bands is not None and (not all(wanted) or len(set(wanted)) < len(wanted)):
             raise ConfigError(f"--bands {self.bands!r}: give each band once, separated by commas (B04,B03,B02,B08)")
+        if not 0 < self.label_min <= 1:
+            raise ConfigError(f"--label_min must lie in (0, 1], not {self.label_min}")
+        if self.labels and not storage.exists(self.labels):
+            raise ConfigError(f"--labels {self.labels!r}: no such file")
         if not 0 <= self.max_nodata < 1:
             raise ConfigError(f"--max_nodata must lie in [0, 1), not {self.max_nodata}")
         missing = [scene for scene in self.scenes if not storage.exists(scene)]
@@ -151,6 +162,7 @@ class TileCounts:
     skipped_nodata: int = 0
     skipped_zero: int = 0
     scenes: dict = field(default_factory=dict)  # scene -> tiles kept
+    labels: pd.DataFrame | None = None  # OUT/labels.csv, with --labels
 
 
 class ForeignFolderError(GeodinoError):
@@ -161,6 +173,7 @@ def claim_folder(config: TileConfig) -> None:
     """--out becomes tile.py's: a new or empty folder, or its own with the same settings; nothing else is touched."""
     settings = {"size": config.size, "stride": config.stride or config.size, "max_nodata": config.max_nodata,
                 "bands": config.bands, "nodata": config.nodata, "add_offset": config.add_offset}
+    # --labels and --label_min are not among them: they make labels.csv anew for the tiles there, as a rerun may
     manifest = os.path.join(config.out, MANIFEST)
     if os.path.exists(manifest):
         with open(manifest) as handle:
@@ -181,17 +194,21 @@ def tile_name(scene: str | BandStack, top: int, left: int) -> str:
     return f"{scene_name(scene)}_y{top:05d}_x{left:05d}.tif"
 
 
-def check_scene(scene: str | BandStack, size: int) -> None:
-    """A scene GDAL opens and one tile fits in, checked for every scene before a tile is written."""
+def check_scene(scene: str | BandStack, size: int, labelled: bool = False) -> None:
+    """A scene GDAL opens and one tile fits in (with a georeference when --labels is to label its tiles),
+    checked for every scene before a tile is written."""
     from rasterio.errors import RasterioError
 
     try:
         with open_scene(scene) as src:
-            width, height = src.width, src.height
+            width, height, crs = src.width, src.height, src.crs
     except RasterioError as error:
         raise PatchReadError(f"{scene}: cannot read the scene ({error})") from error
     if width < size or height < size:
         raise PatchReadError(f"{scene}: the scene is {width}x{height} px, smaller than one --size {size} tile")
+    if labelled and not crs:
+        raise PatchReadError(f"{scene}: the scene has no georeference, so --labels cannot be laid on its tiles; "
+                             "leave --labels out, or cut a georeferenced scene (GeoTIFF, JPEG 2000)")
 
 
 def tile_scene(scene: str | BandStack, config: TileConfig, counts: TileCounts) -> None:
@@ -256,10 +273,14 @@ def tile_scenes(config: TileConfig) -> TileCounts:
     """Every scene's tiles into --out; see the module docstring."""
     config.validate()
     scenes = scenes_to_cut(config)
+    if config.labels:
+        check_label_map(config.labels)
     for scene in scenes:
-        check_scene(scene, config.size)
+        check_scene(scene, config.size, labelled=bool(config.labels))
     claim_folder(config)
     counts = TileCounts()
     for scene in scenes:
         tile_scene(scene, config, counts)
+    if config.labels:
+        counts.labels = write_label_table(config.out, config.labels, config.label_min, config.size)
     return counts

@@ -1,0 +1,75 @@
+"""Labels for tiles from a land-cover map, so a user's own scenes can be probed, not only pretrained on.
+
+BigEarthNet labelled each patch with the CORINE classes found in it; tile.py does the same with any map the
+user holds (ESA WorldCover, CORINE, a national map: one class value per pixel, in any CRS and resolution). The
+map is read onto each tile's grid (nearest neighbour, so classes are never blended into values that are no class)
+and a tile is labelled with every class covering at least --label_min of it: a multi-label table, as BigEarthNet's.
+The split is drawn per block of 8 x 8 tiles, not per tile: neighbouring tiles look alike, and a test tile beside a
+training tile would measure memory of the place more than transfer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pandas as pd
+
+from geodino import storage
+from geodino.archive.pixels import PatchReadError, open_raster
+from geodino.archive.splits import hash_split
+
+LABEL_TABLE = "labels.csv"
+SPLIT_BLOCK_TILES = 8  # tiles per side of a block that shares one split
+_TILE_NAME = re.compile(r"(?P<scene>.+)_y(?P<top>\d{5})_x(?P<left>\d{5})\.tif")
+
+
+def check_label_map(path: str) -> None:
+    """The map opens, has one band and a georeference: checked before a tile is cut."""
+    from rasterio.errors import RasterioError
+
+    try:
+        with open_raster(path) as src:
+            count, crs, dtype = src.count, src.crs, src.dtypes[0]
+    except RasterioError as error:
+        raise PatchReadError(f"--labels {path}: cannot read the land-cover map ({error})") from error
+    if count != 1 or not crs or not np.issubdtype(np.dtype(dtype), np.integer):
+        raise PatchReadError(f"--labels {path}: a land-cover map is one band of integer class values with a "
+                             f"georeference; this one has {count} bands of {dtype}, CRS {crs or 'none'}")
+
+
+def tile_classes(labels, tile, label_min: float) -> list[str]:
+    """The classes of the map (an open dataset) that cover at least `label_min` of an open tile, by value."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with WarpedVRT(labels, crs=tile.crs, transform=tile.transform, width=tile.width, height=tile.height,
+                   resampling=Resampling.nearest) as onto_tile:
+        classes = onto_tile.read(1, masked=True)
+    values, counts = np.unique(classes.compressed(), return_counts=True)
+    return [str(value) for value, count in zip(values, counts) if count / classes.size >= label_min]
+
+
+def block_split(tile_name: str, size: int) -> str:
+    """The split of the 8 x 8 block of tiles a tile lies in (its scene and position, from its name)."""
+    match = _TILE_NAME.fullmatch(tile_name)
+    block = SPLIT_BLOCK_TILES * size
+    return hash_split(f"{match['scene']}:{int(match['top']) // block}:{int(match['left']) // block}")
+
+
+def write_label_table(out: str, labels_path: str, label_min: float, size: int) -> pd.DataFrame:
+    """OUT/labels.csv (path, labels, split) for every tile in --out, written through a temporary name."""
+    tiles = sorted(name for name in os.listdir(out) if _TILE_NAME.fullmatch(name))
+    rows = []
+    with open_raster(labels_path) as labels:
+        for name in tiles:
+            with open_raster(os.path.join(out, name)) as tile:
+                if not tile.crs:
+                    raise PatchReadError(f"{name}: a tile without georeference cannot be laid on --labels "
+                                         f"{labels_path}; cut georeferenced scenes (GeoTIFF, JPEG 2000)")
+                rows.append({"path": name, "labels": ";".join(tile_classes(labels, tile, label_min)),
+                             "split": block_split(name, size)})
+    table = pd.DataFrame(rows, columns=["path", "labels", "split"])
+    storage.write_bytes_atomic(os.path.join(out, LABEL_TABLE), table.to_csv(index=False).encode())
+    return table
