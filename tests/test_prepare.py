@@ -488,6 +488,12 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
     assert prepared.returncode == 0, prepared.stderr
     card = json.loads((tmp_path / "labelled_metadata" / "metadata.json").read_text())
     assert (card["classes"], card["task"]) == (["10", "40"], "multi_label")
+    (tmp_path / "legend.csv").write_text("value,name\n10,Tree cover\n40,Cropland\n80,Permanent water bodies\n")
+    named = subprocess.run(script + [str(path), "--out", "labelled", "--labels", "corine.tif", "--label_names",
+                                     "legend.csv"], capture_output=True, text=True, cwd=tmp_path)  # the tiles kept
+    assert named.returncode == 0 and "wrote 0 tiles" in named.stdout, named.stderr
+    table = pd.read_csv(tmp_path / "labelled" / "labels.csv", keep_default_na=False)
+    assert table["labels"].tolist() == ["Tree cover", "Tree cover;Cropland", "Tree cover", "Tree cover;Cropland"]
 
     # the scene itself, beyond 4,096 px a side, in a table: refused by row, pointing at tile.py
     with rasterio.open(tmp_path / "wide.tif", "w", driver="GTiff", width=4100, height=8, count=1, dtype="uint8") as dst:

@@ -39,8 +39,31 @@ def check_label_map(path: str) -> None:
                              f"georeference; this one has {count} bands of {dtype}, CRS {crs or 'none'}")
 
 
-def tile_classes(labels, tile, label_min: float) -> list[str]:
-    """The classes of the map (an open dataset) that cover at least `label_min` of an open tile, by value."""
+def read_legend(path: str) -> dict[str, str]:
+    """{class value: name} from a legend CSV (value,name), checked: integer values and names, each once."""
+    from geodino.errors import ConfigError
+
+    try:
+        legend = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--label_names {path}: not a readable CSV ({error})") from error
+    legend.columns = [column.strip().lower() for column in legend.columns]
+    if not {"value", "name"} <= set(legend.columns):
+        raise ConfigError(f"--label_names {path}: needs the columns value,name (it has {', '.join(legend.columns)})")
+    values, names = legend["value"].str.strip(), legend["name"].str.strip()
+    bad = [value for value in values if not value.lstrip("-").isdigit()]
+    separated = names.str.contains(";")
+    if bad or not names.all() or separated.any() or names.duplicated().any() or values.duplicated().any():
+        problem = (f"value {bad[0]!r} is not a class value" if bad else "a name is empty" if not names.all()
+                   else f"the name {names[separated].iloc[0]!r} holds ';', which separates labels" if separated.any()
+                   else "a value or a name is given twice")
+        raise ConfigError(f"--label_names {path}: {problem}; give each class value of the map once, with a name")
+    return {str(int(value)): name for value, name in zip(values, names)}
+
+
+def tile_classes(labels, tile, label_min: float, legend: dict[str, str] | None = None) -> list[str]:
+    """The classes of the map (an open dataset) that cover at least `label_min` of an open tile: by name where
+    the legend has one, else by value."""
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
@@ -48,7 +71,9 @@ def tile_classes(labels, tile, label_min: float) -> list[str]:
                    resampling=Resampling.nearest) as onto_tile:
         classes = onto_tile.read(1, masked=True)
     values, counts = np.unique(classes.compressed(), return_counts=True)
-    return [str(value) for value, count in zip(values, counts) if count / classes.size >= label_min]
+    legend = legend or {}
+    return [legend.get(str(value), str(value)) for value, count in zip(values, counts)
+            if count / classes.size >= label_min]
 
 
 def block_split(tile_name: str, size: int) -> str:
@@ -58,7 +83,8 @@ def block_split(tile_name: str, size: int) -> str:
     return hash_split(f"{match['scene']}:{int(match['top']) // block}:{int(match['left']) // block}")
 
 
-def write_label_table(out: str, labels_path: str, label_min: float, size: int) -> pd.DataFrame:
+def write_label_table(out: str, labels_path: str, label_min: float, size: int,
+                      legend: dict[str, str] | None = None) -> pd.DataFrame:
     """OUT/labels.csv (path, labels, split) for every tile in --out, written through a temporary name."""
     tiles = sorted(name for name in os.listdir(out) if _TILE_NAME.fullmatch(name))
     rows = []
@@ -68,7 +94,7 @@ def write_label_table(out: str, labels_path: str, label_min: float, size: int) -
                 if not tile.crs:
                     raise PatchReadError(f"{name}: a tile without georeference cannot be laid on --labels "
                                          f"{labels_path}; cut georeferenced scenes (GeoTIFF, JPEG 2000)")
-                rows.append({"path": name, "labels": ";".join(tile_classes(labels, tile, label_min)),
+                rows.append({"path": name, "labels": ";".join(tile_classes(labels, tile, label_min, legend)),
                              "split": block_split(name, size)})
     table = pd.DataFrame(rows, columns=["path", "labels", "split"])
     storage.write_bytes_atomic(os.path.join(out, LABEL_TABLE), table.to_csv(index=False).encode())

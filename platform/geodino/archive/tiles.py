@@ -31,7 +31,7 @@ from geodino.archive.band_files import (
 from geodino.archive.detect import ARCHIVE_FILE_SUFFIXES, unpack_command
 from geodino.archive.image_folder import folder_entries
 from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
-from geodino.archive.tile_labels import check_label_map, write_label_table
+from geodino.archive.tile_labels import check_label_map, read_legend, write_label_table
 from geodino.cli import flag
 from geodino.errors import ConfigError, GeodinoError
 
@@ -62,6 +62,8 @@ class TileConfig:
                               "least --label_min of it, as BigEarthNet's patches are labelled: OUT/labels.csv, which "
                               "prepare reads as a multi-label table split by blocks of 8 x 8 tiles")
     label_min: float = flag(0.05, "Smallest share of a tile a class of --labels must cover to label it")
+    label_names: str | None = flag(None, "A CSV of the map's legend (columns value,name: 10,Tree cover) to label "
+                                   "tiles by name; default: by class value")
     max_nodata: float = flag(0.0, "Largest share of a tile's pixels the scene may mark as no data (its nodata value "
                              "or mask); tiles with more are skipped. 0: only whole tiles of measurements")
 
@@ -81,6 +83,10 @@ class TileConfig:
             raise ConfigError(f"--label_min must lie in (0, 1], not {self.label_min}")
         if self.labels and not storage.exists(self.labels):
             raise ConfigError(f"--labels {self.labels!r}: no such file")
+        if self.label_names and not self.labels:
+            raise ConfigError("--label_names names the classes of a --labels map; give the map too")
+        if self.label_names:
+            read_legend(self.label_names)
         if not 0 <= self.max_nodata < 1:
             raise ConfigError(f"--max_nodata must lie in [0, 1), not {self.max_nodata}")
         missing = [scene for scene in self.scenes if not storage.exists(scene)]
@@ -282,5 +288,6 @@ def tile_scenes(config: TileConfig) -> TileCounts:
     for scene in scenes:
         tile_scene(scene, config, counts)
     if config.labels:
-        counts.labels = write_label_table(config.out, config.labels, config.label_min, config.size)
+        legend = read_legend(config.label_names) if config.label_names else {}
+        counts.labels = write_label_table(config.out, config.labels, config.label_min, config.size, legend)
     return counts
