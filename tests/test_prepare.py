@@ -488,6 +488,7 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
     assert prepared.returncode == 0, prepared.stderr
     card = json.loads((tmp_path / "labelled_metadata" / "metadata.json").read_text())
     assert (card["classes"], card["task"]) == (["10", "40"], "multi_label")
+    assert "typo" not in prepared.stdout  # before: '10' and '40' "differ only by case or a typo" (--strict: refused)
     (tmp_path / "legend.csv").write_text("value,name\n10,Tree cover\n40,Cropland\n80,Permanent water bodies\n")
     named = subprocess.run(script + [str(path), "--out", "labelled", "--labels", "corine.tif", "--label_names",
                                      "legend.csv"], capture_output=True, text=True, cwd=tmp_path)  # the tiles kept

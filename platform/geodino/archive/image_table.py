@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 import os
+import re
 from collections import Counter
 from itertools import combinations
 
@@ -289,10 +290,15 @@ def edit_distance(a: str, b: str) -> int:
 
 
 def similar_class_names(classes: list[str]) -> list[tuple[str, str]]:
-    """Pairs of class names that differ only by case or by at most one edit in five characters: likely typos."""
+    """Pairs of class names that differ only by case or by at most one edit in five characters: likely typos.
+    Names that differ only in their digits are codes, not typos (a land-cover map's 10 and 20, 'Zone 1' and
+    'Zone 2')."""
     pairs = []
     for a, b in combinations(sorted(classes), 2):
-        if a.lower() == b.lower() or edit_distance(a.lower(), b.lower()) <= max(1, min(len(a), len(b)) // 5):
+        if a.lower() == b.lower():
+            pairs.append((a, b))
+        elif (re.sub(r"\d", "", a) != re.sub(r"\d", "", b)
+              and edit_distance(a.lower(), b.lower()) <= max(1, min(len(a), len(b)) // 5)):
             pairs.append((a, b))
     return pairs
 
