@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import ExitStack
 
 import numpy as np
 import pandas as pd
 
 from geodino import storage
-from geodino.archive.pixels import PatchReadError, open_raster
+from geodino.archive.image_folder import folder_entries
+from geodino.archive.pixels import GDAL_SUFFIXES, PatchReadError, open_raster
 from geodino.archive.splits import hash_split
 
 LABEL_TABLE = "labels.csv"
@@ -25,18 +27,29 @@ SPLIT_BLOCK_TILES = 8  # tiles per side of a block that shares one split
 _TILE_NAME = re.compile(r"(?P<scene>.+)_y(?P<top>\d{5})_x(?P<left>\d{5})\.tif")
 
 
-def check_label_map(path: str) -> None:
-    """The map opens, has one band and a georeference: checked before a tile is cut."""
+def map_files(labels: str) -> list[str]:
+    """The rasters of --labels: one map, or a folder of map tiles (ESA WorldCover ships 3 x 3 degree tiles)."""
+    if not storage.is_folder(labels):
+        return [labels]
+    files = [storage.join(labels, name) for name in folder_entries(labels)[1] if name.lower().endswith(GDAL_SUFFIXES)]
+    if not files:
+        raise PatchReadError(f"--labels {labels}: a folder without map rasters in it ({', '.join(GDAL_SUFFIXES)})")
+    return files
+
+
+def check_label_map(labels: str) -> None:
+    """Each map raster opens, has one band of integer classes and a georeference: checked before a tile is cut."""
     from rasterio.errors import RasterioError
 
-    try:
-        with open_raster(path) as src:
-            count, crs, dtype = src.count, src.crs, src.dtypes[0]
-    except RasterioError as error:
-        raise PatchReadError(f"--labels {path}: cannot read the land-cover map ({error})") from error
-    if count != 1 or not crs or not np.issubdtype(np.dtype(dtype), np.integer):
-        raise PatchReadError(f"--labels {path}: a land-cover map is one band of integer class values with a "
-                             f"georeference; this one has {count} bands of {dtype}, CRS {crs or 'none'}")
+    for path in map_files(labels):
+        try:
+            with open_raster(path) as src:
+                count, crs, dtype = src.count, src.crs, src.dtypes[0]
+        except RasterioError as error:
+            raise PatchReadError(f"--labels {path}: cannot read the land-cover map ({error})") from error
+        if count != 1 or not crs or not np.issubdtype(np.dtype(dtype), np.integer):
+            raise PatchReadError(f"--labels {path}: a land-cover map is one band of integer class values with a "
+                                 f"georeference; this one has {count} bands of {dtype}, CRS {crs or 'none'}")
 
 
 def read_legend(path: str) -> dict[str, str]:
@@ -61,15 +74,22 @@ def read_legend(path: str) -> dict[str, str]:
     return {str(int(value)): name for value, name in zip(values, names)}
 
 
-def tile_classes(labels, tile, label_min: float, legend: dict[str, str] | None = None) -> list[str]:
-    """The classes of the map (an open dataset) that cover at least `label_min` of an open tile: by name where
-    the legend has one, else by value."""
+def tile_classes(maps: list, tile, label_min: float, legend: dict[str, str] | None = None) -> list[str]:
+    """The classes of the map (open datasets: one map or its tiles) that cover at least `label_min` of an open
+    tile: by name where the legend has one, else by value."""
+    from rasterio.coords import disjoint_bounds
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
+    from rasterio.warp import transform_bounds
 
-    with WarpedVRT(labels, crs=tile.crs, transform=tile.transform, width=tile.width, height=tile.height,
-                   resampling=Resampling.nearest) as onto_tile:
-        classes = onto_tile.read(1, masked=True)
+    classes = np.ma.masked_all((tile.height, tile.width), np.int64)
+    for labels in maps:
+        if disjoint_bounds(transform_bounds(tile.crs, labels.crs, *tile.bounds), labels.bounds):
+            continue  # a map tile elsewhere
+        with WarpedVRT(labels, crs=tile.crs, transform=tile.transform, width=tile.width, height=tile.height,
+                       resampling=Resampling.nearest) as onto_tile:
+            found = onto_tile.read(1, masked=True)
+        classes = np.ma.where(np.ma.getmaskarray(classes), found, classes)
     values, counts = np.unique(classes.compressed(), return_counts=True)
     legend = legend or {}
     return [legend.get(str(value), str(value)) for value, count in zip(values, counts)
@@ -88,7 +108,8 @@ def write_label_table(out: str, labels_path: str, label_min: float, size: int,
     """OUT/labels.csv (path, labels, split) for every tile in --out, written through a temporary name."""
     tiles = sorted(name for name in os.listdir(out) if _TILE_NAME.fullmatch(name))
     rows = []
-    with open_raster(labels_path) as labels:
+    with ExitStack() as opened:
+        labels = [opened.enter_context(open_raster(path)) for path in map_files(labels_path)]
         for name in tiles:
             with open_raster(os.path.join(out, name)) as tile:
                 if not tile.crs:
