@@ -58,9 +58,10 @@ class TileConfig:
                             "pixels are on the scale of earlier products and BigEarthNet's; false keeps the files' "
                             "values")
     labels: str | None = flag(None, "A land-cover map (ESA WorldCover, CORINE, a national map: one band of class "
-                              "values, any CRS and resolution; a file or a folder of map tiles) that labels each tile with the classes covering at "
-                              "least --label_min of it, as BigEarthNet's patches are labelled: OUT/labels.csv, which "
-                              "prepare reads as a multi-label table split by blocks of 8 x 8 tiles")
+                              "values, any CRS and resolution; a file or a folder of map tiles) that labels each "
+                              "tile with the classes covering at least --label_min of it, as BigEarthNet's patches "
+                              "are labelled: OUT/labels.csv, which prepare reads as a multi-label table split by "
+                              "blocks of 8 x 8 tiles")
     label_min: float = flag(0.05, "Smallest share of a tile a class of --labels must cover to label it")
     label_names: str | None = flag(None, "A CSV of the map's legend (columns value,name: 10,Tree cover) to label "
                                    "tiles by name; default: by class value")
