@@ -1,5 +1,5 @@
-"""Cut large scenes into tiles that prepare reads as a folder of images:
-python experiments/tile.py SCENE [SCENE ...] --out DIR --size 120"""
+"""Cut large scenes into tiles that prepare reads as a folder of images, or as a labelled table with --labels:
+python experiments/tile.py SCENE [SCENE ...] --out DIR --size 120 [--labels LANDCOVER.tif]"""
 
 import os
 import shlex
