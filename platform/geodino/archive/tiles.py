@@ -43,16 +43,18 @@ class TileConfig:
     """tile.py's flags: where the tiles go and how they are cut."""
 
     scenes: list[str]  # the positional SCENE arguments: rasters GDAL reads (GeoTIFF, JPEG 2000, JPEG, PNG)
-    bands: str | None = flag(None, "Bands to stack from a scene kept as a file per band, in this order, e.g. "
-                             "B04,B03,B02,B08 (Sentinel-2's 10 m bands); default: every band file of the scene")
     out: str = flag("tiles", "Folder for the tiles: new, empty, or one tile.py filled with the same settings (a rerun "
                     "writes only the tiles not there yet)")
     size: int = flag(120, "Tile side in pixels: 120 is BigEarthNet's (1.2 km at 10 m); a multiple of the ViT's "
                      "patch size (8 or 16) spares a resize")
     stride: int | None = flag(None, "Pixels from one tile to the next; default: --size (tiles do not overlap)")
+    max_nodata: float = flag(0.0, "Largest share of a tile's pixels the scene may mark as no data (its nodata value "
+                             "or mask); tiles with more are skipped. 0: only whole tiles of measurements")
     nodata: float | None = flag(None, "The value that marks no data in scenes that declare none (a pixel is no data "
                                 "where any band has it). Default: the scene's own; a Sentinel-2 product's band files "
                                 "(.jp2) declare none, and 0, the product's NODATA value, is taken")
+    bands: str | None = flag(None, "Bands to stack from a scene kept as a file per band, in this order, e.g. "
+                             "B04,B03,B02,B08 (Sentinel-2's 10 m bands); default: every band file of the scene")
     add_offset: bool = flag(True, "Add a Sentinel-2 product's BOA_ADD_OFFSET (RADIO_ADD_OFFSET for L1C), -1000 "
                             "since processing baseline 04.00 (January 2022), read from its MTD_MSIL2A.xml, so its "
                             "pixels are on the scale of earlier products and BigEarthNet's; false keeps the files' "
@@ -65,8 +67,6 @@ class TileConfig:
     label_min: float = flag(0.05, "Smallest share of a tile a class of --labels must cover to label it")
     label_names: str | None = flag(None, "A CSV of the map's legend (columns value,name: 10,Tree cover) to label "
                                    "tiles by name; default: by class value")
-    max_nodata: float = flag(0.0, "Largest share of a tile's pixels the scene may mark as no data (its nodata value "
-                             "or mask); tiles with more are skipped. 0: only whole tiles of measurements")
 
     def scene_files(self) -> list[str]:
         """The SCENE arguments, a folder standing for the rasters in it."""
