@@ -505,6 +505,10 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
     assert named.returncode == 0 and "wrote 0 tiles" in named.stdout, named.stderr
     table = pd.read_csv(tmp_path / "labelled" / "labels.csv", keep_default_na=False)
     assert table["labels"].tolist() == ["Tree cover", "Tree cover;Cropland", "Tree cover", "Tree cover;Cropland"]
+    worldcover = subprocess.run(script + [str(path), "--out", "labelled", "--labels", "corine.tif", "--label_names",
+                                          "worldcover"], capture_output=True, text=True, cwd=tmp_path)
+    assert worldcover.returncode == 0 and "(classes covering at least 0.05 of a tile: Cropland, Tree cover)" in (
+        worldcover.stdout)  # ESA WorldCover's legend: 10 Tree cover, 40 Cropland
 
     # the scene itself, beyond 4,096 px a side, in a table: refused by row, pointing at tile.py
     with rasterio.open(tmp_path / "wide.tif", "w", driver="GTiff", width=4100, height=8, count=1, dtype="uint8") as dst:

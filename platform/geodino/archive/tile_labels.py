@@ -52,10 +52,19 @@ def check_label_map(labels: str) -> None:
                                  f"georeference; this one has {count} bands of {dtype}, CRS {crs or 'none'}")
 
 
+# ESA WorldCover's legend (v100 2020, v200 2021), the map most users reach for: --label_names worldcover
+WORLDCOVER = {"10": "Tree cover", "20": "Shrubland", "30": "Grassland", "40": "Cropland", "50": "Built-up",
+              "60": "Bare / sparse vegetation", "70": "Snow and ice", "80": "Permanent water bodies",
+              "90": "Herbaceous wetland", "95": "Mangroves", "100": "Moss and lichen"}
+
+
 def read_legend(path: str) -> dict[str, str]:
-    """{class value: name} from a legend CSV (value,name), checked: integer values and names, each once."""
+    """{class value: name} from a legend CSV (value,name), checked: integer values and names, each once; the word
+    worldcover stands for ESA WorldCover's legend."""
     from geodino.errors import ConfigError
 
+    if path.strip().lower() == "worldcover":
+        return dict(WORLDCOVER)
     try:
         legend = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as error:
