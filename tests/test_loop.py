@@ -115,7 +115,8 @@ def test_progress_inside_an_epoch_and_the_log_in_the_runs_folder(tmp_path, capsy
     progress = [line for line in lines if " step " in line]
     assert len(progress) == 2, lines
     for epoch, line in enumerate(progress):
-        assert re.fullmatch(rf"epoch +{epoch}  step 1/2  [\d.]+ img/s  ETA 0m0\ds", line), line
+        # the ETA's form, not its value: a step's time is the machine's (a busy CI machine took 11 s)
+        assert re.fullmatch(rf"epoch +{epoch}  step 1/2  [\d.]+ img/s  ETA \d+m\d\ds", line), line
     assert sum(line.startswith("epoch ") and "loss" in line for line in lines) == 2  # one line per epoch
     run = tmp_path / "runs" / "watched"
     assert [json.loads(line)["epoch"] for line in open(run / "log.txt")] == [0, 1]
