@@ -480,10 +480,10 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
         "T32UNA_y00000_x00000.tif": "10", "T32UNA_y00000_x00120.tif": "10;40",
         "T32UNA_y00120_x00000.tif": "10", "T32UNA_y00120_x00120.tif": "10;40"}
     assert table["split"].nunique() == 1  # the four tiles lie in one 8 x 8 block: one split, no neighbour across
-    (tmp_path / "corine_tiles").mkdir()  # the same map as two map tiles, west and east (WorldCover ships tiles)
-    for part, columns in (("west", slice(0, width // 2)), ("east", slice(width // 2, width))):
+    (tmp_path / "corine_tiles").mkdir()  # the same map as two map tiles, west and east (WorldCover ships tiles),
+    for part, columns in (("west", slice(0, width // 2)), ("east", slice(width // 2, width))):  # without nodata
         with rasterio.open(tmp_path / "corine_tiles" / f"{part}.tif", "w", driver="GTiff", width=columns.stop -
-                           columns.start, height=height, count=1, dtype="uint8", nodata=0, crs="EPSG:3035",
+                           columns.start, height=height, count=1, dtype="uint8", crs="EPSG:3035",
                            transform=rasterio.Affine(20, 0, west - 40 + 20 * columns.start, 0, -20, north + 40)) as dst:
             dst.write(classes[None, :, columns])
     from_tiles = subprocess.run(script + [str(path), "--out", "labelled", "--labels", "corine_tiles"],

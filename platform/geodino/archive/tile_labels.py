@@ -95,8 +95,9 @@ def tile_classes(maps: list, tile, label_min: float, legend: dict[str, str] | No
     for labels in maps:
         if disjoint_bounds(transform_bounds(tile.crs, labels.crs, *tile.bounds), labels.bounds):
             continue  # a map tile elsewhere
+        # the alpha band masks what lies outside the map: a map without a nodata value would give it class 0
         with WarpedVRT(labels, crs=tile.crs, transform=tile.transform, width=tile.width, height=tile.height,
-                       resampling=Resampling.nearest) as onto_tile:
+                       resampling=Resampling.nearest, add_alpha=True) as onto_tile:
             found = onto_tile.read(1, masked=True)
         classes = np.ma.where(np.ma.getmaskarray(classes), found, classes)
     values, counts = np.unique(classes.compressed(), return_counts=True)
