@@ -170,14 +170,13 @@ def owning_stack(path: str, stacks: dict[tuple[str, str], BandStack]) -> BandSta
 
 
 def choose_bands(stack: BandStack, wanted: list[str]) -> BandStack:
-    """The stack with only --bands, in their order."""
-    names = [band_name(band) for band in wanted]
-    missing = [band for band in names if band not in stack.files]
+    """The stack with only the `wanted` bands (named as band_name spells them: TileConfig.band_list), in their
+    order."""
+    missing = [band for band in wanted if band not in stack.files]
     if missing:
         raise PatchReadError(f"{stack.name}: no band file for {', '.join(missing)} (its bands: "
                              f"{', '.join(stack.files)})")
-    return BandStack(stack.name, {band: stack.files[band] for band in names}, stack.left_out,
-                     {band: offset for band, offset in stack.offsets.items() if band in names})
+    return BandStack(stack.name, {band: stack.files[band] for band in wanted}, stack.left_out)
 
 
 class StackedRaster:

@@ -73,11 +73,15 @@ class TileConfig:
         return [file for scene in self.scenes
                 for file in (folder_rasters(scene) if storage.is_folder(scene) else [scene])]
 
+    def band_list(self) -> list[str]:
+        """--bands as band names, spelt as Sentinel-2 spells them (B4 -> B04); [] without --bands."""
+        return [band_name(band.strip()) for band in self.bands.split(",")] if self.bands is not None else []
+
     def validate(self) -> None:
         for name in ("size", "stride"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be greater than 0, not {getattr(self, name)}")
-        wanted = [band_name(band.strip()) for band in self.bands.split(",")] if self.bands is not None else []
+        wanted = self.band_list()
         if self.bands is not None and (not all(wanted) or len(set(wanted)) < len(wanted)):
             raise ConfigError(f"--bands {self.bands!r}: give each band once, separated by commas (B04,B03,B02,B08)")
         if not 0 < self.label_min <= 1:
@@ -136,8 +140,8 @@ def scenes_to_cut(config: TileConfig) -> list[str | BandStack]:
         raise ConfigError(f"--bands {config.bands}: chooses the band files of a scene kept as a file per band "
                           "(B02.jp2, B03.jp2, ...), and no SCENE is; leave it out to keep every band of the rasters")
     if config.bands:
-        wanted = [band.strip() for band in config.bands.split(",")]
-        scenes = [choose_bands(scene, wanted) if isinstance(scene, BandStack) else scene for scene in scenes]
+        scenes = [choose_bands(scene, config.band_list()) if isinstance(scene, BandStack) else scene
+                  for scene in scenes]
     for scene in scenes:
         if config.add_offset and isinstance(scene, BandStack) and scene.is_sentinel2():
             scene.offsets = product_offsets(scene)
