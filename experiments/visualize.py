@@ -69,10 +69,9 @@ def check_images(parser: argparse.ArgumentParser, data, names: list[str]) -> Non
     nothing to draw, found only after reading the whole split."""
     from geodino.data.config import empty_split_problem, metadata_rows
 
-    problem = empty_split_problem(data)
-    if problem:
-        parser.error(problem)
     present = set(metadata_rows(data, columns=["name", "original_split", "recommended"])["name"])
+    if not present:
+        parser.error(empty_split_problem(data))
     unknown = [name for name in names if name not in present]
     if unknown:
         parser.error(f"--images: {len(unknown)} of {len(names)} names are not patches of the {data.split} split "

@@ -224,10 +224,10 @@ def split_size(config: PredictConfig) -> int:
     """The patches of --split (bands and normalisation do not change the count); an empty split, refused here,
     ended in 'need at least one array to stack' while sizing the images."""
     data = DataConfig(metadata=config.metadata_dir, split=config.split, recommended_only=False)
-    problem = empty_split_problem(data)
-    if problem:
-        raise ConfigError(problem)
-    return dataset_size(data)
+    total = dataset_size(data)
+    if not total:
+        raise ConfigError(empty_split_problem(data))
+    return total
 
 
 def run_predict(config: PredictConfig) -> dict:
