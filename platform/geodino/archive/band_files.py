@@ -107,9 +107,9 @@ def product_folders(folder: str) -> list[str]:
 
 
 def is_product_folder(folder: str) -> bool:
-    """A Sentinel-2 product's folder (.SAFE, a granule, an L2A IMG_DATA), whose bands lie in folders below it."""
-    return any(name in ("GRANULE", "IMG_DATA") or _RESOLUTION_FOLDER.fullmatch(name)
-               for name in folder_entries(folder)[0])
+    """A Sentinel-2 product's folder (.SAFE, a granule, an L2A IMG_DATA), whose bands lie in folders below it:
+    product_folders finds more than the folder itself."""
+    return product_folders(folder) != [folder]
 
 
 def scenes_by_name(folder: str, names: list[str]) -> dict[str, list[str]]:
