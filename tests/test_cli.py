@@ -374,6 +374,8 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("tile.py", [scene, "--label_min", "0"], "--label_min must lie in (0, 1], not 0.0"),
         ("tile.py", [scene, "--labels", scene, "--label_names", table], "--label_names " + table + ": needs the "
                                                                       "columns value,name (it has path, label, split)"),
+        ("tile.py", [scene, "--labels", scene, "--label_names", "corin"], "--label_names corin: no such file; give a "
+         "legend CSV (value,name) or one of the legends built in: worldcover, corine, bigearthnet19"),
         # values float() takes but no run can use
         ("pretrain.py", ["--lr", "nan", *data], "argument --lr: expected a finite number, not 'nan'"),
         ("pretrain.py", ["--global_crops_scale", "0.4", "inf", *data], "expected a finite number, not 'inf'"),

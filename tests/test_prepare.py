@@ -10,6 +10,7 @@ from conftest import BEN_V1_EXAMPLE, BEN_V2, EUROSAT, REPO
 
 from geodino.archive.prepare import PrepareConfig, prepare
 from geodino.archive.splits import SPLITS, hash_split
+from geodino.archive.tile_labels import read_legend
 
 KNOWN = {
     "S2A_MSIL2A_20170613T101031_87_48": (
@@ -509,6 +510,23 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
                                           "worldcover"], capture_output=True, text=True, cwd=tmp_path)
     assert worldcover.returncode == 0 and "(classes covering at least 0.05 of a tile: Cropland, Tree cover)" in (
         worldcover.stdout)  # ESA WorldCover's legend: 10 Tree cover, 40 Cropland
+    # CORINE itself, by CLC code (the vector's 311, 211, rasterised), named by CORINE's classes or merged into
+    # BigEarthNet's 19, which have no place for roads (122, the strip along the top, 3 %: counted at 0.02)
+    with rasterio.open(tmp_path / "corine.tif") as src, rasterio.open(tmp_path / "clc.tif", "w", **(
+            src.profile | {"dtype": "uint16"})) as dst:
+        dst.write(np.select([classes == 10, classes == 40], [311, 211], 122).astype(np.uint16)[None])
+    by_name = {}
+    for nomenclature in ("corine", "bigearthnet19"):
+        run = subprocess.run(script + [str(path), "--out", "labelled", "--labels", "clc.tif", "--label_min", "0.02",
+                                       "--label_names", nomenclature], capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        by_name[nomenclature] = pd.read_csv(tmp_path / "labelled" / "labels.csv")["labels"].tolist()
+    road, arable, forest = "Road and rail networks and associated land", "Non-irrigated arable land", "Broad-leaved forest"
+    assert by_name == {  # the tiles top left, top right, bottom left, bottom right; classes in the order of values
+        "corine": [f"{road};{forest}", f"{road};{arable};{forest}", forest, f"{arable};{forest}"],
+        "bigearthnet19": [forest, f"Arable land;{forest}", forest, f"Arable land;{forest}"]}
+    assert read_legend("corine")["23"] == read_legend("corine")["311"] == forest  # the raster's grid codes too
+    assert read_legend("bigearthnet19")["48"] is None  # CORINE's NODATA value is no class
 
     # the scene itself, beyond 4,096 px a side, in a table: refused by row, pointing at tile.py
     with rasterio.open(tmp_path / "wide.tif", "w", driver="GTiff", width=4100, height=8, count=1, dtype="uint8") as dst:

@@ -117,6 +117,26 @@ for _name19, _sources in _MERGED_FROM.items():
         BEN43_TO_19[_name43] = _name19
 
 
+# CORINE Land Cover's 44 level-3 classes as its maps store them: the raster's grid codes 1-44 (in this order) and the
+# vector's CLC codes 111-523. BigEarthNet's 43 are these without glaciers, whose patches were left out with snow.
+CLC_CODES: tuple[int, ...] = (
+    111, 112, 121, 122, 123, 124, 131, 132, 133, 141, 142, 211, 212, 213, 221, 222, 223, 231, 241, 242, 243, 244,
+    311, 312, 313, 321, 322, 323, 324, 331, 332, 333, 334, 335, 411, 412, 421, 422, 423, 511, 512, 521, 522, 523)
+CLC_GLACIERS = "Glaciers and perpetual snow"
+CLC_CLASSES: tuple[str, ...] = BEN43_CLASSES[:33] + (CLC_GLACIERS,) + BEN43_CLASSES[33:]
+CLC_NOT_A_CLASS = (48, 49, 50)  # the raster's NODATA, unclassified land surface, unclassified water bodies
+
+
+def corine_legend(nomenclature: str) -> dict[str, str | None]:
+    """{map value: class name} for a CORINE map read by grid code or CLC code: the 44 CORINE names
+    (nomenclature 'corine'), or BigEarthNet's 19 they merge into ('bigearthnet19'; None where a class has no
+    place among the 19, so a tile is labelled as a BigEarthNet patch of the same land would be)."""
+    names = {str(code): name for codes in (range(1, 45), CLC_CODES) for code, name in zip(codes, CLC_CLASSES)}
+    if nomenclature == "bigearthnet19":
+        names = {value: BEN43_TO_19.get(name) for value, name in names.items()}
+    return names | {str(code): None for code in CLC_NOT_A_CLASS}
+
+
 class UnknownLabelError(GeodinoError, ValueError):
     """A label name that is not part of the nomenclature being read."""
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from geodino import storage
 from geodino.archive.image_folder import folder_entries
+from geodino.archive.labels import corine_legend
 from geodino.archive.pixels import GDAL_SUFFIXES, PatchReadError, open_raster
 from geodino.archive.splits import hash_split
 
@@ -58,13 +59,24 @@ WORLDCOVER = {"10": "Tree cover", "20": "Shrubland", "30": "Grassland", "40": "C
               "90": "Herbaceous wetland", "95": "Mangroves", "100": "Moss and lichen"}
 
 
-def read_legend(path: str) -> dict[str, str]:
-    """{class value: name} from a legend CSV (value,name), checked: integer values and names, each once; the word
-    worldcover stands for ESA WorldCover's legend."""
+BUILT_IN_LEGENDS = ("worldcover", "corine", "bigearthnet19")
+
+
+def read_legend(path: str) -> dict[str, str | None]:
+    """{class value: name} from a legend CSV (value,name), checked: integer values and names, each once. The words
+    worldcover, corine and bigearthnet19 stand for the legends of ESA WorldCover, of CORINE Land Cover (grid codes
+    1-44 or CLC codes 111-523), and of CORINE merged into BigEarthNet's 19 classes; None marks a value that is no
+    class (CORINE's unclassified, or a class the 19 leave out)."""
     from geodino.errors import ConfigError
 
-    if path.strip().lower() == "worldcover":
+    built_in = path.strip().lower()
+    if built_in == "worldcover":
         return dict(WORLDCOVER)
+    if built_in in ("corine", "bigearthnet19"):
+        return corine_legend(built_in)
+    if not storage.exists(path):
+        raise ConfigError(f"--label_names {path}: no such file; give a legend CSV (value,name) or one of the legends "
+                          f"built in: {', '.join(BUILT_IN_LEGENDS)}")
     try:
         legend = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as error:
@@ -83,9 +95,10 @@ def read_legend(path: str) -> dict[str, str]:
     return {str(int(value)): name for value, name in zip(values, names)}
 
 
-def tile_classes(maps: list, tile, label_min: float, legend: dict[str, str] | None = None) -> list[str]:
+def tile_classes(maps: list, tile, label_min: float, legend: dict[str, str | None] | None = None) -> list[str]:
     """The classes of the map (open datasets: one map or its tiles) that cover at least `label_min` of an open
-    tile: by name where the legend has one, else by value."""
+    tile: by name where the legend has one, else by value; each value is held to `label_min` on its own, and
+    values the legend merges name the tile once (as BigEarthNet's 19 classes are derived from its 43)."""
     from rasterio.coords import disjoint_bounds
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
@@ -102,8 +115,9 @@ def tile_classes(maps: list, tile, label_min: float, legend: dict[str, str] | No
         classes = np.ma.where(np.ma.getmaskarray(classes), found, classes)
     values, counts = np.unique(classes.compressed(), return_counts=True)
     legend = legend or {}
-    return [legend.get(str(value), str(value)) for value, count in zip(values, counts)
-            if count / classes.size >= label_min]
+    names = [legend.get(str(value), str(value)) for value, count in zip(values, counts)
+             if count / classes.size >= label_min]
+    return list(dict.fromkeys(name for name in names if name is not None))
 
 
 def block_split(tile_name: str, size: int) -> str:
@@ -114,7 +128,7 @@ def block_split(tile_name: str, size: int) -> str:
 
 
 def write_label_table(out: str, labels_path: str, label_min: float, size: int,
-                      legend: dict[str, str] | None = None) -> pd.DataFrame:
+                      legend: dict[str, str | None] | None = None) -> pd.DataFrame:
     """OUT/labels.csv (path, labels, split) for every tile in --out, written through a temporary name."""
     tiles = sorted(name for name in os.listdir(out) if _TILE_NAME.fullmatch(name))
     rows = []

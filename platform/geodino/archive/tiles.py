@@ -66,7 +66,10 @@ class TileConfig:
                               "blocks of 8 x 8 tiles")
     label_min: float = flag(0.05, "Smallest share of a tile a class of --labels must cover to label it")
     label_names: str | None = flag(None, "A CSV of the map's legend (columns value,name: 10,Tree cover) to label "
-                                   "tiles by name, or worldcover for ESA WorldCover's; default: by class value")
+                                   "tiles by name, or a legend built in: worldcover (ESA WorldCover), corine (CORINE "
+                                   "Land Cover's 44 classes, by grid code or CLC code), bigearthnet19 (CORINE merged "
+                                   "into BigEarthNet's 19 classes, as its patches are labelled); default: by class "
+                                   "value")
 
     def scene_files(self) -> list[str]:
         """The SCENE arguments, a folder standing for the rasters in it."""
