@@ -19,6 +19,7 @@ from geodino import cli, storage
 from geodino.archive.card import load_card
 from geodino.archive.demo import prepared_demo
 from geodino.cli import add_dataclass_arguments, given_flags, run_entry
+from geodino.data.config import unprobeable_split
 from geodino.dino.config import PretrainConfig
 from geodino.dino.presets import preset_config
 from geodino.launch import run_pretraining
@@ -73,14 +74,17 @@ def warn_of_outputs_in_the_job_copy(config: PretrainConfig, job: SubmittedJob | 
           file=sys.stderr)
 
 
-def probe_command(config: PretrainConfig, backbone_file: str, job: SubmittedJob | None) -> str:
+def probe_command(config: PretrainConfig, backbone_file: str, job: SubmittedJob | None,
+                  metadata_dir: str | None = None) -> str:
     """The linear probe of what this run trained, as the user types it next: on their machine after a local run,
     as a job on the same cluster after a submitted one (the user types it in the checkout they submitted from).
     The probe sees whole images at the size the teacher saw its global crops (as the k-NN monitor does), and
-    writes beside the run. A local run's paths are absolute, so that the command runs from any folder."""
+    writes beside the run. A local run's paths are absolute, so that the command runs from any folder.
+    `metadata_dir`: other labelled images than the run's."""
+    metadata_dir = metadata_dir or (config.metadata_dir if job else storage.absolute(config.metadata_dir))
     probe_args = ["--pretrained_weights", backbone_file, "--arch", config.arch, "--patch_size", str(config.patch_size),
                   "--image_size", str(config.global_crops_size),
-                  "--metadata_dir", config.metadata_dir if job else storage.absolute(config.metadata_dir),
+                  "--metadata_dir", metadata_dir,
                   "--output_dir", os.path.join(os.path.dirname(config.resolved_output_dir()), "probe")]
     submit = ["ray", "job", "submit", "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--"]
     return shlex.join([*(submit if job else []), "python", script_path("linear_probe.py"), *probe_args])
@@ -110,13 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher backbone (timm keys): {result.backbone_file}")
     print(f"TensorBoard (every run and sweep in this storage): tensorboard --logdir {config.resolved_storage()} "
           "--host 127.0.0.1")
-    if load_card(config.metadata_dir)["classes"]:
-        print(f"next: {probe_command(config, result.backbone_file, job)}")
-    else:
-        print(f"these images have no labels, so nothing here can be probed: probe the teacher backbone on labelled "
-              f"images (a table with labels, or a folder of class folders, through {script_path('prepare.py')}) with "
-              f"{script_path('linear_probe.py')} --pretrained_weights {result.backbone_file} --metadata_dir LABELLED")
+    print(next_step(config, result.backbone_file, job))
     return 0
+
+
+def next_step(config: PretrainConfig, backbone_file: str, job: SubmittedJob | None) -> str:
+    """The probe command when the run's metadata can be probed; else why not, and the probe of other labelled
+    images (a command printed as the next step must run: a probe needs labelled train and test splits)."""
+    problem = ("these images have no labels" if not load_card(config.metadata_dir)["classes"]
+               else unprobeable_split(config.metadata_dir))
+    if problem is None:
+        return f"next: {probe_command(config, backbone_file, job)}"
+    elsewhere = probe_command(config, backbone_file, job, metadata_dir="LABELLED")
+    return (f"{config.metadata_dir}: {problem}, so a probe cannot be measured on it: probe the teacher backbone on "
+            f"labelled images with train and test splits (a table with labels, or a folder of class folders, through "
+            f"{script_path('prepare.py')}): {elsewhere}")
 
 
 if __name__ == "__main__":

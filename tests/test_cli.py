@@ -186,6 +186,34 @@ def test_a_submitted_job_prints_a_job_next_and_warns_of_outputs_in_its_working_d
     assert "data/m.parquet" in shlex.split(script.probe_command(relative_data, backbone, job))
 
 
+def test_pretrain_prints_a_probe_only_for_metadata_a_probe_can_measure(ben_v1_metadata, eurosat_metadata, tmp_path):
+    """pretrain.py printed `next: linear_probe.py ... --metadata_dir RUN'S` whenever the images had classes, and on
+    metadata without a test split (the 6 BigEarthNet patches prepared without the official lists: train and
+    validation; a table of training images) that command failed ('its test split is empty'). It now names what the
+    metadata lacks and prints the probe for other labelled images."""
+    import pandas as pd
+    from conftest import EUROSAT
+
+    from geodino.archive.prepare import PrepareConfig, prepare
+
+    script = pretrain_script()
+    backbone = str(tmp_path / "final" / "teacher_backbone.pth")
+    pd.DataFrame({"path": pd.read_csv(EUROSAT / "labels.csv")["path"].head(3)}).to_csv(tmp_path / "u.csv", index=False)
+    unlabelled = prepare(PrepareConfig(archive=str(tmp_path / "u.csv"), out=str(tmp_path / "u" / "metadata.parquet"),
+                                       data_dir=str(EUROSAT), workers=1)).metadata_path
+
+    def next_step(metadata) -> str:
+        config = script.config_from_argv(["--metadata_dir", str(metadata), "--output_dir", str(tmp_path / "final")])
+        return script.next_step(config, backbone, None)
+
+    assert next_step(ben_v1_metadata).startswith("next: python ")  # the official lists' train, validation and test
+    for metadata, problem in ((eurosat_metadata, "its test split is empty"),  # its 80 training images only
+                              (unlabelled, "these images have no labels")):
+        line = next_step(metadata)
+        assert line.startswith(f"{metadata}: {problem}, so a probe cannot be measured on it: probe the teacher ")
+        assert line.endswith("--metadata_dir LABELLED --output_dir " + str(tmp_path / "probe"))
+
+
 def options_without_help(help_text: str) -> list[str]:
     """The options of an argparse --help listing that have no help text after them."""
     lines = help_text.split("\n")

@@ -169,6 +169,18 @@ def empty_split_problem(config: DataConfig) -> str | None:
     return f"--split {config.split}: {config.metadata} holds no patches of that split; it holds {listed}: choose one"
 
 
+def unprobeable_split(metadata: str) -> str | None:
+    """Why a probe cannot run on this metadata, or None: it is fitted on labelled train images and measured on
+    labelled test images (images without labels serve pretraining only, and a split may hold nothing else)."""
+    for split in ("train", "test"):
+        data = DataConfig(metadata=metadata, split=split)
+        if dataset_size(replace(data, labelled_only=True)) == 0:
+            unlabelled = dataset_size(data)
+            held = f"holds no labelled images ({unlabelled} without labels)" if unlabelled else "is empty"
+            return f"its {split} split {held}"
+    return None
+
+
 def dataset_size(config: DataConfig) -> int:
     """Number of rows a pipeline over `config` yields, from the metadata alone (no pixels read)."""
     return len(metadata_rows(config, columns=["original_split", "recommended"]))

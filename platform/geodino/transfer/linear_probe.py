@@ -13,7 +13,7 @@ import torch
 from geodino.archive.card import load_card
 from geodino.archive.splits import SPLITS
 from geodino.cli import flag
-from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size
+from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, unprobeable_split
 from geodino.dino.models import ARCHS, VIT_DEPTH
 from geodino.errors import ConfigError, DamagedInputError
 from geodino.metrics import knn_report
@@ -148,15 +148,11 @@ def check_num_labels(cfg: LinearProbeConfig, classes: list[str]) -> None:
 def check_labelled_splits(cfg: LinearProbeConfig) -> None:
     """Before Ray starts: labelled images in the splits a probe needs (images without labels serve pretraining
     only, and a split may hold nothing else); found after extraction, this was 'the split is empty after filters'."""
-    for split in ("train", "test"):
-        data = DataConfig(metadata=cfg.metadata_dir, split=split)
-        if dataset_size(dataclasses.replace(data, labelled_only=True)) == 0:
-            unlabelled = dataset_size(data)
-            held = f"holds no labelled images ({unlabelled} without labels)" if unlabelled else "is empty"
-            raise ConfigError(f"--metadata_dir {cfg.metadata_dir}: its {split} split {held}; a probe is fitted on "
-                              "labelled train images and measured on labelled test images: give labelled images those "
-                              "splits (a split column, or none for a hash split) and prepare again")
-
+    problem = unprobeable_split(cfg.metadata_dir)
+    if problem:
+        raise ConfigError(f"--metadata_dir {cfg.metadata_dir}: {problem}; a probe is fitted on labelled train images "
+                          "and measured on labelled test images: give labelled images those splits (a split column, or "
+                          "none for a hash split) and prepare again")
 
 PROBE_KEYS = ("state_dict", "classes", "task", "config")
 PROBE_SETTINGS = ("arch", "patch_size", "n_last_blocks", "avgpool_patchtokens", "image_size", "bands", "normalize")
