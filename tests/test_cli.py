@@ -292,7 +292,7 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
     import os
 
     import torch
-    from conftest import BEN_V1_EXAMPLE, EUROSAT
+    from conftest import BEN_V1_EXAMPLE, EUROSAT, free_port
 
     data = ["--metadata_dir", metadata]
     weights = ["--pretrained_weights", "random:vit_tiny/16", *data]
@@ -404,6 +404,11 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
                                                                       "columns value,name (it has path, label, split)"),
         ("tile.py", [scene, "--labels", scene, "--label_names", "corin"], "--label_names corin: no such file; give a "
          "legend CSV (value,name) or one of the legends built in: worldcover, corine, bigearthnet19"),
+        # an MLflow server that is not there (before: MLflow retried for 4 minutes inside the Ray worker), a scheme
+        ("pretrain.py", ["--mlflow_tracking_uri", f"http://127.0.0.1:{free_port()}", *data],
+         "no MLflow server (nothing answers there); start one (mlflow server --host 127.0.0.1 --port 5000)"),
+        ("sweep_probe.py", ["--backbone", "r=random:vit_tiny/16", "--mlflow_tracking_uri", "htp://127.0.0.1:5000",
+                            *data], "--mlflow_tracking_uri htp://127.0.0.1:5000: MLflow knows no URI scheme 'htp'"),
         # values float() takes but no run can use
         ("pretrain.py", ["--lr", "nan", *data], "argument --lr: expected a finite number, not 'nan'"),
         ("pretrain.py", ["--global_crops_scale", "0.4", "inf", *data], "expected a finite number, not 'inf'"),

@@ -49,7 +49,7 @@ def test_raster_reads_follow_the_endpoint(s3_archive):
 
 
 @pytest.mark.timeout(600)
-def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_path, monkeypatch):
+def test_prepare_stream_pretrain_and_resume_on_s3(mlflow_server, ray_session, s3_archive, tmp_path):
     """The archive, the metadata, the run and its checkpoints all on S3: a 12-band run with the
     crops made in Ray Data's tasks (--crops_on data), --limit 2 patches, the k-NN monitor and MLflow; then its
     newest checkpoint is cut short on S3 and the same command with more epochs (a warm restart, Ray Data
@@ -68,7 +68,7 @@ def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_p
     config = PretrainConfig(**{**TINY, "knn_every": 1}, metadata_dir=metadata, bands="all", normalize="stats",
                             crops_on="data", limit=2, epochs=2, batch_size_per_gpu=1, storage_path=runs,
                             run_name="s3run", output_dir=str(tmp_path / "local"),
-                            mlflow_tracking_uri=str(tmp_path / "mlruns"))
+                            mlflow_tracking_uri=mlflow_server.url)
     first = run_pretraining(config)
     stored = s3_files(f"{runs}/s3run")
     assert sum(path.endswith("checkpoint.pth") for path in stored) == 2, stored
@@ -103,12 +103,11 @@ def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_p
     events = EventAccumulator(f"{runs}/s3run/tensorboard").Reload().Scalars("pretrain/loss")
     assert [event.step for event in events] == [0, 1, 1, 2]
     assert events[-1].value == pytest.approx(resumed.metrics[2]["loss"])
-    # --mlflow_tracking_uri: one MLflow run (the restart continued it), written by the Ray Train worker and read
-    # back with MLflow's own client, which like `mlflow ui` needs the file store allowed.
+    # --mlflow_tracking_uri: one MLflow run on a real MLflow server (the restart continued it), written by the Ray
+    # Train worker over HTTP and read back with MLflow's own client.
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    client = MlflowClient(f"file://{tmp_path / 'mlruns'}")
+    client = MlflowClient(mlflow_server.url)
     [run] = client.search_runs([client.get_experiment_by_name("geodino").experiment_id])
     assert run.info.run_name == "s3run" and run.info.status == "FINISHED"
     assert run.data.params["bands"] == "all" and run.data.params["arch"] == "vit_tiny"
@@ -117,7 +116,7 @@ def test_prepare_stream_pretrain_and_resume_on_s3(ray_session, s3_archive, tmp_p
     assert max(knn, key=lambda m: (m.step, m.timestamp)).value == pytest.approx(resumed.metrics[2]["knn_ap"])
 
     # The credentials reached S3 through the standard chain; none of what the run wrote holds them.
-    written = [p for p in Path(tmp_path).rglob("*") if p.is_file()]
+    written = [p for folder in (tmp_path, mlflow_server.folder) for p in Path(folder).rglob("*") if p.is_file()]
     leaks = [str(p) for p in written if FAKE_SECRET.encode() in p.read_bytes()]
     # one GET per object with boto3 (above): pyarrow's ranged reads of moto are slow for 170 MB
     for path in s3_files(f"s3://{S3_BUCKET}"):

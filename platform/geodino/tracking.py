@@ -9,6 +9,7 @@ MLflowLoggerCallback for the trials and add one summary run with the comparison 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -19,6 +20,8 @@ from geodino.errors import ConfigError
 RUN_TAG = "geodino.run"  # the run's storage folder: how a restarted run finds its MLflow run again
 PARAM_BATCH = 100  # MLflow's limit of parameters per log_batch call
 PARAM_LENGTH = 6000  # MLflow's limit of one parameter value
+TRACKING_SCHEMES = ("file", "http", "https", "databricks", "databricks-uc", "uc", "postgresql", "mysql", "sqlite",
+                    "mssql", "arn")  # the tracking URIs MLflow 3 accepts (a SageMaker server's ARN with its plugin)
 
 
 def absolute_tracking_uri(value: str | None) -> str | None:
@@ -52,6 +55,39 @@ def check_tracking_uri(value: str | None, flag: str = "--mlflow_tracking_uri") -
     uri = absolute_tracking_uri(value)
     if uri.startswith("file:") and os.path.isfile(uri[len("file://"):]):
         raise ConfigError(f"{flag} {value}: that is a file; give a folder for MLflow's file store (or a server URI)")
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(f"{flag} {value}: MLflow knows no URI scheme {scheme!r}; give a folder (a file store), "
+                          f"http(s)://HOST:PORT of an MLflow server, or one of {', '.join(TRACKING_SCHEMES)}")
+    if scheme in ("http", "https"):
+        check_server_answers(uri, f"{flag} {value}")
+
+
+def check_server_answers(uri: str, where: str) -> None:
+    """One request, no retries: MLflow retries a server that does not answer for about 4 minutes (measured: 248
+    s), and inside a Ray worker, after the cluster started; a server that is down or a mistyped port ends here."""
+    from mlflow.tracking import MlflowClient
+
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.ERROR)  # its warnings about request headers would come before the one-line error
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as error:  # MLflow wraps connection errors, HTTP errors and bad answers alike
+        reason = ("nothing answers there" if "connect" in str(error).lower()
+                  else str(error).strip().splitlines()[0][:200])
+        raise ConfigError(f"{where}: no MLflow server ({reason}); start one (mlflow server --host 127.0.0.1 --port "
+                          "5000) or fix the address") from None
+    finally:
+        mlflow_log.setLevel(level)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def flat_params(values: dict, prefix: str = "") -> dict[str, str]:
