@@ -18,7 +18,7 @@ from geodino.data.config import DataConfig
 from geodino.data.ray_data import build_dataset
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
 from geodino.errors import ConfigError
-from geodino.launch.ray_train import check_gpus
+from geodino.launch.ray_train import check_gpus, with_cluster_gpus
 
 
 def _band(archive, name, band):
@@ -104,6 +104,16 @@ def test_cluster_without_the_requested_gpus_fails_before_starting(ray_session):
     with pytest.raises(ValueError, match="needs 2 GPUs; the Ray cluster has 0.*--wait_for_gpus"):
         check_gpus(PretrainConfig(use_gpu=True, num_workers=2))
     check_gpus(PretrainConfig(use_gpu=True, num_workers=2, wait_for_gpus=True))  # autoscaling: Ray waits
+
+
+def test_a_gpu_backend_on_a_cpu_cluster_is_one_line(ray_session, capsys):
+    """--backend nccl with --use_gpu auto on a cluster without GPUs: the note '--use_gpu auto: ... runs on the CPU'
+    came before the error, two lines for one mistake."""
+    with pytest.raises(ValueError, match="--backend nccl joins GPUs, and this run trains on the CPU"):
+        with_cluster_gpus(PretrainConfig(backend="nccl"))
+    assert capsys.readouterr().out == ""
+    assert with_cluster_gpus(PretrainConfig()).use_gpu is False
+    assert capsys.readouterr().out == "--use_gpu auto: the Ray cluster has 0 GPUs, so training runs on the CPU\n"
 
 
 def test_card_missing_next_to_the_metadata_is_named(ben_v1_metadata, tmp_path):

@@ -161,9 +161,11 @@ def with_cluster_gpus(cfg: PretrainConfig) -> PretrainConfig:
     if cfg.use_gpu is not None:
         return cfg
     gpus = cluster_gpus()
+    decided = dataclasses.replace(cfg, use_gpu=gpus > 0)
+    collective_backend(decided)  # --backend nccl on a CPU cluster: its one-line error, without this note before it
     print(f"--use_gpu auto: the Ray cluster has {gpus} GPUs, so training runs on the "
           f"{'GPU' if gpus else 'CPU'}", flush=True)
-    return dataclasses.replace(cfg, use_gpu=gpus > 0)
+    return decided
 
 
 def check_gpus(cfg: PretrainConfig) -> None:
