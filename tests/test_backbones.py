@@ -126,6 +126,46 @@ def test_timm_hub_source_without_network_says_how_to_pass_a_file():
         load_backbone("timm:vit_small_patch16_224.dinov2")
 
 
+def test_a_machine_without_network_is_told_at_once_and_its_hub_cache_is_used(tmp_path):
+    """Without network, huggingface_hub retried each weight file 5 times: 52 s and 22 'Retrying' lines before the
+    error (measured on this machine). The hub is now asked once; unreachable, the local cache alone is read: weights
+    cached earlier load (here a cache laid out as huggingface_hub writes it), others are named in one line. The hub
+    is an endpoint where nothing listens (HF_ENDPOINT), in a fresh process without HF_HUB_OFFLINE."""
+    import subprocess
+    import sys
+
+    import timm
+    from conftest import free_port
+    from safetensors.torch import save_file
+
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    script = ("import sys; from geodino.errors import GeodinoError; from geodino.transfer.backbones import "
+              "load_backbone\ntry:\n    model = load_backbone(sys.argv[1]).model\nexcept GeodinoError as error:\n"
+              "    sys.exit(str(error))\nprint(float(model.blocks[0].attn.qkv.weight.sum()))")
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_CACHE": str(tmp_path / "hub")}
+
+    def load(source: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, source], capture_output=True, text=True, env=env)
+
+    missing = load(f"timm:{name}")
+    assert missing.returncode == 1 and "Retrying" not in missing.stderr, missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        f"timm:{name}: could not fetch pretrained weights (the hub cannot be reached (127.0.0.1:"
+        f"{env['HF_ENDPOINT'].rsplit(':', 1)[1]}: Connection refused) and they are not in the local cache). Without hub"
+        f" access, download the weights on a connected machine (e.g. timm.create_model('{name}', pretrained=True) and "
+        "torch.save(model.state_dict(), 'weights.pth')) and pass the file path as the backbone instead."]
+    weights = timm.create_model(name.split(".")[0]).state_dict()
+    snapshot = tmp_path / "hub" / f"models--timm--{name}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(weights, snapshot / "model.safetensors")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    cached = load(f"timm:{name}")
+    assert cached.returncode == 0, cached.stderr
+    assert float(cached.stdout) == pytest.approx(float(weights["blocks.0.attn.qkv.weight"].sum()))
+
+
 def test_sources_that_name_no_weights_say_what_to_give(tmp_path):
     """Before: ZeroDivisionError and ValueError tracebacks for the patch size, and `s3://...` or a folder without
     weights reported as a missing file of another name."""

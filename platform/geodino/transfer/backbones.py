@@ -213,16 +213,43 @@ def check_timm_name(source: str, name: str) -> None:
                                       f"{', '.join(t.partition('.')[2] for t in tagged[:6]) or 'none'})")
 
 
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached from here, or None. Asked once with a short timeout: on a machine
+    without network huggingface_hub retries each file 5 times (52 s of 22 'Retrying' lines, measured) before the
+    same answer. Not asked behind a proxy (a direct connection says nothing there) or when already offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if constants.HF_HUB_OFFLINE or proxied:
+        return None
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=5).close()
+    except OSError as error:
+        return f"{endpoint.hostname}:{port}: {error.strerror or error}"
+    return None
+
+
 def _from_timm(source: str, in_chans: int) -> Backbone:
     import timm
+    from huggingface_hub import constants
 
     name = source.split(":", 1)[1]
     check_timm_name(source, name)
+    unreachable = hub_unreachable()
+    if unreachable:
+        constants.HF_HUB_OFFLINE = True  # the local cache alone is asked, as HF_HUB_OFFLINE=1 would have it
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, dynamic_img_size=True)
     except Exception as error:
+        reason = (f"the hub cannot be reached ({unreachable}) and they are not in the local cache" if unreachable
+                  else f"{type(error).__name__}: {error}")
         raise WeightsUnavailableError(
-            f"{source}: could not fetch pretrained weights ({type(error).__name__}: {error}). Without hub access, "
+            f"{source}: could not fetch pretrained weights ({reason}). Without hub access, "
             f"download the weights on a connected machine (e.g. timm.create_model('{name}', pretrained=True) and "
             f"torch.save(model.state_dict(), 'weights.pth')) and pass the file path as the backbone instead."
         ) from error
