@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import warnings
 
 import ray
 
@@ -155,6 +156,20 @@ def actor_cpus(actors: int = 1, cluster_cpus: float | None = None) -> float:
     if cluster_cpus is None:
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
     return round(min(1.0, max(0.0, cluster_cpus - 1.0) / actors), 3)
+
+
+def map_with_model_actor(dataset: ray.data.Dataset, actor_class: type, **options) -> ray.data.Dataset:
+    """dataset.map_batches(actor_class, **options) with actors that are not restarted. Ray Data restarts a crashed
+    map actor without end by default, and Ray 2.60 then logs at ERROR level, on every probe and prediction, that the
+    actor's constructor arguments (Ray Data's own, in the object store) might be lost on a restart
+    (ray-project/ray#57733): an alarm users cannot act on. A model actor that crashed ran out of memory or met a
+    bug that a restart repeats, so it fails once, with its error; predict keeps its finished parts and a rerun
+    continues from them. max_restarts has no named parameter in 2.60 and its generic form warns of deprecation."""
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return dataset.map_batches(actor_class, max_restarts=0, **options)
 
 
 CACHED_DATA_CPUS = 0.25  # what Ray Data needs to hand out blocks already in the object store

@@ -25,7 +25,7 @@ from geodino.data.config import DataConfig, metadata_rows, resolve_bands
 from geodino.data.ray_data import build_dataset
 from geodino.dino.checkpoint import source_path_and_part
 from geodino.errors import ConfigError
-from geodino.ray_cluster import actor_cpus, cluster_gpus
+from geodino.ray_cluster import actor_cpus, cluster_gpus, map_with_model_actor
 from geodino.transfer.backbones import load_backbone
 
 
@@ -148,7 +148,8 @@ def run_extractor(source: str, data: DataConfig, features: FeatureConfig, arch: 
     does)."""
     in_chans = len(resolve_bands(load_card(data.metadata), data.bands))
     gpus = 1 if cluster_gpus() else 0
-    dataset = build_dataset(data).map_batches(
+    dataset = map_with_model_actor(
+        build_dataset(data),
         FeatureExtractor,
         fn_constructor_kwargs={"source": source, "arch": arch, "patch_size": patch_size, "in_chans": in_chans,
                                "config": asdict(features)},

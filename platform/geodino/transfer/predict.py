@@ -31,7 +31,7 @@ from geodino.data.config import NORMALIZATIONS, DataConfig, dataset_size, empty_
 from geodino.data.indexed import check_readable
 from geodino.data.ray_data import build_dataset
 from geodino.errors import ConfigError, GeodinoError, MissingInputError
-from geodino.ray_cluster import actor_cpus, cluster_gpus, init_ray
+from geodino.ray_cluster import actor_cpus, cluster_gpus, init_ray, map_with_model_actor
 from geodino.transfer.contract import ContractError, resolve_inputs
 from geodino.transfer.features import (
     FeatureConfig,
@@ -248,9 +248,9 @@ def run_predict(config: PredictConfig) -> dict:
         dataset = dataset.filter(expr=~col("name").is_in(sorted(done)))  # Arrow's filter, no Python per row
     gpus = 1 if cluster_gpus() else 0
     started = time.perf_counter()
-    dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"config": config, "in_chans": in_chans},
-                                  batch_size=config.batch_size_per_gpu, concurrency=config.actors, num_gpus=gpus,
-                                  num_cpus=0 if gpus else actor_cpus(config.actors))
+    dataset = map_with_model_actor(dataset, Predictor, fn_constructor_kwargs={"config": config, "in_chans": in_chans},
+                                   batch_size=config.batch_size_per_gpu, concurrency=config.actors, num_gpus=gpus,
+                                   num_cpus=0 if gpus else actor_cpus(config.actors))
     part = {"folder": f"{PART_PREFIX}{len(manifest['parts']):04d}", "complete": False}
     manifest["parts"].append(part)
     write_manifest(config.output_dir, manifest)  # listed before writing: an interrupted run's files are known to be ours
