@@ -80,6 +80,9 @@ def test_multi_label_transfer_through_the_entry_scripts(ray_session, ben30_metad
                    "0", "--epochs", "3", "--storage_path", str(tmp_path / "sweeps"), "--name", "ben", *common, **here)
     table = pd.read_csv(tmp_path / "sweeps" / "ben" / "comparison.csv")
     assert list(table["backbone"]) == ["random"] and "2 trials" in out
+    # one TensorBoard command, the sweep's own (Tune's console output named its staging folder in Ray's temp dir)
+    assert [line for line in out.splitlines() if "tensorboard --logdir" in line] == [
+        f"Tune results (TensorBoard): tensorboard --logdir {tmp_path / 'sweeps'} --host 127.0.0.1"]
     assert 0 < table.loc[0, "test_ap_macro"] <= 1 and "test_top1" not in table
 
 

@@ -179,6 +179,10 @@ def run_sweep(cfg: SweepConfig) -> dict:
     # Tune's own Ctrl-C handler ends fit() early with a partial grid, which would be compared as if finished (or
     # fail on trials never started): let Ctrl-C interrupt instead, and say what stays.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Tune's new console output prints, even at verbose=0, a box and `tensorboard --logdir` of the driver's staging
+    # folder in Ray's temp dir, not of the sweep's storage: the legacy reporter is silent at verbose=0, and the
+    # sweep prints its own table and TensorBoard command.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
         grid = tuner.fit()
     except KeyboardInterrupt as stop:
