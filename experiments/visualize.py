@@ -21,13 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     config = cli.dataclass_from_args(VisualizeConfig, parser.parse_args(argv))
     config.validate()
     from geodino.outputs import claim_outputs
+    from geodino.transfer.visualize import run_log_folder
+
+    run = run_log_folder(config.run) if config.run else None
 
     wanted = ["pretraining_curves.png"] * bool(config.run) + ["attention.png"] * bool(config.pretrained_weights)
     paths = claim_outputs(config.output_dir, wanted, "visualize.py", "--output_dir")
-    if config.run:
+    if run:
         from geodino.transfer.visualize import plot_curves
 
-        print(plot_curves(config.run, paths["pretraining_curves.png"]))
+        print(plot_curves(run, paths["pretraining_curves.png"]))
     if config.pretrained_weights:
         from geodino.archive.card import load_card
         from geodino.data.config import DataConfig, channel_names, resolve_bands

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+import torch
 from conftest import EUROSAT
 
 from geodino.archive.bands import UnknownBandError, parse_bands
@@ -529,8 +530,14 @@ def test_probe_sweep_and_pictures_never_replace_files_they_did_not_write(ben30_m
              ("visualize.py", [*weights, "--output_dir", str(folder)]),
              ("visualize.py", ["--run", str(run), "--output_dir", pictures]),
              ("visualize.py", ["--run", str(run), "--output_dir", pictures]),  # its own file: replaced
-             ("visualize.py", ["--run", str(tmp_path), "--output_dir", pictures])]
-    probe, sweep, attention, first, second, no_log = run_lines(lines)
+             ("visualize.py", ["--run", str(tmp_path), "--output_dir", pictures]),
+             ("visualize.py", ["--run", str(folder), "--output_dir", pictures]),
+             ("visualize.py", ["--run", str(tmp_path / "out"), "--output_dir", pictures])]
+    # the --output_dir a run was copied to: its final/checkpoint.pth records where the run (and its log) is stored
+    (tmp_path / "out" / "final").mkdir(parents=True)
+    torch.save({"args": {"storage_path": str(tmp_path), "run_name": "run"}},
+               tmp_path / "out" / "final" / "checkpoint.pth")
+    probe, sweep, attention, first, second, runs, no_log, copied = run_lines(lines)
     for (script, _), result, name in zip(lines, (probe, sweep, attention),
                                          ("metrics.json", "comparison.csv", "attention.png")):
         assert result["status"] == 2 and not result["ray_started"], result
@@ -541,5 +548,9 @@ def test_probe_sweep_and_pictures_never_replace_files_they_did_not_write(ben30_m
     assert sorted(p.name for p in folder.iterdir()) == sorted(users)  # nothing added, not even the ledger
     assert first["status"] == second["status"] == 0, (first, second)
     assert second["stdout"].strip() == f"{pictures}/pretraining_curves.png"
+    assert runs["status"] == 2 and runs["stderr"].strip().splitlines() == [
+        f"visualize.py: error: --run {tmp_path}: a folder of runs (run); give one: --run {run}"]
     assert no_log["status"] == 2 and no_log["stderr"].strip().splitlines() == [
-        f"visualize.py: error: --run {tmp_path}: no log.txt there; give a pretraining run's folder (it holds log.txt)"]
+        f"visualize.py: error: --run {folder}: no log.txt there; give a pretraining run's folder (--storage_path/"
+        "--run_name, it holds log.txt) or the --output_dir it was copied to"]
+    assert copied["status"] == 0 and copied["stdout"].strip() == f"{pictures}/pretraining_curves.png", copied

@@ -286,7 +286,7 @@ def test_attention_maps_and_curves_render(tmp_path):
     from PIL import Image
 
     from geodino.dino.models import create_backbone
-    from geodino.transfer.visualize import last_block_attention, plot_attention, plot_curves
+    from geodino.transfer.visualize import last_block_attention, plot_attention, plot_curves, short_name
 
     model = create_backbone("vit_tiny", 8, 3).eval()
     images = torch.rand(2, 3, 32, 32)
@@ -299,6 +299,10 @@ def test_attention_maps_and_curves_render(tmp_path):
     (tmp_path / "run" / "log.txt").write_text("\n".join(
         json.dumps({"epoch": e, "loss": 5 - e, "lr": 1e-4, "teacher_entropy": 3.0, "max_entropy": 6.0}) for e in range(3)))
     assert np.asarray(Image.open(plot_curves(str(tmp_path / "run"), str(tmp_path / "c.png")))).std() > 0
+    # a patch's name above its picture: whole when it fits (was cut to 18: 'rop_AnnualCrop_586', '0613T101031_0_45')
+    assert short_name("AnnualCrop_AnnualCrop_586") == "AnnualCrop_AnnualCrop_586"
+    assert short_name("S2A_MSIL2A_20170613T101031_0_45") == "S2A_MSIL2A_20170613T101031_0_45"
+    assert short_name("x" * 40 + "_tail") == "…" + ("x" * 40 + "_tail")[-35:]
 
 
 

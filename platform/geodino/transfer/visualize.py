@@ -15,6 +15,7 @@ from geodino.archive.bands import RGB_BANDS
 from geodino.archive.splits import SPLITS
 from geodino.cli import flag
 from geodino.data.config import NORMALIZATIONS
+from geodino.dino.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from geodino.errors import ConfigError
 
 
@@ -37,7 +38,8 @@ class VisualizeConfig:
                                   "training crop size, else the data's size")
     arch: str | None = flag(None, "Architecture of weights that do not record it (vit_tiny, vit_small, vit_base)")
     patch_size: int | None = flag(None, "Patch size of weights that do not record it")
-    run: str | None = flag(None, "A pretraining run's folder (it holds log.txt) to plot the curves of")
+    run: str | None = flag(None, "A pretraining run to plot the curves of: its folder (--storage_path/--run_name, "
+                           "which holds log.txt), or the --output_dir it was copied to")
     output_dir: str = flag("runs/pictures", "Where the PNGs go (pretraining_curves.png, attention.png)")
 
     def validate(self) -> None:
@@ -54,8 +56,36 @@ class VisualizeConfig:
                                                  local=("--output_dir",))
         if problem:
             raise ConfigError(problem)
-        if self.run and not os.path.isfile(os.path.join(self.run, "log.txt")):
-            raise ConfigError(f"--run {self.run}: no log.txt there; give a pretraining run's folder (it holds log.txt)")
+
+
+RUN_LOG = "log.txt"
+
+
+def run_log_folder(run: str) -> str:
+    """The folder holding a run's log.txt: --run itself, or the run's folder found from the --output_dir a user
+    knows the run by (pretrain.py prints final/checkpoint.pth there, whose settings say where the run was stored;
+    the run's log stays there, on S3 too). A storage folder of several runs is named with them."""
+    if storage.exists(storage.join(run, RUN_LOG)):
+        return run
+    for final in (run, storage.join(run, "final")):
+        if os.path.isfile(os.path.join(final, CHECKPOINT_FILE)):
+            try:
+                settings = read_checkpoint(final).get("args", {})
+            except RuntimeError as error:  # damaged or not a checkpoint: named, not a traceback
+                raise ConfigError(f"--run {run}: {error}") from None
+            stored = storage.join(settings.get("storage_path") or "", settings.get("run_name") or "")
+            if settings.get("storage_path") and settings.get("run_name") and storage.exists(
+                    storage.join(stored, RUN_LOG)):
+                return stored
+            raise ConfigError(f"--run {run}: its checkpoint says the run was stored at {stored}, which holds no "
+                              f"{RUN_LOG}; give the run's folder")
+    runs = sorted(name for name in os.listdir(run) if os.path.isfile(os.path.join(run, name, RUN_LOG))
+                  ) if os.path.isdir(run) else []
+    if runs:
+        raise ConfigError(f"--run {run}: a folder of runs ({', '.join(runs[:4])}"
+                          f"{', ...' if len(runs) > 4 else ''}); give one: --run {os.path.join(run, runs[0])}")
+    raise ConfigError(f"--run {run}: no {RUN_LOG} there; give a pretraining run's folder (--storage_path/--run_name, "
+                      "it holds log.txt) or the --output_dir it was copied to")
 
 
 @torch.no_grad()
@@ -116,7 +146,7 @@ def plot_attention(model, images: torch.Tensor, names: list[str], path: str, cha
     for row, (image, name) in enumerate(zip(images.numpy(), names)):
         picture = rgb_view(image, channels)
         axes[row, 0].imshow(picture)
-        axes[row, 0].set_title(name[-18:], fontsize=7)
+        axes[row, 0].set_title(short_name(name), fontsize=7)
         axes[row, 1].imshow(picture)
         axes[row, 1].imshow(upsampled[row].mean(0), cmap="inferno", alpha=0.6)
         axes[row, 1].set_title("mean of heads", fontsize=7)
@@ -131,6 +161,12 @@ def plot_attention(model, images: torch.Tensor, names: list[str], path: str, cha
     return path
 
 
+def short_name(name: str, width: int = 36) -> str:
+    """A patch name that fits above its picture: whole up to `width` characters (a BigEarthNet name is 31, with
+    its tile and date), else its end marked as cut. Cut to 18 before, EuroSAT's Crop_AnnualCrop_66 read as a name."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def plot_curves(run_folder: str, path: str) -> str:
     """Loss, learning rate and teacher entropy per epoch, from the run's log.txt."""
     import matplotlib
@@ -138,8 +174,8 @@ def plot_curves(run_folder: str, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(run_folder, "log.txt")) as handle:
-        log = [json.loads(line) for line in handle if line.strip()]
+    text = storage.read_bytes(storage.join(run_folder, RUN_LOG)).decode()
+    log = [json.loads(line) for line in text.splitlines() if line.strip()]
     epochs = [entry["epoch"] for entry in log]
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     axes[0].plot(epochs, [e["loss"] for e in log], marker="o")
