@@ -10,7 +10,7 @@ from conftest import BEN_V1_EXAMPLE, BEN_V2, EUROSAT, REPO
 
 from geodino.archive.prepare import PrepareConfig, prepare
 from geodino.archive.splits import SPLITS, hash_split
-from geodino.archive.tile_labels import read_legend
+from geodino.archive.tile_labels import block_split, read_legend
 
 KNOWN = {
     "S2A_MSIL2A_20170613T101031_87_48": (
@@ -527,6 +527,7 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
         "bigearthnet19": [forest, f"Arable land;{forest}", forest, f"Arable land;{forest}"]}
     assert read_legend("corine")["23"] == read_legend("corine")["311"] == forest  # the raster's grid codes too
     assert read_legend("bigearthnet19")["48"] is None  # CORINE's NODATA value is no class
+    assert block_split("mosaic_y123480_x00000.tif", 120) in SPLITS  # a mosaic past 99,999 px: its tiles are labelled
 
     # the scene itself, beyond 4,096 px a side, in a table: refused by row, pointing at tile.py
     with rasterio.open(tmp_path / "wide.tif", "w", driver="GTiff", width=4100, height=8, count=1, dtype="uint8") as dst:

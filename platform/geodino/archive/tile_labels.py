@@ -25,7 +25,13 @@ from geodino.archive.splits import hash_split
 
 LABEL_TABLE = "labels.csv"
 SPLIT_BLOCK_TILES = 8  # tiles per side of a block that shares one split
-_TILE_NAME = re.compile(r"(?P<scene>.+)_y(?P<top>\d{5})_x(?P<left>\d{5})\.tif")
+_TILE_NAME = re.compile(r"(?P<scene>.+)_y(?P<top>\d{5,})_x(?P<left>\d{5,})\.tif")
+
+
+def tile_file_name(scene: str, top: int, left: int) -> str:
+    """A tile's file name: its scene and pixel offset, which the labels read back (a mosaic past 99,999 px has
+    offsets of 6 digits)."""
+    return f"{scene}_y{top:05d}_x{left:05d}.tif"
 
 
 def map_files(labels: str) -> list[str]:

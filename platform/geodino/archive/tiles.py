@@ -31,7 +31,7 @@ from geodino.archive.band_files import (
 from geodino.archive.detect import ARCHIVE_FILE_SUFFIXES, unpack_command
 from geodino.archive.image_folder import folder_entries
 from geodino.archive.pixels import IMAGE_SUFFIXES, PatchReadError, marks_no_data, open_raster
-from geodino.archive.tile_labels import check_label_map, read_legend, write_label_table
+from geodino.archive.tile_labels import check_label_map, read_legend, tile_file_name, write_label_table
 from geodino.cli import flag
 from geodino.errors import ConfigError, GeodinoError
 
@@ -205,7 +205,7 @@ def claim_folder(config: TileConfig) -> None:
 
 
 def tile_name(scene: str | BandStack, top: int, left: int) -> str:
-    return f"{scene_name(scene)}_y{top:05d}_x{left:05d}.tif"
+    return tile_file_name(scene_name(scene), top, left)
 
 
 def check_scene(scene: str | BandStack, size: int, labelled: bool = False) -> None:
