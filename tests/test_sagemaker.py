@@ -146,14 +146,20 @@ def test_host_requirements_pin_what_constraints_pin():
 
 
 def test_submit_script_dry_run_prints_the_request(monkeypatch, capsys):
+    from conftest import free_port
+
+    private_server = f"http://127.0.0.1:{free_port()}"  # nothing answers there from this machine
     env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "PYTHONPATH": str(REPO / "platform")}
     out = subprocess.run([sys.executable, str(REPO / "experiments" / "submit_sagemaker.py"), "pretrain", "--role", ROLE,
                           "--metadata", PRETRAIN["metadata_dir"], "--output_path", PRETRAIN["output_path"],
                           "--instance_type", "ml.g5.2xlarge", "--dry_run", "--", "--arch", "vit_tiny",
-                          "--global_crops_scale", "0.3", "1.0"], env=env, capture_output=True, text=True, timeout=120)
+                          "--global_crops_scale", "0.3", "1.0", "--mlflow_tracking_uri", private_server],
+                         env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     request = json.loads(out.stdout)["CreateTrainingJob"]
     assert request["HyperParameters"]["global_crops_scale"] == "0.3 1.0"
+    # an MLflow server the job reaches inside its VPC need not answer here: the job asks it when it starts
+    assert request["HyperParameters"]["mlflow_tracking_uri"] == private_server
     # Mistakes, through the same script's main (in this process: the SDK's import is what a subprocess costs).
     # Values are checked before any request is built: the instance type against what SageMaker trains on
     # (botocore's own list), the task's flags by the task's own validation.

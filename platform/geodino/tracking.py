@@ -59,13 +59,16 @@ def check_tracking_uri(value: str | None, flag: str = "--mlflow_tracking_uri") -
     if scheme not in TRACKING_SCHEMES:
         raise ConfigError(f"{flag} {value}: MLflow knows no URI scheme {scheme!r}; give a folder (a file store), "
                           f"http(s)://HOST:PORT of an MLflow server, or one of {', '.join(TRACKING_SCHEMES)}")
-    if scheme in ("http", "https"):
-        check_server_answers(uri, f"{flag} {value}")
 
 
-def check_server_answers(uri: str, where: str) -> None:
-    """One request, no retries: MLflow retries a server that does not answer for about 4 minutes (measured: 248
-    s), and inside a Ray worker, after the cluster started; a server that is down or a mistyped port ends here."""
+def check_tracking_server(value: str | None, flag: str = "--mlflow_tracking_uri") -> None:
+    """An http(s) tracking server answers, asked where the run starts (not by validate: submit_sagemaker.py
+    validates on the user's machine, which may not reach a server inside the job's VPC). One request, no retries:
+    MLflow retries a server that does not answer for about 4 minutes (measured: 248 s), and inside a Ray worker
+    after the cluster started; a server that is down or a mistyped port ends here."""
+    uri = absolute_tracking_uri(value)
+    if not uri or not uri.lower().startswith(("http://", "https://")):
+        return
     from mlflow.tracking import MlflowClient
 
     settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -79,15 +82,15 @@ def check_server_answers(uri: str, where: str) -> None:
     except Exception as error:  # MLflow wraps connection errors, HTTP errors and bad answers alike
         reason = ("nothing answers there" if "connect" in str(error).lower()
                   else str(error).strip().splitlines()[0][:200])
-        raise ConfigError(f"{where}: no MLflow server ({reason}); start one (mlflow server --host 127.0.0.1 --port "
-                          "5000) or fix the address") from None
+        raise ConfigError(f"{flag} {value}: no MLflow server ({reason}); start one (mlflow server --host 127.0.0.1 "
+                          "--port 5000) or fix the address") from None
     finally:
         mlflow_log.setLevel(level)
-        for name, value in before.items():
-            if value is None:
+        for name, saved in before.items():
+            if saved is None:
                 os.environ.pop(name, None)
             else:
-                os.environ[name] = value
+                os.environ[name] = saved
 
 
 def flat_params(values: dict, prefix: str = "") -> dict[str, str]:

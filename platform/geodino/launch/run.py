@@ -23,6 +23,7 @@ from geodino.errors import ConfigError
 from geodino.launch.result import PretrainResult
 from geodino.launch.torchrun import run_torchrun
 from geodino.outputs import adopt_outputs, claim_outputs, read_ledger
+from geodino.tracking import check_tracking_server
 
 
 def check_data(cfg: PretrainConfig) -> None:
@@ -93,6 +94,7 @@ def is_geodino_contract(path: str) -> bool:
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult | None:
     """Train; returns the result (None on a torchrun/mpirun rank other than 0)."""
     cfg.validate()
+    check_tracking_server(cfg.mlflow_tracking_uri)
     cfg = cfg.with_absolute_paths()
     if cfg.metadata_dir:
         check_data(cfg)

@@ -28,7 +28,7 @@ from geodino.errors import ConfigError, RunInterrupted
 from geodino.metrics import knn_report
 from geodino.outputs import claim_outputs
 from geodino.ray_cluster import cluster_gpus, init_ray
-from geodino.tracking import MLflowRun, check_tracking_uri, tune_callbacks
+from geodino.tracking import MLflowRun, check_tracking_server, check_tracking_uri, tune_callbacks
 from geodino.transfer.backbones import parse_named
 from geodino.transfer.linear_probe import (
     LinearProbeConfig,
@@ -141,6 +141,7 @@ def trial_resources() -> dict:
 
 def run_sweep(cfg: SweepConfig) -> dict:
     cfg.validate()
+    check_tracking_server(cfg.mlflow_tracking_uri)
     card = load_card(cfg.metadata_dir)
     base = cfg.probe_base()
     check_num_labels(base, card["classes"])
