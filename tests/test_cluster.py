@@ -154,3 +154,34 @@ def test_the_main_job_submitted_to_a_real_head_and_the_command_it_prints_next(tm
     finally:
         stop_ray_node(head)
         shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def test_bring_ray_names_each_mistake_in_one_line_and_writes_nothing(tmp_path):
+    """cluster/gpu/bring_ray.py carries Ray to a GPU machine without network. Its mistakes ended in tracebacks (a
+    CalledProcessError from pip for --python 3, a FileNotFoundError for a missing archive), and pack overwrote
+    whatever file --out named. Each is one line and exit 2 now; a pack that pip can fetch was run by hand (3.11:
+    21.4 MiB, unpacked, `check` started Ray from it: benchmarks/RESULTS.md)."""
+    import tarfile
+
+    script = [sys.executable, str(CLUSTER / "gpu" / "bring_ray.py")]
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's own file")
+    (tmp_path / "readme.txt").write_text("not Ray")
+    with tarfile.open(tmp_path / "other.tar.xz", "w:xz") as archive:
+        archive.add(tmp_path / "readme.txt", arcname="./readme.txt")
+    cases = {("pack", "--python", "3", "--out", "r.tar.xz"): "--python '3': give the GPU machine's Python as "
+                                                                "major.minor, e.g. 3.12",
+             ("pack", "--out", str(mine)): f"--out {mine}: already there and not an archive pack wrote, which it "
+                                           "does not replace",
+             ("pack", "--out", str(tmp_path / "gone" / "r.tar.xz")): f"no folder {tmp_path / 'gone'} to write it in",
+             ("unpack", str(tmp_path / "ray.tar.xz")): "ray.tar.xz: no such file; give the .tar.xz that",
+             ("unpack", str(tmp_path / "other.tar.xz"), "--into", str(tmp_path / "site")): "other.tar.xz: not an "
+                                                                                         "archive `bring_ray.py pack`",
+             ("unpack", str(tmp_path / "other.tar.xz"), "--into", str(mine)): "other.tar.xz: not an archive"}
+    for argv, fragment in cases.items():
+        done = subprocess.run([*script, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("bring_ray.py: error: "), done
+        assert fragment in lines[0], (fragment, lines[0])
+    assert mine.read_text() == "the user's own file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt", "other.tar.xz", "readme.txt"]

@@ -21,6 +21,8 @@ filelock, aiohttp, fsspec) is expected there: `check` names any that is missing.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,12 +52,45 @@ def pinned(names: tuple[str, ...], constraints: Path) -> list[str]:
     return [f"{name}=={pins[name.lower()]}" if name.lower() in pins else name for name in names]
 
 
+class UsageError(Exception):
+    """A mistake in the command line or its files: one line, exit status 2, nothing written."""
+
+
+PACK_MARK = "./ray/__init__.py"  # every archive pack writes holds it
+
+
+def is_pack(path: Path) -> bool:
+    """An archive pack wrote (a tar.xz holding Ray); reading its index takes seconds, as it is compressed whole."""
+    try:
+        with tarfile.open(path, "r:xz") as archive:
+            archive.getmember(PACK_MARK)
+        return True
+    except (tarfile.TarError, KeyError, OSError, EOFError):
+        return False
+
+
+def check_pack_flags(python: str, out: Path) -> None:
+    if not re.fullmatch(r"3\.\d{1,2}", python):
+        raise UsageError(f"--python {python!r}: give the GPU machine's Python as major.minor, e.g. 3.12")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: no folder {out.parent} to write it in")
+    if out.is_dir() or (out.exists() and not is_pack(out)):
+        raise UsageError(f"--out {out}: already there and not an archive pack wrote, which it does not replace; "
+                         "choose another --out or move it away")
+
+
 def pack(python: str, platform: str, out: Path, work: Path) -> Path:
+    check_pack_flags(python, out)
     wheels, site = work / "wheels", work / "site"
     requirements = pinned(BUNDLED, CONSTRAINTS)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", python, "--platform", platform, "--dest", str(wheels), *requirements],
-                   check=True)
+    download = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                               "--python-version", python, "--platform", platform, "--dest", str(wheels),
+                               *requirements], capture_output=True, text=True)
+    if download.returncode != 0:
+        said = [line for line in download.stderr.splitlines() if line.startswith("ERROR:")] or [
+            download.stderr.strip().splitlines()[-1] if download.stderr.strip() else f"exit {download.returncode}"]
+        raise UsageError(f"pip found no wheels for Python {python} on {platform} ({said[-1]}); check --python, "
+                         "--platform and that this machine reaches the package index")
     for wheel in sorted(wheels.glob("*.whl")):
         extract_wheel(wheel, site)
     for path in DROPPED:
@@ -65,8 +100,10 @@ def pack(python: str, platform: str, out: Path, work: Path) -> Path:
         shutil.rmtree(cache, ignore_errors=True)
     for binary in site.rglob("*.so"):  # debug symbols are most of Ray's shared objects' size
         subprocess.run(["strip", "--strip-debug", str(binary)], check=False, capture_output=True)
-    with tarfile.open(out, "w:xz", preset=9) as archive:
+    partial = out.with_name(out.name + ".partial")  # an interrupted pack leaves no archive that looks whole
+    with tarfile.open(partial, "w:xz", preset=9) as archive:
         archive.add(site, arcname=".")
+    os.replace(partial, out)
     return out
 
 
@@ -81,6 +118,13 @@ def extract_wheel(wheel: Path, site: Path) -> None:
 
 
 def unpack(archive: Path, into: Path) -> None:
+    if not archive.is_file():
+        raise UsageError(f"{archive}: no such file; give the .tar.xz that `bring_ray.py pack` wrote")
+    if not is_pack(archive):
+        raise UsageError(f"{archive}: not an archive `bring_ray.py pack` wrote (no {PACK_MARK.lstrip('./')} in a "
+                         "tar.xz); make one with pack on a machine with the package index")
+    if into.exists() and not into.is_dir():
+        raise UsageError(f"--into {into}: a file, not a folder")
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as bundle:
         bundle.extractall(into, filter="tar")
@@ -127,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     unpacking.add_argument("--into", default=".ray-site")
     commands.add_parser("check", help="import and start Ray from PYTHONPATH")
     args = parser.parse_args(argv)
+    try:
+        return run_command(args)
+    except UsageError as error:
+        print(f"bring_ray.py: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
     if args.command == "pack":
         with tempfile.TemporaryDirectory() as work:
             out = pack(args.python, args.platform, Path(args.out), Path(work))
