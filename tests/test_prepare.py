@@ -525,7 +525,16 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
     assert by_name == {  # the tiles top left, top right, bottom left, bottom right; classes in the order of values
         "corine": [f"{road};{forest}", f"{road};{arable};{forest}", forest, f"{arable};{forest}"],
         "bigearthnet19": [forest, f"Arable land;{forest}", forest, f"Arable land;{forest}"]}
-    assert read_legend("corine")["23"] == read_legend("corine")["311"] == forest  # the raster's grid codes too
+    # CORINE's own raster: int8 grid codes (23 forest, 12 arable) with nodata -128, here the strip along the top;
+    # it came back as class 0 (a masked read ignored the alpha band of the int8 map warped onto the tile)
+    with rasterio.open(tmp_path / "corine.tif") as src, rasterio.open(tmp_path / "clc_grid.tif", "w", **(
+            src.profile | {"dtype": "int8", "nodata": -128})) as dst:
+        dst.write(np.select([classes == 10, classes == 40], [23, 12], -128).astype(np.int8)[None])
+    grid = subprocess.run(script + [str(path), "--out", "labelled", "--labels", "clc_grid.tif", "--label_min", "0.02",
+                                    "--label_names", "corine"], capture_output=True, text=True, cwd=tmp_path)
+    assert grid.returncode == 0, grid.stderr
+    assert pd.read_csv(tmp_path / "labelled" / "labels.csv")["labels"].tolist() == [
+        forest, f"{arable};{forest}", forest, f"{arable};{forest}"]
     assert read_legend("bigearthnet19")["48"] is None  # CORINE's NODATA value is no class
     assert block_split("mosaic_y123480_x00000.tif", 120) in SPLITS  # a mosaic past 99,999 px: its tiles are labelled
 

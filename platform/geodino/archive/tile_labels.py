@@ -114,11 +114,13 @@ def tile_classes(maps: list, tile, label_min: float, legend: dict[str, str | Non
     for labels in maps:
         if disjoint_bounds(transform_bounds(tile.crs, labels.crs, *tile.bounds), labels.bounds):
             continue  # a map tile elsewhere
-        # the alpha band masks what lies outside the map: a map without a nodata value would give it class 0
+        # the alpha band marks what lies outside the map or is its nodata, read as a band of its own: a masked read
+        # ignored it for CORINE's int8 raster (nodata -128 came back as class 0), and outside a map without a
+        # nodata value is class 0 too
         with WarpedVRT(labels, crs=tile.crs, transform=tile.transform, width=tile.width, height=tile.height,
                        resampling=Resampling.nearest, add_alpha=True) as onto_tile:
-            found = onto_tile.read(1, masked=True)
-        classes = np.ma.where(np.ma.getmaskarray(classes), found, classes)
+            found, alpha = onto_tile.read(1), onto_tile.read(onto_tile.count)
+        classes = np.ma.where(np.ma.getmaskarray(classes) & (alpha > 0), found, classes)
     values, counts = np.unique(classes.compressed(), return_counts=True)
     legend = legend or {}
     names = [legend.get(str(value), str(value)) for value, count in zip(values, counts)
