@@ -80,10 +80,12 @@ def check_tracking_server(value: str | None, flag: str = "--mlflow_tracking_uri"
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow wraps connection errors, HTTP errors and bad answers alike
-        reason = ("nothing answers there" if "connect" in str(error).lower()
-                  else str(error).strip().splitlines()[0][:200])
-        raise ConfigError(f"{flag} {value}: no MLflow server ({reason}); start one (mlflow server --host 127.0.0.1 "
-                          "--port 5000) or fix the address") from None
+        if "connect" in str(error).lower():
+            raise ConfigError(f"{flag} {value}: no MLflow server (nothing answers there); start one (mlflow server "
+                              "--host 127.0.0.1 --port 5000) or fix the address") from None
+        raise ConfigError(f"{flag} {value}: the server there answered MLflow's request with an error "
+                          f"({str(error).strip().splitlines()[0][:200]}); check the address and, for a server that "
+                          "asks, MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN") from None
     finally:
         mlflow_log.setLevel(level)
         for name, saved in before.items():
