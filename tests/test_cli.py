@@ -419,6 +419,9 @@ def bad_value_cases(metadata: str, tmp: str) -> list[tuple[str, list[str], str]]
         ("pretrain.py", ["--metadata_dir", table], f"{table} is a file, not the metadata parquet"),
         ("pretrain.py", ["--metadata_dir", damaged["parquet"]], "not a readable parquet file"),
         ("stream.py", ["--metadata_dir", damaged["parquet"]], "not a readable parquet file"),
+        # no train split (tile.py's labels of a scene under 8 x 8 tiles: one block, one split): its splits named
+        ("pretrain.py", ["--metadata_dir", damaged["test_only"]], "no patches of the train split, which pretraining "
+                                                                  "reads; it holds test (80): give some images"),
         ("linear_probe.py", ["--pretrained_weights", "random:vit_tiny/16", "--metadata_dir", damaged["card"]],
          "the card beside the metadata is not valid JSON"),
         ("linear_probe.py", ["--pretrained_weights", damaged["empty"], *data], "the file is empty (0 bytes)"),
@@ -493,6 +496,12 @@ def damaged_inputs(metadata: str, tmp: str) -> dict[str, str]:
         with open(os.path.join(folder, damaged_file), "wb") as handle:
             handle.write(content)
         paths[name] = os.path.join(folder, "metadata.parquet")
+    import pandas as pd
+
+    paths["test_only"] = os.path.join(tmp, "test-only", "metadata.parquet")
+    os.makedirs(os.path.dirname(paths["test_only"]))
+    pd.read_parquet(metadata).assign(original_split="test").to_parquet(paths["test_only"])
+    shutil.copy(card_file(metadata), card_file(paths["test_only"]))
     for name, manifest in (("other_pack", {"complete": True, "rows": 1}), ("unfinished_pack", {"complete": False})):
         paths[name] = os.path.join(tmp, name)
         os.makedirs(paths[name])

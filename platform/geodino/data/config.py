@@ -161,12 +161,16 @@ def empty_split_problem(config: DataConfig) -> str | None:
     visualize and predict read the test split by default); None when it yields some."""
     if dataset_size(config):
         return None
-    every = metadata_rows(replace(config, split=None, limit=None), columns=["original_split"])
-    held = every["original_split"].value_counts()
-    if held.empty:
+    listed = held_splits(config)
+    if not listed:
         return f"{config.metadata} holds no patches{' that prepare recommends' if config.recommended_only else ''}"
-    listed = ", ".join(f"{split} ({count})" for split, count in held.items())
     return f"--split {config.split}: {config.metadata} holds no patches of that split; it holds {listed}: choose one"
+
+
+def held_splits(config: DataConfig) -> str:
+    """The splits the metadata holds under `config`'s other filters, with their counts ('test (4)'); '' if none."""
+    every = metadata_rows(replace(config, split=None, limit=None), columns=["original_split"])
+    return ", ".join(f"{split} ({count})" for split, count in every["original_split"].value_counts().items())
 
 
 def unprobeable_split(metadata: str) -> str | None:

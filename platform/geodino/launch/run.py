@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 
 from geodino import storage
 from geodino.archive.card import load_card
-from geodino.data.config import DataConfig, dataset_size, resolve_bands
+from geodino.data.config import DataConfig, dataset_size, held_splits, resolve_bands
 from geodino.dino.checkpoint import BACKBONE_FILE, CHECKPOINT_FILE, CONTRACT_FILE
 from geodino.dino.config import PretrainConfig, steps_per_epoch_for
 from geodino.errors import ConfigError
@@ -34,7 +34,13 @@ def check_data(cfg: PretrainConfig) -> None:
     workers = int(os.environ.get("WORLD_SIZE", 1)) if cfg.launcher == "torchrun" else cfg.num_workers
     data = DataConfig(metadata=cfg.metadata_dir, data_dir=cfg.data_dir, split="train", bands=cfg.bands,
                       normalize=cfg.normalize, limit=cfg.limit)
-    steps_per_epoch_for(dataset_size(data), dataclasses.replace(cfg, num_workers=workers))
+    rows = dataset_size(data)
+    held = held_splits(data) if rows == 0 else ""
+    if held:  # e.g. tile.py's labels split by blocks of 8 x 8 tiles: a smaller scene is one block, of one split
+        raise ConfigError(f"--metadata_dir {cfg.metadata_dir}: no patches of the train split, which pretraining "
+                          f"reads; it holds {held}: give some images the train split (a table's split column) and "
+                          "prepare again")
+    steps_per_epoch_for(rows, dataclasses.replace(cfg, num_workers=workers))
 
 
 RUN_SETTINGS = "settings.json"  # in the run's storage folder: what a restart must share with the run it resumes
