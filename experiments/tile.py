@@ -37,9 +37,12 @@ def label_summary(table, config: TileConfig) -> str:
     labelled = table[table["labels"] != ""]
     classes = sorted({label for labels in labelled["labels"] for label in labels.split(";")}, key=natural)
     splits = ", ".join(f"{split} {count}" for split, count in table["split"].value_counts().items())
+    lacking = [split for split in ("train", "test") if split not in set(table["split"])]
+    warning = (f" (no {' or '.join(lacking)} tiles: these tiles lie in too few blocks of 8 x 8; cut more scenes, or "
+               "edit the split column)") if lacking and len(table) else ""
     return (f"labelled {len(labelled)} of {len(table)} tiles from {config.labels} (classes covering at least "
             f"{config.label_min:g} of a tile: {', '.join(classes) or 'none'}); split by blocks of 8 x 8 tiles: "
-            f"{splits}; table: {os.path.join(config.out, LABEL_TABLE)}")
+            f"{splits}{warning}; table: {os.path.join(config.out, LABEL_TABLE)}")
 
 
 def natural(label: str) -> tuple:

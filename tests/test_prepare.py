@@ -481,6 +481,7 @@ def test_a_scene_is_cut_into_tiles_that_prepare_reads(tmp_path):
         "T32UNA_y00000_x00000.tif": "10", "T32UNA_y00000_x00120.tif": "10;40",
         "T32UNA_y00120_x00000.tif": "10", "T32UNA_y00120_x00120.tif": "10;40"}
     assert table["split"].nunique() == 1  # the four tiles lie in one 8 x 8 block: one split, no neighbour across
+    assert "tiles lie in too few blocks of 8 x 8; cut more scenes, or edit the split column" in labelled.stdout
     (tmp_path / "corine_tiles").mkdir()  # the same map as two map tiles, west and east (WorldCover ships tiles),
     for part, columns in (("west", slice(0, width // 2)), ("east", slice(width // 2, width))):  # without nodata
         with rasterio.open(tmp_path / "corine_tiles" / f"{part}.tif", "w", driver="GTiff", width=columns.stop -
