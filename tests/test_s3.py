@@ -164,6 +164,12 @@ def test_a_throttling_s3_is_retried_the_configured_number_of_times_then_named(mo
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: a write fails, named
     with pytest.raises(OSError, match="cannot write.*previous version, if any, is unchanged"):
         storage.write_bytes_atomic(f"s3://{S3_BUCKET}/prepared/new.json", b"{}")
+    # the first question a run asks of its --storage_path: a pyarrow traceback before (55 s without network)
+    from geodino.errors import GeodinoError
+
+    with pytest.raises(GeodinoError, match=r"s3://geodino-test/runs/settings.json: cannot reach it \(S3 endpoint "
+                                           r"http://127.0.0.1:9, 3 attempts with backoff\).*check the network"):
+        storage.exists(f"s3://{S3_BUCKET}/runs/settings.json")
 
 
 def test_a_short_s3_outage_is_ridden_out_by_retries(s3_endpoint):

@@ -163,8 +163,7 @@ def is_folder(path: str) -> bool:
     """A local folder, or an S3 prefix that holds objects."""
     if not is_uri(path):
         return os.path.isdir(path)
-    fs, inner = filesystem(path)
-    return fs.get_file_info(inner).type == pafs.FileType.Directory
+    return file_type(path) == pafs.FileType.Directory
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -257,8 +256,18 @@ def where(path: str) -> str:
 
 
 def exists(path: str) -> bool:
+    return file_type(path) != pafs.FileType.NotFound
+
+
+def file_type(path: str) -> pafs.FileType:
+    """What is at `path`; an endpoint that cannot be reached (no network, a host that does not resolve) is named
+    after the configured attempts, not a pyarrow traceback."""
     fs, inner = filesystem(path)
-    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+    try:
+        return fs.get_file_info(inner).type
+    except OSError as error:
+        raise StorageError(f"{path}: cannot reach it ({where(path)}): {error}; check the network, the bucket's name "
+                           "and AWS_ENDPOINT_URL") from error
 
 
 def write_bytes_atomic(path: str, payload: bytes) -> None:
