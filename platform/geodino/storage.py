@@ -266,6 +266,8 @@ def file_type(path: str) -> pafs.FileType:
     try:
         return fs.get_file_info(inner).type
     except OSError as error:
+        if not is_uri(path):  # a folder above it that cannot be read
+            raise StorageError(f"{path}: cannot look there ({error})") from error
         raise StorageError(f"{path}: cannot reach it ({where(path)}): {error}; check the network, the bucket's name "
                            "and AWS_ENDPOINT_URL") from error
 
