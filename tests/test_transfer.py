@@ -158,6 +158,28 @@ def test_sweep_two_backbones_two_configs_table_and_plot(ray_session, eurosat_sma
     assert list(table["status"]) == ["failed"] and "all 1 trials failed" in table.loc[0, "reason"]
 
 
+def test_asha_weighs_each_backbone_s_trials_against_its_own(ray_session, tmp_path):
+    """One ASHA over the whole grid stopped every trial of a weaker backbone against a stronger one's (two identical
+    EuroSAT sweeps: random init's trials all stopped after 1 epoch in one of them), so its configuration was chosen
+    by a 1-epoch score. Real Tune, one trial at a time in grid order: the strong backbone's trials first, each
+    configuration worse than the one before. Within each backbone ASHA still stops the worse configurations."""
+    from ray import tune
+
+    from geodino.transfer.sweep import METRIC, PerBackboneASHA
+
+    def trial(config):
+        for epoch in range(1, 5):
+            tune.report({METRIC: {"strong": 0.8, "weak": 0.4}[config["backbone"]] - config["lr"] * epoch / 100})
+
+    grid = tune.Tuner(trial, param_space={"backbone": tune.grid_search(["strong", "weak"]),
+                                          "lr": tune.grid_search([1, 2])},
+                      tune_config=tune.TuneConfig(scheduler=PerBackboneASHA(metric=METRIC, mode="max", max_t=4,
+                                                                            grace_period=1), max_concurrent_trials=1),
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    epochs = sorted((r.config["backbone"], r.config["lr"], r.metrics["training_iteration"]) for r in grid)
+    assert epochs == [("strong", 1, 4), ("strong", 2, 1), ("weak", 1, 4), ("weak", 2, 1)]  # one ASHA: ('weak', 1, 1)
+
+
 def test_cached_features_are_reused_and_keyed_by_the_weights(ray_session, eurosat_small, tmp_path):
     import shutil
 

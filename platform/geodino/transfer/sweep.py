@@ -2,7 +2,7 @@
 
 Features are extracted once per backbone (cached, see features.py) and put in the
 object store once; every trial trains a probe on them. ASHA stops weak trials early
-on validation AP. The best validation configuration of each backbone is then refit
+on validation AP, among the trials of the same backbone. The best validation configuration of each backbone is then refit
 and scored on the test split: that row is what the comparison table shows.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from geodino import storage
 from geodino.archive.card import load_card
@@ -134,6 +134,32 @@ def probe_trial(config: dict, features: dict, task: str) -> None:
     train_probe(train["features"], train["labels"], task, probe_config, on_epoch=report)
 
 
+class PerBackboneASHA(FIFOScheduler):
+    """ASHA among the trials of each backbone. One ASHA over the whole grid weighed a weaker backbone's trials
+    against a stronger one's and stopped them (measured: every random-init trial stopped after 1 epoch, its
+    configuration then chosen by a 1-epoch score), so the backbones' hyperparameters were chosen on unequal terms;
+    within a backbone, ASHA still saves the epochs of its weak configurations."""
+
+    def __init__(self, **asha):
+        super().__init__()
+        self._metric, self._asha, self._of_backbone = asha["metric"], asha, {}
+
+    def _scheduler(self, trial) -> ASHAScheduler:
+        return self._of_backbone.setdefault(trial.config["backbone"], ASHAScheduler(**self._asha))
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._scheduler(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return self._scheduler(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._scheduler(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._scheduler(trial).on_trial_remove(tune_controller, trial)
+
+
 def trial_resources() -> dict:
     """A CPU per trial; on a GPU cluster probes on cached features share a GPU four ways."""
     return {"cpu": 1, "gpu": 0.25} if cluster_gpus() else {"cpu": 1}
@@ -171,7 +197,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            scheduler=ASHAScheduler(metric=METRIC, mode="max", max_t=cfg.epochs, grace_period=max(1, cfg.epochs // 5)),
+            scheduler=PerBackboneASHA(metric=METRIC, mode="max", max_t=cfg.epochs,
+                                      grace_period=max(1, cfg.epochs // 5)),
         ),
         run_config=tune.RunConfig(name=cfg.run_name, storage_path=storage.absolute(cfg.storage_path), verbose=0,
                                   callbacks=tune_callbacks(cfg.mlflow_tracking_uri, cfg.mlflow_experiment,
