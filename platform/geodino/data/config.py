@@ -156,11 +156,9 @@ def metadata_rows(config: DataConfig, columns: list[str] | None = None):
     return frame.head(config.limit).reset_index(drop=True) if config.limit else frame.reset_index(drop=True)
 
 
-def empty_split_problem(config: DataConfig) -> str | None:
-    """Why `config` yields no rows, naming the splits the metadata holds (a folder of tiles is all train, while
-    visualize and predict read the test split by default); None when it yields some."""
-    if dataset_size(config):
-        return None
+def empty_split_problem(config: DataConfig) -> str:
+    """Why `config`, which its caller counted empty, yields no rows, naming the splits the metadata holds (a folder
+    of tiles is all train, while visualize and predict read the test split by default)."""
     listed = held_splits(config)
     if not listed:
         return f"{config.metadata} holds no patches{' that prepare recommends' if config.recommended_only else ''}"
