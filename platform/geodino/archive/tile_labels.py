@@ -76,10 +76,8 @@ def read_legend(path: str) -> dict[str, str | None]:
     from geodino.errors import ConfigError
 
     built_in = path.strip().lower()
-    if built_in == "worldcover":
-        return dict(WORLDCOVER)
-    if built_in in ("corine", "bigearthnet19"):
-        return corine_legend(built_in)
+    if built_in in BUILT_IN_LEGENDS:
+        return dict(WORLDCOVER) if built_in == "worldcover" else corine_legend(built_in)
     if not storage.exists(path):
         raise ConfigError(f"--label_names {path}: no such file; give a legend CSV (value,name) or one of the legends "
                           f"built in: {', '.join(BUILT_IN_LEGENDS)}")
